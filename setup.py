@@ -1,0 +1,16 @@
+"""Build the Cython hot paths; metadata lives in pyproject.toml."""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+EXTENSIONS = [
+    Extension("fastnfs._xdr", ["src/fastnfs/_xdr.pyx"]),
+    Extension("fastnfs._fhcache", ["src/fastnfs/_fhcache.pyx"]),
+]
+
+setup(
+    ext_modules=cythonize(
+        EXTENSIONS,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False},
+    ),
+)

@@ -1,0 +1,185 @@
+"""Program/version/procedure dispatch and the duplicate-request cache.
+
+One call goes: bytes -> call header (rpc) -> program -> version -> procedure
+handler, which decodes its arguments and encodes its result straight into the
+reply Packer.  A handler returns None when the reply is complete, or a
+zero-argument callable that finishes the work off the event loop (a blocking
+disk call); the transport then writes the reply when it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from . import rpc
+from .rpc import RpcReject
+from .xdr import Packer, Unpacker, XdrError
+
+log = logging.getLogger("fastnfs.rpc")
+
+
+class Program:
+    """One RPC program: {version: [handler or None, ...]} indexed by procedure."""
+
+    def __init__(self, number: int, name: str, versions: dict, *,
+                 non_idempotent: frozenset = frozenset(), auth_sys_required: bool = False):
+        self.number = number
+        self.name = name
+        self.versions = versions
+        self.low = min(versions)
+        self.high = max(versions)
+        self.non_idempotent = non_idempotent
+        self.auth_sys_required = auth_sys_required
+
+
+class Call:
+    """Everything a procedure needs to know about the request it serves."""
+
+    __slots__ = ("xid", "prog", "vers", "proc", "cred", "peer", "proto", "maxdata")
+
+    def __init__(self, h: rpc.CallHeader, peer, proto: str, maxdata: int):
+        self.xid = h.xid
+        self.prog = h.prog
+        self.vers = h.vers
+        self.proc = h.proc
+        self.cred = h.cred
+        self.peer = peer
+        self.proto = proto
+        self.maxdata = maxdata
+
+
+class DuplicateRequestCache:
+    """Bounded cache of replies to non-idempotent calls (RFC 5531 section 8.2 note).
+
+    Keyed by client host, xid and a checksum of the whole call, so a
+    retransmission (same xid, same bytes) from a reconnected TCP client still
+    matches and an unrelated call that reuses an xid does not.
+    """
+
+    IN_PROGRESS = b""
+
+    def __init__(self, maxsize: int = 4096):
+        self.maxsize = maxsize
+        self._d: OrderedDict = OrderedDict()
+        self.hits = 0
+
+    @staticmethod
+    def key(host, xid: int, data) -> tuple:
+        return (host, xid, zlib.crc32(data))
+
+    def lookup(self, key):
+        r = self._d.get(key)
+        if r is not None:
+            self.hits += 1
+        return r
+
+    def begin(self, key) -> None:
+        self._d[key] = self.IN_PROGRESS
+        if len(self._d) > self.maxsize:
+            self._d.popitem(last=False)
+
+    def finish(self, key, reply: bytes) -> None:
+        if key in self._d:
+            self._d[key] = reply
+
+    def abandon(self, key) -> None:
+        self._d.pop(key, None)
+
+
+class Dispatcher:
+    def __init__(self, programs, *, executor: ThreadPoolExecutor | None = None,
+                 drc_size: int = 4096, udp_maxdata: int = 32768, tcp_maxdata: int = 1048576):
+        self.programs = {p.number: p for p in programs}
+        self.executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="fastnfs-io")
+        self.drc = DuplicateRequestCache(drc_size)
+        self.maxdata = {"tcp": tcp_maxdata, "udp": udp_maxdata}
+
+    def dispatch(self, data, peer, proto: str):
+        """Answer one call record.
+
+        Returns a Packer holding the reply (4 reserved bytes at the front for
+        the record mark), None when nothing must be sent, or an awaitable
+        resolving to either.
+        """
+        if len(data) < 8:
+            return None
+        u = Unpacker(data)
+        xid = u.u32()
+        if u.u32() != rpc.CALL:
+            return None  # a REPLY or garbage: nothing to answer (RFC 5531 section 9)
+        p = Packer(4)
+        try:
+            h = rpc.decode_call(u, xid)
+            prog = self.programs.get(h.prog)
+            if prog is None:
+                raise RpcReject("prog_unavail")
+            table = prog.versions.get(h.vers)
+            if table is None:
+                raise RpcReject("prog_mismatch", prog.low, prog.high)
+            if h.proc >= len(table) or table[h.proc] is None:
+                raise RpcReject("proc_unavail")
+            if prog.auth_sys_required and h.proc != 0 and h.cred.flavor != rpc.AUTH_SYS:
+                raise RpcReject("auth", rpc.AUTH_TOOWEAK)
+        except RpcReject as e:
+            encode_reject_logged(p, xid, e, peer)
+            return p
+        except XdrError:
+            rpc.encode_reject(p, xid, RpcReject("garbage_args"))
+            return p
+
+        drc_key = None
+        if h.proc in prog.non_idempotent:
+            drc_key = self.drc.key(peer[0], xid, data)
+            prev = self.drc.lookup(drc_key)
+            if prev is not None:
+                if prev is DuplicateRequestCache.IN_PROGRESS:
+                    return None  # the first copy is still being served
+                p.raw(prev)
+                return p
+            self.drc.begin(drc_key)
+
+        call = Call(h, peer, proto, self.maxdata[proto])
+        mark = len(p)
+        rpc.begin_accepted(p, xid)
+        try:
+            later = table[h.proc](call, u, p)
+        except XdrError:
+            p.truncate(mark)
+            rpc.encode_reject(p, xid, RpcReject("garbage_args"))
+            later = None
+        except RpcReject as e:
+            p.truncate(mark)
+            encode_reject_logged(p, xid, e, peer)
+            later = None
+        except Exception:
+            log.exception("procedure %s.%d.%d failed", prog.name, h.vers, h.proc)
+            p.truncate(mark)
+            rpc.encode_reject(p, xid, RpcReject("system_err"))
+            later = None
+        if later is None:
+            if drc_key is not None:
+                self.drc.finish(drc_key, bytes(p.getbuffer()[4:]))
+            return p
+        return self._finish_later(later, p, mark, xid, prog, h, drc_key)
+
+    async def _finish_later(self, later, p, mark, xid, prog, h, drc_key):
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.executor, later)
+        except Exception:
+            log.exception("procedure %s.%d.%d failed", prog.name, h.vers, h.proc)
+            p.truncate(mark)
+            rpc.encode_reject(p, xid, RpcReject("system_err"))
+        if drc_key is not None:
+            self.drc.finish(drc_key, bytes(p.getbuffer()[4:]))
+        return p
+
+
+def encode_reject_logged(p: Packer, xid: int, e: RpcReject, peer) -> None:
+    if e.kind == "auth":
+        log.info("refused call from %s: auth_stat %d", peer[0], e.values[0])
+    rpc.encode_reject(p, xid, e)

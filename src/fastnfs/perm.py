@@ -1,0 +1,53 @@
+"""Unix permission arithmetic on (uid, gid, mode) against a caller's credentials.
+
+Used for ACCESS (RFC 1813 section 3.3.4) and, with virtfs, for every
+procedure: the rules are those of a local filesystem (POSIX.1 section 2.3,
+"file access permissions").
+"""
+
+from __future__ import annotations
+
+import stat as S
+
+from .nfs3 import const as C
+
+R, W, X = 4, 2, 1
+
+
+def mode_bits_for(cred, uid: int, gid: int, mode: int) -> int:
+    """The rwx triplet (0..7) that applies to cred for an object."""
+    if cred.uid == uid:
+        return (mode >> 6) & 7
+    if cred.gid == gid or gid in cred.gids:
+        return (mode >> 3) & 7
+    return mode & 7
+
+
+def allowed(cred, uid: int, gid: int, mode: int, want: int) -> bool:
+    """May cred get every bit of want (R|W|X) on the object?"""
+    if cred.uid == 0:
+        # root passes everything but execute of a file with no x bit at all
+        if want & X and not S.S_ISDIR(mode) and not (mode & 0o111):
+            return False
+        return True
+    return (mode_bits_for(cred, uid, gid, mode) & want) == want
+
+
+def access3(cred, st, requested: int, read_only: bool) -> int:
+    """ACCESS3 bits granted to cred on an object with attributes st."""
+    mode, uid, gid = st.st_mode, st.st_uid, st.st_gid
+    granted = 0
+    isdir = S.S_ISDIR(mode)
+    if requested & C.ACCESS3_READ and allowed(cred, uid, gid, mode, R):
+        granted |= C.ACCESS3_READ
+    if isdir:
+        if requested & C.ACCESS3_LOOKUP and allowed(cred, uid, gid, mode, X):
+            granted |= C.ACCESS3_LOOKUP
+        if not read_only and allowed(cred, uid, gid, mode, W | X):
+            granted |= requested & (C.ACCESS3_MODIFY | C.ACCESS3_EXTEND | C.ACCESS3_DELETE)
+    else:
+        if not read_only and allowed(cred, uid, gid, mode, W):
+            granted |= requested & (C.ACCESS3_MODIFY | C.ACCESS3_EXTEND | C.ACCESS3_DELETE)
+        if requested & C.ACCESS3_EXECUTE and allowed(cred, uid, gid, mode, X):
+            granted |= C.ACCESS3_EXECUTE
+    return granted

@@ -1,0 +1,205 @@
+"""The running server: sockets, event loop (uvloop), signals, rpcbind, pid file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from . import portmap
+from .dispatch import Dispatcher
+from .fs import Export
+from .mount import MOUNT_PROGRAM, mount_program
+from .nfs3.const import NFS_PROGRAM, NFS_V3
+from .nfs3.program import nfs3_program
+from .nfs3.state import NFS3State
+from .transport import RpcDatagramProtocol, RpcStreamProtocol
+
+log = logging.getLogger("fastnfs")
+
+TCP_MAXDATA = 1 << 20       # rtmax/wtmax on TCP
+UDP_MAXDATA = 32768         # rtmax/wtmax on UDP (a reply must fit one datagram)
+
+
+@dataclass
+class Config:
+    exports: list = field(default_factory=list)   # [(path, {"ro": bool, ...})]
+    port: int = 2049
+    mount_port: int | None = None
+    bind: str = "0.0.0.0"
+    tcp_only: bool = False
+    portmap: bool = True
+    foreground: bool = False
+    pid_file: str | None = None
+    fhcache_size: int = 262144
+    max_record: int = TCP_MAXDATA + 4096
+    io_threads: int = 8
+
+
+class Server:
+    def __init__(self, config: Config):
+        self.config = config
+        self.exports = [Export(path, ro=opts.get("ro", False), fhcache_size=config.fhcache_size)
+                        for path, opts in config.exports]
+        self.nfs = NFS3State(self.exports)
+        self.executor = ThreadPoolExecutor(max_workers=config.io_threads,
+                                           thread_name_prefix="fastnfs-io")
+        self.dispatcher = Dispatcher([nfs3_program(self.nfs), mount_program(self.nfs)],
+                                     executor=self.executor, udp_maxdata=UDP_MAXDATA,
+                                     tcp_maxdata=TCP_MAXDATA)
+        self.sockets: list = []  # (kind, socket)
+        self.registration = portmap.Registration()
+        self._stop: asyncio.Event | None = None
+        self._servers: list = []
+
+    # -- sockets are bound before the loop exists, so errors show before detaching
+    def bind(self) -> None:
+        c = self.config
+        ports = [c.port]
+        if c.mount_port is not None and c.mount_port != c.port:
+            ports.append(c.mount_port)
+        for port in ports:
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            t.bind((c.bind, port))
+            t.listen(1024)
+            t.setblocking(False)
+            self.sockets.append(("tcp", t))
+            if not c.tcp_only:
+                d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                d.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                d.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                d.bind((c.bind, port))
+                d.setblocking(False)
+                self.sockets.append(("udp", d))
+
+    @property
+    def port(self) -> int:
+        return self.sockets[0][1].getsockname()[1]
+
+    @property
+    def mount_port(self) -> int:
+        ports = [s.getsockname()[1] for k, s in self.sockets if k == "tcp"]
+        return ports[-1]
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        mr = self.config.max_record
+        for kind, sock in self.sockets:
+            if kind == "tcp":
+                srv = await loop.create_server(
+                    lambda: RpcStreamProtocol(self.dispatcher, mr), sock=sock)
+                self._servers.append(srv)
+            else:
+                tr, _ = await loop.create_datagram_endpoint(
+                    lambda: RpcDatagramProtocol(self.dispatcher), sock=sock)
+                self._servers.append(tr)
+        if self.config.portmap:
+            mappings = []
+            for kind, sock in self.sockets:
+                prot = portmap.IPPROTO_TCP if kind == "tcp" else portmap.IPPROTO_UDP
+                port = sock.getsockname()[1]
+                if port == self.port:
+                    mappings.append((NFS_PROGRAM, NFS_V3, prot, port))
+                if port == self.mount_port:
+                    mappings += [(MOUNT_PROGRAM, 1, prot, port), (MOUNT_PROGRAM, 3, prot, port)]
+            await loop.run_in_executor(None, self.registration.register, mappings)
+        log.info("serving")
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("stopping")
+            for s in self._servers:
+                s.close()
+            if self.config.portmap:
+                self.registration.unregister()
+            self.executor.shutdown(wait=True, cancel_futures=False)
+
+    def _hangup(self) -> None:
+        log.info("SIGHUP: nothing to reload (the export is given on the command line)")
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+
+def new_event_loop():
+    try:
+        import uvloop
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.new_event_loop()
+
+
+def daemonize() -> None:
+    """Detach from the terminal the classic way (fork, setsid, fork)."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    fd = os.open(os.devnull, os.O_RDWR)
+    for i in (0, 1, 2):
+        os.dup2(fd, i)
+    if fd > 2:
+        os.close(fd)
+
+
+def run(server: Server) -> int:
+    c = server.config
+    if not c.foreground:
+        daemonize()
+    if c.pid_file:
+        with open(c.pid_file, "w") as f:
+            f.write("%d\n" % os.getpid())
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(server.serve())
+    finally:
+        loop.close()
+        if c.pid_file:
+            try:
+                os.unlink(c.pid_file)
+            except OSError:
+                pass
+        for e in server.exports:
+            e.close()
+    return 0
+
+
+def primary_address() -> str:
+    """The address a board would most likely use to reach this host."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def banner(server: Server, out=sys.stderr) -> None:
+    c = server.config
+    host = c.bind if c.bind not in ("0.0.0.0", "") else primary_address()
+    port, mport = server.port, server.mount_port
+    protos = "TCP" if c.tcp_only else "TCP and UDP"
+    for e in server.exports:
+        path = os.fsdecode(e.path)
+        mode = "read-only" if e.ro else "read-write"
+        print("fastnfs: serving %s (%s) over %s, NFS port %d, MOUNT port %d"
+              % (path, mode, protos, port, mport), file=out)
+        print("  board kernel argument:  root=/dev/nfs nfsroot=%s:%s,v3,tcp,port=%d,mountport=%d ip=dhcp"
+              % (host, path, port, mport), file=out)
+        print("  mount from Linux:       mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:%s /mnt"
+              % (port, mport, host, path), file=out)
+    out.flush()

@@ -1,0 +1,158 @@
+"""TCP record marking and UDP datagrams (RFC 5531 section 11).
+
+The stream protocol reassembles fragments into records, hands each record to
+the dispatcher, and writes replies in whatever order they finish.  Memory per
+connection is bounded: a record larger than ``max_record`` closes the
+connection, and reading pauses while ``max_inflight`` calls are unanswered or
+the socket's send buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+log = logging.getLogger("fastnfs.transport")
+
+LAST_FRAGMENT = 0x80000000
+
+
+def _send_size(p) -> int:
+    return len(p) - 4
+
+
+class RpcStreamProtocol(asyncio.Protocol):
+    def __init__(self, dispatcher, max_record: int, max_inflight: int = 32):
+        self.dispatcher = dispatcher
+        self.max_record = max_record
+        self.max_inflight = max_inflight
+        self.transport = None
+        self.peer = ("?", 0)
+        self._buf = bytearray()
+        self._frags: list = []
+        self._fraglen = 0
+        self._inflight = 0
+        self._paused_reading = False
+        self._write_blocked = False
+
+    # -- asyncio callbacks -------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = (peer[0], peer[1])
+
+    def connection_lost(self, exc):
+        self._buf = bytearray()
+        self._frags = []
+
+    def pause_writing(self):
+        self._write_blocked = True
+        self._update_reading()
+
+    def resume_writing(self):
+        self._write_blocked = False
+        self._update_reading()
+
+    def data_received(self, data):
+        buf = self._buf
+        buf += data
+        pos = 0
+        blen = len(buf)
+        while blen - pos >= 4:
+            mark = int.from_bytes(buf[pos:pos + 4], "big")
+            n = mark & 0x7FFFFFFF
+            if self._fraglen + n > self.max_record:
+                log.warning("%s: record of %d bytes exceeds the limit of %d; closing",
+                            self.peer[0], self._fraglen + n, self.max_record)
+                self._buf = bytearray()
+                self._frags = []
+                self.transport.abort()
+                return
+            end = pos + 4 + n
+            if end > blen:
+                break
+            frag = bytes(buf[pos + 4:end])
+            pos = end
+            if mark & LAST_FRAGMENT:
+                if self._frags:
+                    self._frags.append(frag)
+                    frag = b"".join(self._frags)
+                    self._frags = []
+                    self._fraglen = 0
+                self._handle(frag)
+                if self.transport.is_closing():
+                    return
+            else:
+                self._frags.append(frag)
+                self._fraglen += n
+        if pos:
+            del buf[:pos]
+
+    # -- calls and replies -------------------------------------------------
+    def _handle(self, record):
+        r = self.dispatcher.dispatch(record, self.peer, "tcp")
+        if r is None:
+            return
+        if asyncio.iscoroutine(r):
+            self._inflight += 1
+            self._update_reading()
+            asyncio.ensure_future(r).add_done_callback(self._reply_done)
+        else:
+            self._send(r)
+
+    def _reply_done(self, fut):
+        self._inflight -= 1
+        if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
+            self._send(fut.result())
+        self._update_reading()
+
+    def _send(self, p):
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        p.put_u32_at(0, LAST_FRAGMENT | _send_size(p))
+        t.write(p.getbuffer())
+
+    def _update_reading(self):
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        want_pause = self._write_blocked or self._inflight >= self.max_inflight
+        if want_pause and not self._paused_reading:
+            self._paused_reading = True
+            t.pause_reading()
+        elif not want_pause and self._paused_reading:
+            self._paused_reading = False
+            t.resume_reading()
+
+
+class RpcDatagramProtocol(asyncio.DatagramProtocol):
+    """One call per datagram; the reply goes to the sender (RFC 5531 section 11 n/a)."""
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        r = self.dispatcher.dispatch(data, addr, "udp")
+        if r is None:
+            return
+        if asyncio.iscoroutine(r):
+            asyncio.ensure_future(r).add_done_callback(lambda f: self._reply_done(f, addr))
+        else:
+            self._sendto(r, addr)
+
+    def _reply_done(self, fut, addr):
+        if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
+            self._sendto(fut.result(), addr)
+
+    def _sendto(self, p, addr):
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(memoryview(p.getbuffer())[4:], addr)
+
+    def error_received(self, exc):
+        log.debug("udp error: %s", exc)
