@@ -1,0 +1,46 @@
+# C-level interface of fastnfs._xdr, for other Cython modules to cimport:
+#     from fastnfs._xdr cimport Unpacker, Packer
+# The read_*/write_* methods skip Python argument parsing and int boxing.
+
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+
+
+cdef class Unpacker:
+    cdef Py_buffer _view            # held for the Unpacker's lifetime
+    cdef bint _have_view
+    cdef const unsigned char* _data
+    cdef Py_ssize_t _pos
+    cdef Py_ssize_t _end
+    cdef object _src                # the object passed in
+    cdef object _mv                 # memoryview(_src).cast("B"), made on demand
+
+    cdef Py_ssize_t take(self, uint64_t n) except -1   # offset of n consumed bytes
+    cdef uint32_t read_u32(self) except? 0xFFFFFFFF
+    cdef int32_t read_i32(self) except? -1
+    cdef uint64_t read_u64(self) except? 0xFFFFFFFFFFFFFFFF
+    cdef int64_t read_i64(self) except? -1
+    cdef int read_bool(self) except -1
+    cdef bytes read_fixed(self, Py_ssize_t n)
+    cdef bytes read_opaque(self, uint64_t maxlen)
+    cdef object read_opaque_view(self, uint64_t maxlen)
+
+
+cdef class Packer:
+    cdef unsigned char* _data       # PyMem_Malloc'd, _cap bytes
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _cap
+    cdef Py_ssize_t _exports        # live buffer exports (getbuffer views)
+
+    cdef unsigned char* extend(self, Py_ssize_t n) except NULL  # n bytes appended, uninitialised
+    cdef int write_u32(self, uint32_t v) except -1
+    cdef int write_i32(self, int32_t v) except -1
+    cdef int write_u64(self, uint64_t v) except -1
+    cdef int write_i64(self, int64_t v) except -1
+    cdef int write_raw(self, const unsigned char* p, Py_ssize_t n) except -1
+    cdef int write_fixed(self, const unsigned char* p, Py_ssize_t n) except -1
+    cdef int write_opaque(self, const unsigned char* p, Py_ssize_t n) except -1
+    cdef int write_fattr3(self, uint32_t ftype, uint32_t mode, uint32_t nlink,
+                          uint32_t uid, uint32_t gid, uint64_t size, uint64_t used,
+                          uint32_t specmajor, uint32_t specminor, uint64_t fsid,
+                          uint64_t fileid, int64_t atime_ns, int64_t mtime_ns,
+                          int64_t ctime_ns) except -1

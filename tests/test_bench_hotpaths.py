@@ -1,0 +1,143 @@
+"""Hot-path benchmarks, each Cython twin beside its pure-Python twin.
+
+    pytest tests/test_bench_hotpaths.py                      # short runs, grouped
+    FASTNFS_BENCH_TIME=2 pytest tests/test_bench_hotpaths.py # steadier numbers
+    pytest tests/test_bench_hotpaths.py --benchmark-disable  # one call each, as a test
+
+Rounds are capped by the marks below so a plain ``pytest`` run stays quick.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import struct
+
+import pytest
+
+from fastnfs.fhcache import PyFHCache
+from fastnfs.xdr import PyPacker, PyUnpacker
+
+
+def _cython(name):
+    if os.environ.get("FASTNFS_PURE"):
+        return None, "FASTNFS_PURE=1"
+    try:
+        return importlib.import_module(name), None
+    except ImportError as e:  # pragma: no cover - extension not built
+        return None, "%s not built: %s" % (name, e)
+
+
+_cx, _why_x = _cython("fastnfs._xdr")
+_cf, _why_f = _cython("fastnfs._fhcache")
+
+_TIME = float(os.environ.get("FASTNFS_BENCH_TIME", "0.25"))
+
+
+def bench(group):
+    # min_time: enough calls per timed round to hide the timer overhead
+    return pytest.mark.benchmark(group=group, max_time=_TIME, min_rounds=5, min_time=20e-6,
+                                 warmup=False)
+
+
+XDR_IMPLS = [
+    pytest.param((PyPacker, PyUnpacker), id="python"),
+    pytest.param((getattr(_cx, "Packer", None), getattr(_cx, "Unpacker", None)), id="cython",
+                 marks=pytest.mark.skipif(_cx is None, reason=_why_x or "")),
+]
+CACHE_IMPLS = [
+    pytest.param(PyFHCache, id="python"),
+    pytest.param(getattr(_cf, "FHCache", None), id="cython",
+                 marks=pytest.mark.skipif(_cf is None, reason=_why_f or "")),
+]
+
+
+# ---------------------------------------------- an NFSv3 GETATTR call record
+
+FH = bytes(range(56))
+GIDS = tuple(range(100, 116))
+
+
+def _call_record() -> bytes:
+    """RFC 5531 call header, AUTH_SYS credential (appendix A), GETATTR3args."""
+    cred = PyPacker()
+    cred.u32(0x5F3E2A11)  # stamp
+    cred.string(b"buildhost-01.example")
+    cred.u32(1000)
+    cred.u32(1000)
+    cred.u32(len(GIDS))
+    for g in GIDS:
+        cred.u32(g)
+    p = PyPacker()
+    for v in (0x1234ABCD, 0, 2, 100003, 3, 1, 1):  # xid CALL rpcvers prog vers GETATTR AUTH_SYS
+        p.u32(v)
+    p.opaque(cred.getvalue())
+    p.u32(0)  # verifier AUTH_NONE
+    p.opaque(b"")
+    p.opaque(FH)  # nfs_fh3
+    return p.getvalue()
+
+
+CALL = _call_record()
+
+
+def decode_getattr_call(Unpacker, data):
+    u = Unpacker(data)
+    xid = u.u32()
+    if u.u32() != 0 or u.u32() != 2:
+        raise ValueError
+    prog, vers, proc = u.u32(), u.u32(), u.u32()
+    flavor = u.u32()
+    body = u.opaque(400)
+    u.u32()
+    u.opaque(400)
+    c = Unpacker(body)
+    c.u32()
+    machine = c.string(255)
+    uid, gid = c.u32(), c.u32()
+    gids = tuple([c.u32() for _ in range(c.u32())])
+    fh = u.opaque(64)
+    return xid, prog, vers, proc, flavor, machine, uid, gid, gids, fh
+
+
+ATTRS = (1, 0o100644, 1, 1000, 1000, 123456, 126976, 0, 0, 0x1234, 9876543,
+         1_700_000_000_123_456_789, 1_700_000_001_000_000_000, 1_700_000_002_999_999_999)
+
+
+def encode_getattr_reply(Packer, xid):
+    p = Packer(4)
+    for v in (xid, 1, 0, 0, 0, 0, 0):  # xid REPLY MSG_ACCEPTED verf(NONE, 0) SUCCESS NFS3_OK
+        p.u32(v)
+    p.fattr3(*ATTRS)
+    p.put_u32_at(0, 0x80000000 | (len(p) - 4))
+    return p.getbuffer()
+
+
+EXPECTED_REPLY = struct.pack(">8I", 0x80000000 | 112, 0x1234ABCD, 1, 0, 0, 0, 0, 0)
+
+
+@bench("decode GETATTR call")
+@pytest.mark.parametrize("impl", XDR_IMPLS)
+def test_decode_getattr_call(benchmark, impl):
+    _, Unpacker = impl
+    r = benchmark(decode_getattr_call, Unpacker, CALL)
+    assert r == (0x1234ABCD, 100003, 3, 1, 1, b"buildhost-01.example", 1000, 1000, GIDS, FH)
+
+
+@bench("encode GETATTR reply")
+@pytest.mark.parametrize("impl", XDR_IMPLS)
+def test_encode_getattr_reply(benchmark, impl):
+    Packer, _ = impl
+    r = benchmark(encode_getattr_reply, Packer, 0x1234ABCD)
+    assert len(r) == 116 and bytes(r[:32]) == EXPECTED_REPLY
+
+
+@bench("FHCache get hit")
+@pytest.mark.parametrize("impl", CACHE_IMPLS)
+def test_fhcache_get_hit(benchmark, impl):
+    c = impl(4096)
+    for ino in range(4000):
+        c.put(ino, b"usr/lib/%d" % ino)
+    get = c.get
+    r = benchmark(get, 1234)
+    assert r == b"usr/lib/1234" and c.hits >= 1
