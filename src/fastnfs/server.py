@@ -59,24 +59,41 @@ class Server:
 
     # -- sockets are bound before the loop exists, so errors show before detaching
     def bind(self) -> None:
+        """Bind every listener; port 0 picks one free port for TCP and UDP both."""
         c = self.config
-        ports = [c.port]
+        nfs_port = self._bind_port(c.port)
         if c.mount_port is not None and c.mount_port != c.port:
-            ports.append(c.mount_port)
-        for port in ports:
+            self._bind_port(c.mount_port)
+        self.config.port = nfs_port
+
+    def _bind_port(self, port: int) -> int:
+        c = self.config
+        for _attempt in range(20):
             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             t.bind((c.bind, port))
-            t.listen(1024)
-            t.setblocking(False)
-            self.sockets.append(("tcp", t))
+            actual = t.getsockname()[1]
+            d = None
             if not c.tcp_only:
                 d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 d.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    d.bind((c.bind, actual))
+                except OSError:
+                    d.close()
+                    t.close()
+                    if port == 0:
+                        continue  # the UDP twin of a random TCP port is taken: try another
+                    raise
                 d.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-                d.bind((c.bind, port))
                 d.setblocking(False)
+            t.listen(1024)
+            t.setblocking(False)
+            self.sockets.append(("tcp", t))
+            if d is not None:
                 self.sockets.append(("udp", d))
+            return actual
+        raise OSError(98, "no free port for both TCP and UDP")
 
     @property
     def port(self) -> int:

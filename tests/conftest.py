@@ -1,0 +1,107 @@
+"""Shared fixtures: a real fastnfs process serving a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FastnfsProcess:
+    """`fastnfs serve` in a child process, as a user would start it."""
+
+    def __init__(self, export: Path, extra_args=(), env=None, log_path: Path | None = None):
+        self.export = export
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.port = 0
+        self.proc = None
+        self.log_path = log_path or export.parent / ("fastnfs-%s.log" % export.name)
+
+    def start(self, port: int | None = None, timeout: float = 20.0) -> "FastnfsProcess":
+        port = self.port if port is None else port
+        env = dict(os.environ)
+        env.update(self.env or {})
+        cmd = [sys.executable, "-m", "fastnfs", "serve", str(self.export), "-n", str(port),
+               "-p", "-d", "--log-level", "debug", *self.extra_args]
+        self._log = open(self.log_path, "ab")
+        start = self._log.tell()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[start:].decode(errors="replace")
+            m = re.search(r"NFS port (\d+)", text)
+            if m and "serving" in text:
+                self.port = int(m.group(1))
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError("fastnfs exited with %s:\n%s" % (self.proc.returncode, text))
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("fastnfs did not start:\n" + self.log())
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        self._log.close()
+        return rc
+
+    def restart(self) -> "FastnfsProcess":
+        self.stop()
+        return self.start(self.port)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def url(self, rel: str = "") -> str:
+        """A libnfs URL for a path inside the export."""
+        path = str(self.export) + ("/" + rel.lstrip("/") if rel else "")
+        return "nfs://127.0.0.1%s?nfsport=%d&mountport=%d&version=3" % (path, self.port, self.port)
+
+
+@pytest.fixture
+def export_dir(tmp_path) -> Path:
+    d = tmp_path / "export"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def fastnfs(export_dir):
+    srv = FastnfsProcess(export_dir).start()
+    yield srv
+    srv.stop()
+    if "Traceback" in srv.log():
+        pytest.fail("the server logged a traceback:\n" + srv.log()[-4000:])
+
+
+def have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None
+
+
+def require(cmd: str) -> str:
+    """The path of a client tool; skip without it, but fail under FASTNFS_REQUIRE_ALL=1 (CI)."""
+    path = shutil.which(cmd)
+    if path is None:
+        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
+            pytest.fail("%s is not installed (run tests/install-deps.sh)" % cmd)
+        pytest.skip("%s is not installed (run tests/install-deps.sh)" % cmd)
+    return path
