@@ -5,6 +5,7 @@ from setuptools import Extension, setup
 EXTENSIONS = [
     Extension("fastnfs._xdr", ["src/fastnfs/_xdr.pyx"]),
     Extension("fastnfs._fhcache", ["src/fastnfs/_fhcache.pyx"]),
+    Extension("fastnfs._fsstat", ["src/fastnfs/_fsstat.pyx"]),
 ]
 
 setup(

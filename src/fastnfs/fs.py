@@ -8,10 +8,11 @@ Filehandle format (opaque to clients, at most 64 bytes; RFC 1813 section 2.4)::
     4   u32  export id (crc32 of the export path)
     8   u64  inode number
     16  u32  low 32 bits of st_dev
-    20  u32  generation (reserved, 0)
+    20  u32  generation: 32 bits of the birth time (statx btime; 0 if unknown)
     24  u64* ancestors: parent, grandparent, ... (a search hint)
 
-A handle names an inode, so it survives a server restart and a rename.  The
+A handle names an inode, so it survives a server restart and a rename; the
+generation tells a reused inode number from the object that was deleted.  The
 bounded inode -> path cache answers most lookups in O(1); a miss scans the
 nearest known ancestor, then the whole export.  Every path from the cache is
 verified by comparing the inode and device it reaches, so a stale or forged
@@ -33,6 +34,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 
 from .fhcache import FHCache
+from .fsstat import fstat, lstatat
 from .nfs3 import const as C
 
 _FH_HEAD = struct.Struct(">BBHIQII")
@@ -151,6 +153,11 @@ class Obj:
         return (self.ino,) + self.anc[:_MAX_ANCESTORS - 1]
 
 
+def _same(st, dev: int, gen: int) -> bool:
+    """Does st belong to the object a handle's device and generation name?"""
+    return (st.st_dev & 0xFFFFFFFF) == dev and (gen == 0 or st.gen == gen)
+
+
 def join(parent: bytes, name: bytes) -> bytes:
     return name if parent == b"." else parent + b"/" + name
 
@@ -176,7 +183,7 @@ class Export:
         self.path = os.path.realpath(path)
         self.ro = ro
         self.root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        st = os.fstat(self.root_fd)
+        st = fstat(self.root_fd)
         self.root_ino = st.st_ino
         self.dev = st.st_dev
         self.fsid = st.st_dev
@@ -187,18 +194,19 @@ class Export:
         self._dircache: OrderedDict = OrderedDict()
         self._dircache_size = dircache_size
         self.hidden = hidden
-        self.root_fh = self.fh_of(self.root_ino, st.st_dev, ())
+        self.root_fh = self.fh_of(self.root_ino, st.st_dev, st.gen, ())
 
     def close(self) -> None:
         os.close(self.root_fd)
 
     # -- filehandles ------------------------------------------------------
-    def fh_of(self, ino: int, dev: int, anc: tuple) -> bytes:
+    def fh_of(self, ino: int, dev: int, gen: int, anc: tuple) -> bytes:
         return (_FH_HEAD.pack(_FH_VERSION, len(anc), 0, self.export_id, ino,
-                              dev & 0xFFFFFFFF, 0) + _ANC[len(anc)].pack(*anc))
+                              dev & 0xFFFFFFFF, gen) + _ANC[len(anc)].pack(*anc))
 
     def fh(self, obj: Obj) -> bytes:
-        return self.fh_of(obj.ino, obj.st.st_dev, obj.anc)
+        st = obj.st
+        return self.fh_of(obj.ino, st.st_dev, st.gen, obj.anc)
 
     def owns(self, fh: bytes) -> bool:
         return len(fh) >= 8 and int.from_bytes(fh[4:8], "big") == self.export_id
@@ -206,22 +214,23 @@ class Export:
     def decode_fh(self, fh: bytes):
         if len(fh) < _FH_HEAD.size:
             raise NFSError(C.NFS3ERR_BADHANDLE)
-        ver, nanc, _r, eid, ino, dev, _gen = _FH_HEAD.unpack_from(fh)
-        if ver != _FH_VERSION or nanc > _MAX_ANCESTORS or len(fh) != _FH_HEAD.size + 8 * nanc:
+        ver, nanc, reserved, eid, ino, dev, gen = _FH_HEAD.unpack_from(fh)
+        if (ver != _FH_VERSION or nanc > _MAX_ANCESTORS or reserved
+                or len(fh) != _FH_HEAD.size + 8 * nanc):
             raise NFSError(C.NFS3ERR_BADHANDLE)
         if eid != self.export_id:
             raise NFSError(C.NFS3ERR_STALE)
-        return ino, dev, _ANC[nanc].unpack_from(fh, _FH_HEAD.size)
+        return ino, dev, gen, _ANC[nanc].unpack_from(fh, _FH_HEAD.size)
 
     def resolve(self, fh: bytes) -> Obj:
         """The object a handle names, or NFSError(STALE/BADHANDLE)."""
-        ino, dev, anc = self.decode_fh(fh)
+        ino, dev, gen, anc = self.decode_fh(fh)
         path = self.cache.get(ino)
         if path is not None:
             st = self._lstat(path)
-            if st is not None and st.st_ino == ino and (st.st_dev & 0xFFFFFFFF) == dev:
+            if st is not None and st.st_ino == ino and _same(st, dev, gen):
                 return Obj(ino, path, st, anc)
-        obj = self._search(ino, dev, anc)
+        obj = self._search(ino, dev, gen, anc)
         if obj is None:
             raise NFSError(C.NFS3ERR_STALE)
         return obj
@@ -229,8 +238,8 @@ class Export:
     def _lstat(self, path: bytes):
         try:
             if path == b".":
-                return os.fstat(self.root_fd)
-            return os.stat(path, dir_fd=self.root_fd, follow_symlinks=False)
+                return fstat(self.root_fd)
+            return lstatat(self.root_fd, path)
         except OSError:
             return None
 
@@ -243,7 +252,7 @@ class Export:
             return None
         return path
 
-    def _search(self, ino: int, dev: int, anc: tuple):
+    def _search(self, ino: int, dev: int, gen: int, anc: tuple):
         """Find an inode that the cache does not place (restart, rename, eviction)."""
         now = time.monotonic()
         t = self._missing.get(ino)
@@ -255,9 +264,9 @@ class Export:
             if p is not None:
                 start, depth = p, i + 2
                 break
-        found = self._scan(start, ino, dev, depth)
+        found = self._scan(start, ino, dev, gen, depth)
         if found is None and depth is not None:
-            found = self._scan(b".", ino, dev, None)
+            found = self._scan(b".", ino, dev, gen, None)
         if found is None:
             self._missing[ino] = now
             if len(self._missing) > 4096:
@@ -267,7 +276,7 @@ class Export:
         self.cache.put(ino, path)
         return Obj(ino, path, st, anc)
 
-    def _scan(self, start: bytes, ino: int, dev: int, maxdepth):
+    def _scan(self, start: bytes, ino: int, dev: int, gen: int, maxdepth):
         """Breadth-first search below start, never following symlinks."""
         try:
             fd = os.open(start, _DIR_FLAGS, dir_fd=self.root_fd)
@@ -293,10 +302,10 @@ class Export:
                         path = join(dpath, name)
                         if e.inode() == ino:
                             try:
-                                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                                st = lstatat(dfd, name)
                             except OSError:
                                 continue
-                            if st.st_ino == ino and (st.st_dev & 0xFFFFFFFF) == dev:
+                            if st.st_ino == ino and _same(st, dev, gen):
                                 return path, st
                         try:
                             if e.is_dir(follow_symlinks=False):
@@ -332,7 +341,7 @@ class Export:
             fd = os.open(obj.path, _OPATH_FLAGS | os.O_DIRECTORY, dir_fd=self.root_fd)
         except OSError as e:
             raise NFSError(C.NFS3ERR_NOTDIR if e.errno == errno.ENOTDIR else C.NFS3ERR_STALE)
-        if os.fstat(fd).st_ino != obj.ino:
+        if fstat(fd).st_ino != obj.ino:
             os.close(fd)
             raise NFSError(C.NFS3ERR_STALE)
         return fd
@@ -349,8 +358,8 @@ class Export:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 raise NFSError(C.NFS3ERR_STALE)
             raise
-        st = os.fstat(fd)
-        if st.st_ino != obj.ino:
+        st = fstat(fd)
+        if st.st_ino != obj.ino or st.btime_ns != obj.st.btime_ns:
             os.close(fd)
             raise NFSError(C.NFS3ERR_STALE)
         return fd
@@ -383,7 +392,7 @@ class Export:
             raise NFSError(C.NFS3ERR_NOENT)
         dfd = self.open_dir(dirobj)
         try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            st = lstatat(dfd, name)
         except OSError as e:
             raise NFSError(nfsstat_of(e))
         finally:
@@ -395,7 +404,7 @@ class Export:
     def child_obj(self, dirobj: Obj, name: bytes, dfd: int) -> Obj | None:
         """Stat a just-created child through the directory fd and cache it."""
         try:
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            st = lstatat(dfd, name)
         except OSError:
             return None
         path = join(dirobj.path, name)
@@ -418,7 +427,7 @@ class Export:
                 fd = os.open(dirobj.path, _DIR_FLAGS, dir_fd=self.root_fd)
             except OSError as e:
                 raise NFSError(nfsstat_of(e))
-            if os.fstat(fd).st_ino != dirobj.ino:
+            if fstat(fd).st_ino != dirobj.ino:
                 os.close(fd)
                 raise NFSError(C.NFS3ERR_STALE)
         try:

@@ -32,6 +32,8 @@ def apply_sattr3(s, call, e, obj, a: Sattr3) -> None:
             raise NFSError(C.NFS3ERR_ISDIR)
         if fmt != S.S_IFREG:
             raise NFSError(C.NFS3ERR_INVAL)
+        if a.size > (1 << 63) - 1:
+            raise NFSError(C.NFS3ERR_FBIG)
         fd = e.open_obj(obj, os.O_WRONLY)
         try:
             os.ftruncate(fd, a.size)

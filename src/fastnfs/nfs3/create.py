@@ -6,6 +6,7 @@ import errno
 import os
 import stat as S
 
+from ..fsstat import fstat, lstatat
 from ..fs import NFSError, check_name, nfsstat_of
 from ..xdr import XdrError
 from . import const as C
@@ -60,7 +61,7 @@ def _created(p, op, attrs: Sattr3 | None, own: bool = True):
     """Give the new entry to the caller, apply attributes, encode the diropres3."""
     s, e, d = op.s, op.e, op.d
     if own:
-        s.give_to_caller(op.call, e, op.dfd, op.name)
+        s.give_to_caller(op.call, e, op.dfd, op.name, op.before)
     obj = e.child_obj(d, op.name, op.dfd)
     if obj is not None and attrs is not None and not attrs.empty():
         try:
@@ -108,16 +109,19 @@ def CREATE(s, call, u, p):
             _create_exclusive(p, op, verf)
             return
         mode = 0o644 if attrs.mode is None else attrs.mode & 0o7777
-        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        if how == C.GUARDED:
-            flags |= os.O_EXCL
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(op.name, flags | os.O_EXCL, mode, dir_fd=op.dfd)
             fresh = True
         except FileExistsError:
             if how == C.GUARDED:
                 raise
-            fd = os.open(op.name, flags, mode, dir_fd=op.dfd)  # UNCHECKED: existing file
+            # UNCHECKED over an existing entry: only a regular file is reused
+            # (never open a FIFO or device for writing on behalf of a create)
+            st = lstatat(op.dfd, op.name)
+            if not S.S_ISREG(st.st_mode):
+                raise
+            fd = os.open(op.name, flags, mode, dir_fd=op.dfd)
             fresh = False
         os.close(fd)
         rest = attrs
@@ -141,7 +145,7 @@ def _create_exclusive(p, op, verf: bytes):
         fd = os.open(op.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=op.dfd)
     except FileExistsError:
-        st = os.stat(op.name, dir_fd=op.dfd, follow_symlinks=False)
+        st = lstatat(op.dfd, op.name)
         if S.S_ISREG(st.st_mode) and int(st.st_atime) == a and int(st.st_mtime) == m:
             _created(p, op, None, own=False)  # a retransmission of our own create
             return
@@ -202,7 +206,11 @@ def MKNOD(s, call, u, p):
         if attrs is None:
             raise NFSError(C.NFS3ERR_BADTYPE)  # section 3.3.11: REG, DIR, LNK are not for MKNOD
         mode = 0o644 if attrs.mode is None else attrs.mode & 0o7777
-        os.mknod(op.name, mode | _MKNOD_FMT[ftype], os.makedev(major, minor), dir_fd=op.dfd)
+        try:
+            dev = os.makedev(major, minor)
+        except (OverflowError, ValueError):
+            raise NFSError(C.NFS3ERR_INVAL) from None
+        os.mknod(op.name, mode | _MKNOD_FMT[ftype], dev, dir_fd=op.dfd)
         attrs.mode = mode if mode & 0o7000 else None
         _created(p, op, attrs)
 

@@ -6,9 +6,12 @@ import os
 import stat as S
 
 from .. import offload
+from ..fsstat import fstat, lstatat
 from ..fs import NFSError, nfsstat_of
 from ..xdr import XdrError
 from . import const as C
+
+MAX_OFFSET = (1 << 63) - 1  # off_t; FSINFO's maxfilesize
 from .types import get_fh3, put_post_op_attr, put_wcc_data
 
 
@@ -36,8 +39,9 @@ def READ(s, call, u, p):
         try:
             fd = e.open_obj(obj, os.O_RDONLY)
             try:
-                data = os.pread(fd, count, offset) if count else b""
-                st = os.fstat(fd)
+                # section 3.3.6: past the end (even past off_t) is no data and eof
+                data = os.pread(fd, count, offset) if count and offset <= MAX_OFFSET else b""
+                st = fstat(fd)
             finally:
                 os.close(fd)
         except NFSError as err:
@@ -79,6 +83,10 @@ def WRITE(s, call, u, p):
         put_wcc_data(p, None, None, 0)
         return None
     before = obj.st
+    if offset + len(data) > MAX_OFFSET:
+        p.u32(C.NFS3ERR_FBIG)
+        put_wcc_data(p, before, before, e.fsid)
+        return None
 
     def work():
         try:
@@ -92,7 +100,7 @@ def WRITE(s, call, u, p):
                     os.fsync(fd)
                 elif stable == C.DATA_SYNC:
                     os.fdatasync(fd)
-                st = os.fstat(fd)
+                st = fstat(fd)
             finally:
                 os.close(fd)
         except NFSError as err:
@@ -133,7 +141,7 @@ def COMMIT(s, call, u, p):
             fd = e.open_obj(obj, os.O_RDONLY)
             try:
                 os.fsync(fd)
-                st = os.fstat(fd)
+                st = fstat(fd)
             finally:
                 os.close(fd)
         except NFSError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ..fsstat import fstat, lstatat
 from ..fs import NFSError, dirname, join, nfsstat_of
 from . import const as C
 from .types import get_fh3, put_fattr3, put_post_op_attr
@@ -121,14 +122,14 @@ def READDIRPLUS(s, call, u, p):
                 st, efh = None, None
             else:
                 try:
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    st = lstatat(dfd, name)
                 except OSError:
                     st = None
                 efh = None
                 if st is not None:
                     ino = st.st_ino
                     e.cache.put(ino, join(d.path, name))
-                    efh = e.fh_of(ino, st.st_dev, anc)
+                    efh = e.fh_of(ino, st.st_dev, st.gen, anc)
             p.u32(1)
             p.u64(ino)
             p.string(name)

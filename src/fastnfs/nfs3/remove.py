@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..fsstat import fstat, lstatat
 from ..fs import NFSError, check_name, join, nfsstat_of
 from . import const as C
 from .create import DirOp, _fail, _run
@@ -20,7 +21,7 @@ def REMOVE(s, call, u, p):
 
     def body(op):
         try:
-            st = os.stat(op.name, dir_fd=op.dfd, follow_symlinks=False)
+            st = lstatat(op.dfd, op.name)
         except OSError as err:
             raise NFSError(nfsstat_of(err))
         os.unlink(op.name, dir_fd=op.dfd)
@@ -42,7 +43,7 @@ def RMDIR(s, call, u, p):
         return DirOp(s, call, fh, name)
 
     def body(op):
-        st = os.stat(op.name, dir_fd=op.dfd, follow_symlinks=False)
+        st = lstatat(op.dfd, op.name)
         os.rmdir(op.name, dir_fd=op.dfd)
         op.e.cache.discard(st.st_ino)
         _ok(p, op)
@@ -62,9 +63,9 @@ def RENAME(s, call, u, p):
         if src.e is not dst.e:
             raise NFSError(C.NFS3ERR_XDEV)
         e = src.e
-        st = os.stat(fname, dir_fd=src.dfd, follow_symlinks=False)
+        st = lstatat(src.dfd, fname)
         try:
-            old = os.stat(tname, dir_fd=dst.dfd, follow_symlinks=False)
+            old = lstatat(dst.dfd, tname)
         except FileNotFoundError:
             old = None
         os.rename(fname, tname, src_dir_fd=src.dfd, dst_dir_fd=dst.dfd)

@@ -45,12 +45,16 @@ class NFS3State:
         """The caller's credentials as this export maps them (squashing: see exports)."""
         return call.cred
 
-    def give_to_caller(self, call, export: Export, dfd: int, name: bytes) -> None:
-        """Make a new object belong to the caller, as a local create would."""
+    def give_to_caller(self, call, export: Export, dfd: int, name: bytes, dir_st) -> None:
+        """Make a new object belong to the caller, as a local create would.
+
+        The group is the caller's, or the directory's when it is set-group-ID.
+        """
         if not self.running_as_root:
             return
         cred = self.cred(call, export)
+        gid = dir_st.st_gid if dir_st.st_mode & 0o2000 else cred.gid
         try:
-            os.chown(name, cred.uid, cred.gid, dir_fd=dfd, follow_symlinks=False)
+            os.chown(name, cred.uid, gid, dir_fd=dfd, follow_symlinks=False)
         except OSError:
             pass

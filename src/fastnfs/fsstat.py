@@ -1,0 +1,102 @@
+"""statx(2): attributes with integer nanosecond times and the birth time.
+
+Plain-Python twin of ``fastnfs._fsstat`` (through ctypes).  The birth time
+lets a filehandle notice that its inode number was freed and reused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+__all__ = ["Stat", "lstatat", "fstat", "generation"]
+
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_EMPTY_PATH = 0x1000
+_MASK = 0x7FF | 0x800  # STATX_BASIC_STATS | STATX_BTIME
+_STATX_BTIME = 0x800
+_libc = ctypes.CDLL(None, use_errno=True)
+_statx = _libc.statx
+_statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+_statx.restype = ctypes.c_int
+# struct statx (linux/stat.h): offsets of the fields used here
+_HEAD = struct.Struct("=IIQIIIH2xQQQQ")
+_TS = struct.Struct("=qI4x")
+
+
+class Stat:
+    __slots__ = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
+                 "st_blocks", "st_rdev", "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "btime_ns")
+
+    @property
+    def st_atime(self):
+        return self.st_atime_ns / 1e9
+
+    @property
+    def st_mtime(self):
+        return self.st_mtime_ns / 1e9
+
+    @property
+    def st_ctime(self):
+        return self.st_ctime_ns / 1e9
+
+    @property
+    def gen(self):
+        return generation(self.btime_ns)
+
+    def __repr__(self):
+        return "Stat(ino=%d, mode=%o, size=%d)" % (self.st_ino, self.st_mode, self.st_size)
+
+
+def generation(btime_ns: int) -> int:
+    if btime_ns == 0:
+        return 0
+    r = ((btime_ns * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32
+    return r or 1
+
+
+def _ns(buf, off):
+    sec, nsec = _TS.unpack_from(buf, off)
+    return sec * 1_000_000_000 + nsec
+
+
+def _call(dirfd: int, path: bytes, flags: int, name):
+    buf = ctypes.create_string_buffer(256)
+    if _statx(dirfd, path, flags, _MASK, buf) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), name)
+    raw = buf.raw
+    (mask, _blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks,
+     _amask) = _HEAD.unpack_from(raw, 0)
+    rmaj, rmin, dmaj, dmin = struct.unpack_from("=IIII", raw, 128)
+    st = Stat()
+    st.st_mode = mode
+    st.st_ino = ino
+    st.st_dev = os.makedev(dmaj, dmin)
+    st.st_nlink = nlink
+    st.st_uid = uid
+    st.st_gid = gid
+    st.st_size = size
+    st.st_blocks = blocks
+    st.st_rdev = os.makedev(rmaj, rmin)
+    st.st_atime_ns = _ns(raw, 64)
+    st.st_mtime_ns = _ns(raw, 112)
+    st.st_ctime_ns = _ns(raw, 96)
+    st.btime_ns = _ns(raw, 80) if mask & _STATX_BTIME else 0
+    return st
+
+
+def lstatat(dirfd: int, path: bytes) -> Stat:
+    return _call(dirfd, path, _AT_SYMLINK_NOFOLLOW, path)
+
+
+def fstat(fd: int) -> Stat:
+    return _call(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, fd)
+
+
+if not os.environ.get("FASTNFS_PURE"):
+    try:
+        from ._fsstat import Stat, fstat, generation, lstatat  # noqa: F811  (Cython twin)
+    except ImportError:  # pragma: no cover
+        pass

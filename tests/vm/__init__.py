@@ -1,0 +1,1 @@
+"""qemu guests with the Linux kernel NFS client, for fastnfs tests (see guest.py)."""
