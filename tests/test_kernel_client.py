@@ -116,9 +116,11 @@ def kit_udp():
 def test_basic_operations_udp(kit_udp, fastnfs):
     (fastnfs.export / "pre").mkdir()
     (fastnfs.export / "pre" / "hello.txt").write_text("hello from the host")
-    res = run_guest(fastnfs, BASIC_OPS + "", proto="udp", opts="mountproto=udp")
+    res = run_guest(fastnfs, "grep ' /mnt ' /proc/mounts\n" + BASIC_OPS, proto="udp",
+                    opts="mountproto=udp")
     check_lines(res)
-    assert "proto=udp" in res.console or "udp" in res.output or True
+    mounts = res.output.splitlines()[0]
+    assert "proto=udp" in mounts and "mountproto=udp" in mounts, mounts
 
 
 BIG_DD = CHECK_FN + r'''
@@ -146,6 +148,14 @@ def test_dd_100mb_md5(kit, fastnfs):
     assert h.hexdigest() == src
 
 
+def _perm_bits(text: str) -> int:
+    """'-rw-r-x--x' -> 0o651 (no set-id bits are used here)."""
+    bits = 0
+    for ch in text[1:10]:
+        bits = (bits << 1) | (ch != "-")
+    return bits
+
+
 def test_ls_laR_of_10000_files_matches_server(kit, fastnfs):
     e = fastnfs.export
     want = {}
@@ -156,20 +166,20 @@ def test_ls_laR_of_10000_files_matches_server(kit, fastnfs):
             f = d / ("file%03d" % j)
             f.write_bytes(b"x" * (i + j))
             os.chmod(f, 0o600 + (j % 8))
-            want["dir%03d/file%03d" % (i, j)] = (i + j, 0o600 + (j % 8))
-    # the guest prints one line per file: path size mode
-    script = r'''
-find . -type f | while read -r f; do stat -c "%n %s %a" "$f"; done > /tmp/list
-ls -laR . > /dev/null || exit 3
-cat /tmp/list
-'''
-    res = run_guest(fastnfs, script, timeout=1200)
+            os.chown(f, 1000 + j, 2000 + i)
+            want["dir%03d/file%03d" % (i, j)] = (i + j, 0o600 + (j % 8), 1000 + j, 2000 + i)
+    res = run_guest(fastnfs, "ls -lanR .", timeout=1200)
     assert res.rc == 0, res.describe()
     got = {}
+    cur = None
     for line in res.output.splitlines():
+        if line.endswith(":") and line.startswith("./"):
+            cur = line[2:-1]
+            continue
         parts = line.split()
-        if len(parts) == 3 and parts[0].startswith("./dir"):
-            got[parts[0][2:]] = (int(parts[1]), int(parts[2], 8))
+        if cur and len(parts) >= 9 and parts[0].startswith("-"):
+            got["%s/%s" % (cur, parts[-1])] = (int(parts[4]), _perm_bits(parts[0]),
+                                               int(parts[2]), int(parts[3]))
     assert got == want
 
 
