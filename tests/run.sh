@@ -7,7 +7,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    pkgs="python3 python3-venv python3-dev gcc make libnfs-utils qemu-system-x86 busybox-static kmod cpio xz-utils zstd dpkg-dev"
+    pkgs="python3 python3-venv python3-dev gcc make libnfs-utils qemu-system-x86 busybox-static kmod cpio xz-utils zstd dpkg-dev rpcbind"
     missing=""
     for p in $pkgs; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -67,12 +67,18 @@ class Registration:
 
     def register(self, mappings, timeout: float = 1.0) -> bool:
         """mappings: (prog, vers, prot, port); False if there is no rpcbind."""
+        try:
+            # drop stale mappings of a previous run first, once per program version
+            for prog, vers in dict.fromkeys((m[0], m[1]) for m in mappings):
+                _call(PMAPPROC_UNSET, prog, vers, 0, 0, timeout)
+        except OSError:
+            log.info("no rpcbind on this host: clients must give port= and mountport=")
+            return False
         for prog, vers, prot, port in mappings:
             try:
-                _call(PMAPPROC_UNSET, prog, vers, 0, 0, timeout)
                 ok = _call(PMAPPROC_SET, prog, vers, prot, port, timeout)
-            except OSError:
-                log.info("no rpcbind on this host: clients must give port= and mountport=")
+            except OSError as e:
+                log.warning("rpcbind did not answer: %s", e)
                 return False
             if ok:
                 self.done.append((prog, vers, prot, port))

@@ -177,8 +177,10 @@ def run(server: Server) -> int:
     if not c.foreground:
         daemonize()
     if c.pid_file:
-        with open(c.pid_file, "w") as f:
+        tmp = "%s.%d.tmp" % (c.pid_file, os.getpid())
+        with open(tmp, "w") as f:
             f.write("%d\n" % os.getpid())
+        os.replace(tmp, c.pid_file)  # readers never see an empty pid file
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
