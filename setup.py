@@ -6,6 +6,8 @@ EXTENSIONS = [
     Extension("fastnfs._xdr", ["src/fastnfs/_xdr.pyx"]),
     Extension("fastnfs._fhcache", ["src/fastnfs/_fhcache.pyx"]),
     Extension("fastnfs._fsstat", ["src/fastnfs/_fsstat.pyx"]),
+    Extension("fastnfs._creds", ["src/fastnfs/_creds.pyx"]),
+    Extension("fastnfs.virtfs._meta", ["src/fastnfs/virtfs/_meta.pyx"]),
 ]
 
 setup(

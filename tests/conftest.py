@@ -40,7 +40,7 @@ class FastnfsProcess:
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[start:].decode(errors="replace")
             m = re.search(r"NFS port (\d+)", text)
-            if m and "serving" in text:
+            if m and "ready:" in text:
                 self.port = int(m.group(1))
                 return self
             if self.proc.poll() is not None:

@@ -23,10 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser(
         "serve", help="serve a directory over NFSv3 and MOUNT",
-        description="Serve PATH over NFS version 3 and MOUNT versions 1 and 3, both programs "
-                    "on one port (TCP and UDP). The export is read-write unless --ro; "
-                    "client root is not squashed and any source port is accepted.")
-    s.add_argument("path", metavar="PATH", help="directory to export")
+        description="Serve PATH (or the exports of an exports(5) file) over NFS version 3 "
+                    "and MOUNT versions 1 and 3, both programs on one port (TCP and UDP). "
+                    "PATH alone is exported to every host, read-write unless --ro, with "
+                    "client root not squashed and any source port accepted "
+                    "(rw,no_root_squash,insecure).")
+    s.add_argument("path", metavar="PATH", nargs="?", help="directory to export")
+    s.add_argument("-e", "--exports", metavar="FILE",
+                   help="exports file in unfsd's exports(5) syntax instead of PATH; "
+                        "SIGHUP re-reads it")
     s.add_argument("-n", "--port", type=_port, default=2049,
                    help="NFS port (default 2049; 0 picks a free port)")
     s.add_argument("-m", "--mount-port", type=_port, default=None,
@@ -39,33 +44,85 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-d", "--foreground", action="store_true",
                    help="stay in the foreground and log to stderr (default: detach)")
     s.add_argument("-i", "--pid-file", metavar="FILE", help="write the server's pid to FILE")
-    s.add_argument("--ro", action="store_true", help="export read-only")
+    s.add_argument("--ro", action="store_true", help="export PATH read-only")
+    s.add_argument("--root-squash", action="store_true",
+                   help="map client root to the anonymous ids (PATH only)")
+    s.add_argument("--all-squash", action="store_true",
+                   help="map every client user to the anonymous ids (PATH only)")
+    s.add_argument("--anonuid", type=int, metavar="UID",
+                   help="anonymous uid (default: nobody's, else 65534)")
+    s.add_argument("--anongid", type=int, metavar="GID",
+                   help="anonymous gid (default: nobody's group, else 65534)")
+    s.add_argument("--secure", action="store_true",
+                   help="accept requests only from source ports below 1024 (PATH only)")
+    s.add_argument("-s", "--single-user", action="store_true",
+                   help="never switch to the caller's user id, even as root (unfsd -s)")
+    s.add_argument("-V", "--virtfs", action="store_true",
+                   help="serve owners, modes and device nodes from mapped-file metadata "
+                        "(.virtfs_metadata, as QEMU's 9p mapped-file and ptxdist write it)")
     s.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default: info")
     s.add_argument("--fhcache-size", type=int, default=262144, metavar="N",
                    help="filehandle cache entries (default 262144)")
     s.add_argument("--io-threads", type=int, default=8, metavar="N",
                    help="threads for blocking disk calls such as fsync (default 8)")
+    x = sub.add_parser("exports", help="exports file tools")
+    xs = x.add_subparsers(dest="exports_command", required=True)
+    xc = xs.add_parser("check", help="check an exports file: exit 0 if it is valid, else 1",
+                       add_help=False)
+    xc.add_argument("files", nargs=argparse.REMAINDER)
     return ap
 
 
-def serve(args) -> int:
+def exports_for(args):
+    """(entries, exports_file) from -e FILE or PATH and the single-export options."""
+    from .exports import ExportsError, load_exports, single_export
+
+    if args.exports:
+        if args.path:
+            raise ExportsError(args.exports, 0, 0, "give either PATH or --exports, not both")
+        entries, warnings = load_exports(args.exports)
+        for w in warnings:
+            print(w, file=sys.stderr)
+        return entries, args.exports
+    if not args.path:
+        raise ExportsError("<command line>", 0, 0, "give PATH or --exports FILE")
+    path = os.path.realpath(args.path)
+    if not os.path.isdir(path):
+        raise ExportsError("<command line>", 0, 0, "%s is not a directory" % args.path)
+    entry = single_export(path, rw=not args.ro, root_squash=args.root_squash,
+                          all_squash=args.all_squash, anonuid=args.anonuid,
+                          anongid=args.anongid, secure=args.secure)
+    return [entry], None
+
+
+def serve(args, base: bytes = b"") -> int:
     from .server import Config, Server, banner, run
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s fastnfs[%(process)d] %(levelname)s %(message)s",
                         stream=sys.stderr)
-    path = os.path.realpath(args.path)
-    if not os.path.isdir(path):
-        print("fastnfs: %s is not a directory" % args.path, file=sys.stderr)
+    from .exports import ExportsError
+    try:
+        entries, exports_file = exports_for(args)
+    except ExportsError as e:
+        print("fastnfs: %s" % (e.message if e.line == 0 and e.filename == "<command line>" else e),
+              file=sys.stderr)
         return 2
     config = Config(
-        exports=[(path, {"ro": args.ro})], port=args.port, mount_port=args.mount_port,
+        exports=entries, exports_file=exports_file, base=base,
+        port=args.port, mount_port=args.mount_port,
         bind=args.bind, tcp_only=args.tcp_only, portmap=not args.no_portmap,
         foreground=args.foreground, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
+        single_user=args.single_user, virtfs=args.virtfs,
         io_threads=args.io_threads)
     os.umask(0)  # modes are exactly what clients ask for; they apply their own umask
-    server = Server(config)
+    try:
+        server = Server(config)
+    except OSError as e:
+        print("fastnfs: cannot export %s: %s" % (os.fsdecode(e.filename or b"?"), e.strerror),
+              file=sys.stderr)
+        return 2
     try:
         server.bind()
     except OSError as e:
@@ -80,6 +137,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "exports":
+        from .exports import check_main
+        return check_main(args.files)
     return 2
 
 

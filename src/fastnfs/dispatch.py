@@ -39,7 +39,8 @@ class Program:
 class Call:
     """Everything a procedure needs to know about the request it serves."""
 
-    __slots__ = ("xid", "prog", "vers", "proc", "cred", "peer", "proto", "maxdata")
+    __slots__ = ("xid", "prog", "vers", "proc", "cred", "peer", "proto", "maxdata",
+                 "opts", "ucred")
 
     def __init__(self, h: rpc.CallHeader, peer, proto: str, maxdata: int):
         self.xid = h.xid
@@ -50,6 +51,8 @@ class Call:
         self.peer = peer
         self.proto = proto
         self.maxdata = maxdata
+        self.opts = None   # ExportOptions for this client, once a handle is resolved
+        self.ucred = None  # the credentials after squashing
 
 
 class DuplicateRequestCache:
@@ -97,6 +100,7 @@ class Dispatcher:
         self.executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="fastnfs-io")
         self.drc = DuplicateRequestCache(drc_size)
         self.maxdata = {"tcp": tcp_maxdata, "udp": udp_maxdata}
+        self.on_call = None  # run first for every call (the server's own credentials)
 
     def dispatch(self, data, peer, proto: str):
         """Answer one call record.
@@ -112,6 +116,8 @@ class Dispatcher:
         if u.u32() != rpc.CALL:
             return None  # a REPLY or garbage: nothing to answer (RFC 5531 section 9)
         p = Packer(4)
+        if self.on_call is not None:
+            self.on_call()
         try:
             h = rpc.decode_call(u, xid)
             prog = self.programs.get(h.prog)

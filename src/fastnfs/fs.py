@@ -176,12 +176,16 @@ class Export:
 
     NEGATIVE_TTL = 5.0
 
-    def __init__(self, path, *, ro: bool = False, fhcache_size: int = 262144,
-                 dircache_size: int = 64, hidden: frozenset = frozenset()):
+    def __init__(self, path, *, entry=None, name: bytes | None = None,
+                 fhcache_size: int = 262144, dircache_size: int = 64,
+                 hidden: frozenset = frozenset()):
         if isinstance(path, str):
             path = os.fsencode(path)
         self.path = os.path.realpath(path)
-        self.ro = ro
+        # what clients MNT and EXPORT lists (differs from path with UNFS_BASE)
+        self.name = self.path if name is None else name
+        self.entry = entry
+        self._opts_memo: dict = {}
         self.root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         st = fstat(self.root_fd)
         self.root_ino = st.st_ino
@@ -198,6 +202,23 @@ class Export:
 
     def close(self) -> None:
         os.close(self.root_fd)
+
+    def options_for(self, addr: str):
+        """ExportOptions for a client address, or None if it is not allowed."""
+        try:
+            return self._opts_memo[addr]
+        except KeyError:
+            pass
+        opts = self.entry.options_for(addr)
+        if len(self._opts_memo) > 4096:
+            self._opts_memo.clear()
+        self._opts_memo[addr] = opts
+        return opts
+
+    def set_entry(self, entry) -> None:
+        """New options after an exports reload; handles stay valid."""
+        self.entry = entry
+        self._opts_memo = {}
 
     # -- filehandles ------------------------------------------------------
     def fh_of(self, ino: int, dev: int, gen: int, anc: tuple) -> bytes:

@@ -36,31 +36,45 @@ class MountState:
         self.mounts: dict = {}  # (host, dirpath) -> None, in mount order
 
     def find(self, call, dirpath: bytes):
-        """(export, obj) for a mount request's path, or a mountstat3."""
+        """(export, obj) for a mount request's path, or a mountstat3.
+
+        The longest export path that holds dirpath and admits the client wins
+        (exports may nest); a subdirectory of an export may be mounted too.
+        """
         if len(dirpath) > MNTPATHLEN:
             return MNT3ERR_NAMETOOLONG
+        if not dirpath.startswith(b"/"):
+            return MNT3ERR_NOENT
+        path = b"/" + b"/".join(c for c in dirpath.split(b"/") if c and c != b".")
+        if any(c == b".." for c in path.split(b"/")):
+            return MNT3ERR_ACCES
+        candidates = []
         for e in self.nfs.exports:
-            p = e.path
-            if dirpath == p or dirpath.rstrip(b"/") == p:
-                rest = b""
-            elif dirpath.startswith(p.rstrip(b"/") + b"/"):
-                rest = dirpath[len(p.rstrip(b"/")) + 1:]
-            else:
+            name = e.name.rstrip(b"/")
+            if path == (name or b"/") or path.startswith(name + b"/"):
+                candidates.append((len(name), e, path[len(name):]))
+        if not candidates:
+            return MNT3ERR_NOENT
+        candidates.sort(key=lambda c: -c[0])
+        for _n, e, rest in candidates:
+            try:
+                self.nfs.admit(call, e)
+            except NFSError:
                 continue
             obj = e.resolve(e.root_fh)
             try:
                 for comp in rest.split(b"/"):
-                    if comp in (b"", b"."):
-                        continue
-                    if comp == b"..":
-                        return MNT3ERR_ACCES
-                    obj = e.lookup(obj, comp)
+                    if comp:
+                        obj = e.lookup(obj, comp)
             except NFSError as err:
-                return {2: MNT3ERR_NOENT, 20: MNT3ERR_NOTDIR, 13: MNT3ERR_ACCES}.get(err.status, MNT3ERR_IO)
+                return _MNT_OF_NFS.get(err.status, MNT3ERR_IO)
             if not obj.is_dir:
                 return MNT3ERR_NOTDIR
             return e, obj
-        return MNT3ERR_NOENT
+        return MNT3ERR_ACCES
+
+
+_MNT_OF_NFS = {2: MNT3ERR_NOENT, 20: MNT3ERR_NOTDIR, 13: MNT3ERR_ACCES, 63: MNT3ERR_NAMETOOLONG}
 
 
 def mount_program(nfs_state) -> Program:
@@ -107,10 +121,11 @@ def mount_program(nfs_state) -> Program:
     def export(call, u, p):
         for e in nfs_state.exports:
             p.u32(1)
-            p.string(e.path)
-            for g in getattr(e, "groups", ()):
-                p.u32(1)
-                p.string(g)
+            p.string(e.name)
+            for spec in e.entry.clients:
+                if spec.text:  # an everyone-spec is an empty group list
+                    p.u32(1)
+                    p.string(spec.text.encode()[:MNTNAMLEN])
             p.u32(0)
         p.u32(0)
 

@@ -11,7 +11,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import portmap
+from . import creds, portmap
 from .dispatch import Dispatcher
 from .fs import Export
 from .mount import MOUNT_PROGRAM, mount_program
@@ -28,7 +28,9 @@ UDP_MAXDATA = 32768         # rtmax/wtmax on UDP (a reply must fit one datagram)
 
 @dataclass
 class Config:
-    exports: list = field(default_factory=list)   # [(path, {"ro": bool, ...})]
+    exports: list = field(default_factory=list)   # [exports.ExportEntry]
+    exports_file: str | None = None   # re-read on SIGHUP
+    base: bytes = b""                 # UNFS_BASE: prefix of every export path on disk
     port: int = 2049
     mount_port: int | None = None
     bind: str = "0.0.0.0"
@@ -39,23 +41,66 @@ class Config:
     fhcache_size: int = 262144
     max_record: int = TCP_MAXDATA + 4096
     io_threads: int = 8
+    single_user: bool = False         # never switch to the caller's credentials
+    virtfs: bool = False              # ownership from mapped-file metadata
 
 
 class Server:
     def __init__(self, config: Config):
         self.config = config
-        self.exports = [Export(path, ro=opts.get("ro", False), fhcache_size=config.fhcache_size)
-                        for path, opts in config.exports]
-        self.nfs = NFS3State(self.exports)
+        self.exports = self._make_exports(config.exports, {})
+        self.nfs = NFS3State(self.exports,
+                             switch_creds=False if config.single_user else None)
         self.executor = ThreadPoolExecutor(max_workers=config.io_threads,
                                            thread_name_prefix="fastnfs-io")
         self.dispatcher = Dispatcher([nfs3_program(self.nfs), mount_program(self.nfs)],
                                      executor=self.executor, udp_maxdata=UDP_MAXDATA,
                                      tcp_maxdata=TCP_MAXDATA)
+        if self.nfs.switch_creds:
+            self.dispatcher.on_call = creds.become_server
         self.sockets: list = []  # (kind, socket)
         self.registration = portmap.Registration()
         self._stop: asyncio.Event | None = None
         self._servers: list = []
+
+    def _make_exports(self, entries, old: dict) -> list:
+        """fs.Export objects for exports entries, reusing old ones (their handles and caches)."""
+        out = []
+        for entry in entries:
+            real = os.path.realpath(self.config.base + entry.path)
+            e = old.get(real)
+            if e is None:
+                e = Export(real, entry=entry, name=entry.path,
+                           fhcache_size=self.config.fhcache_size)
+            else:
+                e.set_entry(entry)
+                e.name = entry.path
+            out.append(e)
+        return out
+
+    def reload_exports(self) -> bool:
+        """Re-read the exports file; a broken file leaves the current exports in force."""
+        from .exports import ExportsError, load_exports
+        path = self.config.exports_file
+        if path is None:
+            log.info("SIGHUP: no exports file to re-read (the export is given on the command line)")
+            return False
+        try:
+            entries, warnings = load_exports(path)
+            for w in warnings:
+                log.warning("%s", w)
+            old = {e.path: e for e in self.exports}
+            new = self._make_exports(entries, old)
+        except (ExportsError, OSError) as err:
+            log.error("exports not reloaded, the previous ones stay in force: %s", err)
+            return False
+        for e in self.exports:
+            if e not in new:
+                e.close()
+        self.exports = new
+        self.nfs.set_exports(new)
+        log.info("exports reloaded from %s: %d exports", path, len(new))
+        return True
 
     # -- sockets are bound before the loop exists, so errors show before detaching
     def bind(self) -> None:
@@ -130,7 +175,7 @@ class Server:
                 if port == self.mount_port:
                     mappings += [(MOUNT_PROGRAM, 1, prot, port), (MOUNT_PROGRAM, 3, prot, port)]
             await loop.run_in_executor(None, self.registration.register, mappings)
-        log.info("serving")
+        log.info("ready: answering NFS and MOUNT calls")
         try:
             await self._stop.wait()
         finally:
@@ -142,7 +187,7 @@ class Server:
             self.executor.shutdown(wait=True, cancel_futures=False)
 
     def _hangup(self) -> None:
-        log.info("SIGHUP: nothing to reload (the export is given on the command line)")
+        self.reload_exports()
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -181,6 +226,9 @@ def run(server: Server) -> int:
         with open(tmp, "w") as f:
             f.write("%d\n" % os.getpid())
         os.replace(tmp, c.pid_file)  # readers never see an empty pid file
+    # until the loop installs its own handlers, a stop signal still exits cleanly
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -213,10 +261,11 @@ def banner(server: Server, out=sys.stderr) -> None:
     port, mport = server.port, server.mount_port
     protos = "TCP" if c.tcp_only else "TCP and UDP"
     for e in server.exports:
-        path = os.fsdecode(e.path)
-        mode = "read-only" if e.ro else "read-write"
-        print("fastnfs: serving %s (%s) over %s, NFS port %d, MOUNT port %d"
-              % (path, mode, protos, port, mport), file=out)
+        path = os.fsdecode(e.name)
+        rules = " ".join("%s(%s)" % (c.text, c.options) for c in e.entry.clients) or "nobody"
+        where = "" if e.name == e.path else " from " + os.fsdecode(e.path)
+        print("fastnfs: serving %s%s to %s over %s, NFS port %d, MOUNT port %d"
+              % (path, where, rules, protos, port, mport), file=out)
         print("  board kernel argument:  root=/dev/nfs nfsroot=%s:%s,v3,tcp,port=%d,mountport=%d ip=dhcp"
               % (host, path, port, mport), file=out)
         print("  mount from Linux:       mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:%s /mnt"

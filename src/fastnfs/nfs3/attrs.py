@@ -116,7 +116,7 @@ def ACCESS(s, call, u, p):
         p.u32(err.status)
         p.u32(0)
         return
-    granted = perm.access3(s.cred(call, e), obj.st, requested, e.ro)
+    granted = perm.access3(s.cred(call, e), obj.st, requested, s.read_only(call))
     p.u32(C.NFS3_OK)
     put_post_op_attr(p, obj.st, e.fsid)
     p.u32(granted & requested)

@@ -57,11 +57,13 @@ def _fail(p, op, status):
         put_wcc_data(p, op.before, op.after(), op.e.fsid)
 
 
-def _created(p, op, attrs: Sattr3 | None, own: bool = True):
-    """Give the new entry to the caller, apply attributes, encode the diropres3."""
+def _created(p, op, attrs: Sattr3 | None):
+    """Apply the requested attributes to a new entry and encode the diropres3.
+
+    The entry already belongs to the caller: it was made under the caller's
+    filesystem credentials (NFS3State.resolve), as a local create would be.
+    """
     s, e, d = op.s, op.e, op.d
-    if own:
-        s.give_to_caller(op.call, e, op.dfd, op.name, op.before)
     obj = e.child_obj(d, op.name, op.dfd)
     if obj is not None and attrs is not None and not attrs.empty():
         try:
@@ -131,7 +133,7 @@ def CREATE(s, call, u, p):
             rest.atime, rest.mtime = attrs.atime, attrs.mtime
             if attrs.mode is not None and attrs.mode & 0o6000:
                 rest.mode = attrs.mode  # set-id bits survive only a chmod after chown
-        _created(p, op, rest, own=fresh)
+        _created(p, op, rest)
 
     _run(p, lambda: DirOp(s, call, fh, name), body)
 
@@ -147,7 +149,7 @@ def _create_exclusive(p, op, verf: bytes):
     except FileExistsError:
         st = lstatat(op.dfd, op.name)
         if S.S_ISREG(st.st_mode) and int(st.st_atime) == a and int(st.st_mtime) == m:
-            _created(p, op, None, own=False)  # a retransmission of our own create
+            _created(p, op, None)  # a retransmission of our own create
             return
         raise
     try:

@@ -61,7 +61,7 @@ def READ(s, call, u, p):
     if offload.read_inline(count):
         work()
         return None
-    return work
+    return s.in_caller_creds(call, work)
 
 
 def WRITE(s, call, u, p):
@@ -120,7 +120,7 @@ def WRITE(s, call, u, p):
     if offload.write_inline(len(data), stable):
         work()
         return None
-    return work
+    return s.in_caller_creds(call, work)
 
 
 def COMMIT(s, call, u, p):
@@ -156,4 +156,4 @@ def COMMIT(s, call, u, p):
         put_wcc_data(p, before, st, e.fsid)
         p.fixed(s.write_verifier)
 
-    return work
+    return s.in_caller_creds(call, work)

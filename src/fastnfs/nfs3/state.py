@@ -1,25 +1,46 @@
-"""What every NFSv3 procedure shares: the exports, the write verifier, helpers."""
+"""What every NFSv3 procedure shares: exports, access checks, credentials.
+
+Every procedure starts by resolving a filehandle through ``NFS3State.resolve``,
+which is where the export's rules are applied, so they hold on every procedure:
+the client must be allowed by the export (and come from a privileged port when
+the export is ``secure``), its credentials are squashed as the export says, and
+when the server runs as root the calling thread takes those credentials for
+the filesystem calls that follow, so the kernel checks permissions.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import time
 
+from .. import creds, rpc
+from ..exports import squash
 from ..fs import Export, NFSError, Obj
+from ..rpc import Cred
 from . import const as C
 from .types import get_fh3
+
+log = logging.getLogger("fastnfs.access")
 
 
 class NFS3State:
     """Server-wide state for the NFS and MOUNT programs."""
 
-    def __init__(self, exports: list[Export], *, write_verifier: bytes | None = None):
-        self.exports = exports
-        self._by_id = {e.export_id: e for e in exports}
+    def __init__(self, exports: list[Export], *, write_verifier: bytes | None = None,
+                 switch_creds: bool | None = None):
+        self.exports: list[Export] = []
+        self._by_id: dict = {}
+        self.set_exports(exports)
         # RFC 1813 section 3.3.7: the verifier changes whenever the server restarts
         self.write_verifier = write_verifier or struct.pack(">Q", time.time_ns())
-        self.running_as_root = os.geteuid() == 0
+        self.switch_creds = creds.ENABLED if switch_creds is None else switch_creds
+        self._refusals: dict = {}
+
+    def set_exports(self, exports: list[Export]) -> None:
+        self.exports = list(exports)
+        self._by_id = {e.export_id: e for e in exports}
 
     # -- handles and access -------------------------------------------------
     def export_of(self, fh: bytes) -> Export:
@@ -30,31 +51,66 @@ class NFS3State:
             raise NFSError(C.NFS3ERR_STALE if fh[0] == 1 else C.NFS3ERR_BADHANDLE)
         return e
 
+    def admit(self, call, e: Export):
+        """The export's options for this caller (and its mapped credentials), or refuse."""
+        host, port = call.peer[0], call.peer[1]
+        opts = e.options_for(host)
+        if opts is None:
+            self._refused(host, e, "host not allowed by the exports")
+            raise NFSError(C.NFS3ERR_ACCES)
+        if opts.secure and port >= 1024:
+            self._refused(host, e, "source port %d is not privileged (export is secure)" % port)
+            raise NFSError(C.NFS3ERR_ACCES)
+        call.opts = opts
+        cred = call.cred
+        if cred.flavor == rpc.AUTH_SYS:
+            uid, gid, gids = squash(opts, cred.uid, cred.gid, cred.gids)
+        else:
+            uid, gid, gids = opts.anonuid, opts.anongid, ()
+        call.ucred = Cred(cred.flavor, uid, gid, gids, cred.machine)
+        return opts
+
+    def _refused(self, host: str, e: Export, why: str) -> None:
+        key = (host, e.export_id, why)
+        now = time.monotonic()
+        if now - self._refusals.get(key, -1e9) > 60:  # one line a minute per cause
+            self._refusals[key] = now
+            if len(self._refusals) > 10000:
+                self._refusals.clear()
+            log.warning("refused %s for export %s: %s", host, os.fsdecode(e.name), why)
+
     def resolve(self, call, fh: bytes) -> tuple[Export, Obj]:
+        if self.switch_creds:
+            creds.become_server()
         e = self.export_of(fh)
-        return e, e.resolve(fh)
+        self.admit(call, e)
+        obj = e.resolve(fh)
+        if self.switch_creds:
+            u = call.ucred
+            creds.switch(u.uid, u.gid, u.gids)
+        return e, obj
 
     def get_obj(self, call, u) -> tuple[Export, Obj]:
         return self.resolve(call, get_fh3(u))
 
+    def in_caller_creds(self, call, work):
+        """Wrap off-loop work so that it runs with the caller's credentials."""
+        if not self.switch_creds:
+            return work
+        u = call.ucred
+
+        def run():
+            creds.switch(u.uid, u.gid, u.gids)
+            return work()
+        return run
+
     def check_writable(self, call, export: Export) -> None:
-        if export.ro:
+        if call.opts is None or not call.opts.rw:
             raise NFSError(C.NFS3ERR_ROFS)
 
+    def read_only(self, call) -> bool:
+        return call.opts is None or not call.opts.rw
+
     def cred(self, call, export: Export):
-        """The caller's credentials as this export maps them (squashing: see exports)."""
-        return call.cred
-
-    def give_to_caller(self, call, export: Export, dfd: int, name: bytes, dir_st) -> None:
-        """Make a new object belong to the caller, as a local create would.
-
-        The group is the caller's, or the directory's when it is set-group-ID.
-        """
-        if not self.running_as_root:
-            return
-        cred = self.cred(call, export)
-        gid = dir_st.st_gid if dir_st.st_mode & 0o2000 else cred.gid
-        try:
-            os.chown(name, cred.uid, gid, dir_fd=dfd, follow_symlinks=False)
-        except OSError:
-            pass
+        """The caller's credentials after squashing."""
+        return call.ucred or call.cred

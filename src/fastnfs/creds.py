@@ -1,0 +1,64 @@
+"""Per-thread filesystem credentials (setfsuid, setfsgid, setgroups).
+
+Plain-Python twin of ``fastnfs._creds`` through ctypes.  The raw syscalls
+change only the calling thread; glibc's wrappers would change every thread.
+Only meaningful when the server runs as root (``ENABLED``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+__all__ = ["ENABLED", "switch", "become_server", "current"]
+
+ENABLED = os.geteuid() == 0
+
+# x86_64 and aarch64 syscall numbers, from <asm/unistd.h>
+_NR = {"x86_64": (122, 123, 116), "aarch64": (151, 152, 159)}
+_libc = ctypes.CDLL(None, use_errno=True)
+_state = threading.local()
+_server = None
+
+
+def _nr():
+    return _NR.get(os.uname().machine, _NR["x86_64"])
+
+
+def _server_identity():
+    global _server
+    if _server is None:
+        _server = (os.geteuid(), os.getegid(), tuple(os.getgroups()))
+    return _server
+
+
+def switch(uid: int, gid: int, groups: tuple) -> None:
+    want = (uid, gid, groups)
+    if getattr(_state, "cur", None) == want:
+        return
+    setfsuid, setfsgid, setgroups = _nr()
+    groups = groups[:32]
+    arr = (ctypes.c_uint * max(len(groups), 1))(*groups)
+    if _libc.syscall(setgroups, len(groups), arr) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    _libc.syscall(setfsgid, gid)
+    _libc.syscall(setfsuid, uid)
+    _state.cur = want
+
+
+def become_server() -> None:
+    uid, gid, groups = _server_identity()
+    switch(uid, gid, groups)
+
+
+def current():
+    return getattr(_state, "cur", None) or _server_identity()
+
+
+if not os.environ.get("FASTNFS_PURE"):
+    try:
+        from ._creds import become_server, current, switch  # noqa: F811  (Cython twin)
+    except ImportError:  # pragma: no cover
+        pass
