@@ -178,7 +178,7 @@ class Export:
 
     def __init__(self, path, *, entry=None, name: bytes | None = None,
                  fhcache_size: int = 262144, dircache_size: int = 64,
-                 hidden: frozenset = frozenset()):
+                 virtfs: bool = False, metacache_size: int = 65536):
         if isinstance(path, str):
             path = os.fsencode(path)
         self.path = os.path.realpath(path)
@@ -197,11 +197,21 @@ class Export:
         self._missing: OrderedDict = OrderedDict()
         self._dircache: OrderedDict = OrderedDict()
         self._dircache_size = dircache_size
-        self.hidden = hidden
+        self.virtfs = None
+        self.hidden = frozenset()
+        if virtfs:
+            from .virtfs.overlay import Virtfs
+            self.virtfs = Virtfs(self.root_fd, metacache_size)
+            self.hidden = Virtfs.hidden
         self.root_fh = self.fh_of(self.root_ino, st.st_dev, st.gen, ())
 
     def close(self) -> None:
         os.close(self.root_fd)
+
+    def view(self, path: bytes, st):
+        """Attributes as clients see them (the virtfs overlay, when enabled)."""
+        v = self.virtfs
+        return st if v is None else v.view(path, st)
 
     def options_for(self, addr: str):
         """ExportOptions for a client address, or None if it is not allowed."""
@@ -250,7 +260,7 @@ class Export:
         if path is not None:
             st = self._lstat(path)
             if st is not None and st.st_ino == ino and _same(st, dev, gen):
-                return Obj(ino, path, st, anc)
+                return Obj(ino, path, self.view(path, st), anc)
         obj = self._search(ino, dev, gen, anc)
         if obj is None:
             raise NFSError(C.NFS3ERR_STALE)
@@ -295,7 +305,7 @@ class Export:
             return None
         path, st = found
         self.cache.put(ino, path)
-        return Obj(ino, path, st, anc)
+        return Obj(ino, path, self.view(path, st), anc)
 
     def _scan(self, start: bytes, ino: int, dev: int, gen: int, maxdepth):
         """Breadth-first search below start, never following symlinks."""
@@ -389,7 +399,7 @@ class Export:
         """Re-read obj's attributes after a change."""
         st = self._lstat(obj.path)
         if st is not None and st.st_ino == obj.ino:
-            obj.st = st
+            obj.st = self.view(obj.path, st)
 
     def lookup(self, dirobj: Obj, name: bytes) -> Obj:
         """LOOKUP of one component; "." and ".." stay inside the export."""
@@ -407,7 +417,7 @@ class Export:
             pino = st.st_ino
             self.cache.put(pino, ppath)
             panc = dirobj.anc[1:] if dirobj.anc and dirobj.anc[0] == pino else ()
-            return Obj(pino, ppath, st, panc)
+            return Obj(pino, ppath, self.view(ppath, st), panc)
         check_name(name)
         if name in self.hidden:
             raise NFSError(C.NFS3ERR_NOENT)
@@ -420,7 +430,7 @@ class Export:
             self.close_fd(dfd)
         path = join(dirobj.path, name)
         self.cache.put(st.st_ino, path)
-        return Obj(st.st_ino, path, st, dirobj.child_anc())
+        return Obj(st.st_ino, path, self.view(path, st), dirobj.child_anc())
 
     def child_obj(self, dirobj: Obj, name: bytes, dfd: int) -> Obj | None:
         """Stat a just-created child through the directory fd and cache it."""
@@ -430,7 +440,7 @@ class Export:
             return None
         path = join(dirobj.path, name)
         self.cache.put(st.st_ino, path)
-        return Obj(st.st_ino, path, st, dirobj.child_anc())
+        return Obj(st.st_ino, path, self.view(path, st), dirobj.child_anc())
 
     def listing(self, dirobj: Obj):
         """(cookies, names, inodes) sorted by cookie, cached per directory version."""

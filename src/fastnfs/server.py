@@ -49,8 +49,9 @@ class Server:
     def __init__(self, config: Config):
         self.config = config
         self.exports = self._make_exports(config.exports, {})
+        # with virtfs the metadata, not the kernel, says who may do what
         self.nfs = NFS3State(self.exports,
-                             switch_creds=False if config.single_user else None)
+                             switch_creds=False if config.single_user or config.virtfs else None)
         self.executor = ThreadPoolExecutor(max_workers=config.io_threads,
                                            thread_name_prefix="fastnfs-io")
         self.dispatcher = Dispatcher([nfs3_program(self.nfs), mount_program(self.nfs)],
@@ -71,7 +72,7 @@ class Server:
             e = old.get(real)
             if e is None:
                 e = Export(real, entry=entry, name=entry.path,
-                           fhcache_size=self.config.fhcache_size)
+                           fhcache_size=self.config.fhcache_size, virtfs=self.config.virtfs)
             else:
                 e.set_entry(entry)
                 e.name = entry.path

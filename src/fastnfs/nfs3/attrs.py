@@ -8,6 +8,7 @@ import time
 
 from .. import perm
 from ..fs import NFSError, nfsstat_of
+from ..virtfs.ops import changed_meta, write_obj_meta
 from . import const as C
 from .types import Sattr3, get_fh3, get_sattr3, put_fattr3, put_post_op_attr, put_wcc_data
 
@@ -25,8 +26,38 @@ def GETATTR(s, call, u, p):
 
 def apply_sattr3(s, call, e, obj, a: Sattr3) -> None:
     """Carry out a sattr3 on obj (also used after CREATE/MKDIR/...)."""
+    if e.virtfs is not None:
+        _apply_virtfs(s, call, e, obj, a)
+        return
+    _apply_disk(s, call, e, obj, a)
+
+
+def _apply_virtfs(s, call, e, obj, a: Sattr3) -> None:
+    """virtfs: owner, group and mode go to the metadata, size and times to the file."""
     st = obj.st
-    fmt = S.S_IFMT(st.st_mode)
+    cred = s.cred(call, e)
+    if a.size is not None:
+        s.check_io(call, e, st, perm.W)
+    if a.atime is not None or a.mtime is not None:
+        explicit = (a.atime not in (None, Sattr3.SERVER_TIME)
+                    or a.mtime not in (None, Sattr3.SERVER_TIME))
+        if cred.uid not in (0, st.st_uid):
+            if explicit:
+                raise NFSError(C.NFS3ERR_PERM)   # utimes(2): only owner or root set a time
+            s.check(call, e, st, perm.W)
+    if a.mode is not None or a.uid is not None or a.gid is not None:
+        meta = changed_meta(cred, st, a.uid, a.gid, a.mode)
+        write_obj_meta(e, obj, meta)
+    disk = Sattr3()
+    disk.size, disk.atime, disk.mtime = a.size, a.atime, a.mtime
+    if getattr(st, "stored_as_file", False) and disk.size is not None:
+        raise NFSError(C.NFS3ERR_INVAL)
+    _apply_disk(s, call, e, obj, disk, real_fmt=S.S_IFMT(getattr(st, "real_mode", st.st_mode)))
+
+
+def _apply_disk(s, call, e, obj, a: Sattr3, real_fmt=None) -> None:
+    st = obj.st
+    fmt = S.S_IFMT(st.st_mode) if real_fmt is None else real_fmt
     if a.size is not None:
         if fmt == S.S_IFDIR:
             raise NFSError(C.NFS3ERR_ISDIR)

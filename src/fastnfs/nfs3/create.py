@@ -7,7 +7,10 @@ import os
 import stat as S
 
 from ..fsstat import fstat, lstatat
+from .. import perm
 from ..fs import NFSError, check_name, nfsstat_of
+from ..virtfs import ops as vops
+from ..virtfs.store import link_meta, make_rdev, write_meta
 from ..xdr import XdrError
 from . import const as C
 from .attrs import apply_sattr3
@@ -36,6 +39,7 @@ class DirOp:
         check_name(name)
         if name in self.e.hidden:
             raise NFSError(C.NFS3ERR_ACCES)
+        s.check(call, self.e, self.d.st, perm.W | perm.X)
         self.dfd = self.e.open_dir(self.d)
 
     def close(self):
@@ -57,13 +61,24 @@ def _fail(p, op, status):
         put_wcc_data(p, op.before, op.after(), op.e.fsid)
 
 
-def _created(p, op, attrs: Sattr3 | None):
+def _created(p, op, attrs: Sattr3 | None, vmeta=None):
     """Apply the requested attributes to a new entry and encode the diropres3.
 
     The entry already belongs to the caller: it was made under the caller's
-    filesystem credentials (NFS3State.resolve), as a local create would be.
+    filesystem credentials (NFS3State.resolve), as a local create would be;
+    with virtfs, vmeta (the caller's ids and the requested mode) is recorded.
     """
     s, e, d = op.s, op.e, op.d
+    if vmeta is not None:
+        if attrs is not None and s.cred(op.call, e).uid == 0 and (
+                attrs.uid is not None or attrs.gid is not None):
+            vmeta = vmeta._replace(uid=vmeta.uid if attrs.uid is None else attrs.uid,
+                                   gid=vmeta.gid if attrs.gid is None else attrs.gid)
+        write_meta(op.dfd, op.name, vmeta)
+        if attrs is not None:
+            rest = Sattr3()
+            rest.size, rest.atime, rest.mtime = attrs.size, attrs.atime, attrs.mtime
+            attrs = rest
     obj = e.child_obj(d, op.name, op.dfd)
     if obj is not None and attrs is not None and not attrs.empty():
         try:
@@ -111,9 +126,11 @@ def CREATE(s, call, u, p):
             _create_exclusive(p, op, verf)
             return
         mode = 0o644 if attrs.mode is None else attrs.mode & 0o7777
+        vfs = op.e.virtfs is not None
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(op.name, flags | os.O_EXCL, mode, dir_fd=op.dfd)
+            fd = os.open(op.name, flags | os.O_EXCL,
+                         vops.disk_mode(S.S_IFREG, mode) if vfs else mode, dir_fd=op.dfd)
             fresh = True
         except FileExistsError:
             if how == C.GUARDED:
@@ -127,13 +144,16 @@ def CREATE(s, call, u, p):
             fresh = False
         os.close(fd)
         rest = attrs
-        if fresh:
+        vmeta = None
+        if fresh and vfs:
+            vmeta = vops.new_meta(op.s.cred(op.call, op.e), op.before, S.S_IFREG, mode)
+        elif fresh:
             rest = Sattr3()
             rest.uid, rest.gid, rest.size = attrs.uid, attrs.gid, attrs.size
             rest.atime, rest.mtime = attrs.atime, attrs.mtime
             if attrs.mode is not None and attrs.mode & 0o6000:
                 rest.mode = attrs.mode  # set-id bits survive only a chmod after chown
-        _created(p, op, rest)
+        _created(p, op, rest, vmeta)
 
     _run(p, lambda: DirOp(s, call, fh, name), body)
 
@@ -156,7 +176,10 @@ def _create_exclusive(p, op, verf: bytes):
         os.utime(fd, ns=(a * 1_000_000_000, m * 1_000_000_000))
     finally:
         os.close(fd)
-    _created(p, op, None)
+    vmeta = None
+    if op.e.virtfs is not None:
+        vmeta = vops.new_meta(op.s.cred(op.call, op.e), op.before, S.S_IFREG, 0o600)
+    _created(p, op, None, vmeta)
 
 
 def MKDIR(s, call, u, p):
@@ -165,6 +188,11 @@ def MKDIR(s, call, u, p):
 
     def body(op):
         mode = 0o755 if attrs.mode is None else attrs.mode & 0o7777
+        if op.e.virtfs is not None:
+            os.mkdir(op.name, vops.disk_mode(S.S_IFDIR, mode), dir_fd=op.dfd)
+            vmeta = vops.new_meta(op.s.cred(op.call, op.e), op.before, S.S_IFDIR, mode)
+            _created(p, op, attrs, vmeta)
+            return
         os.mkdir(op.name, mode, dir_fd=op.dfd)
         attrs.mode = mode if mode & 0o7000 else None
         _created(p, op, attrs)
@@ -182,7 +210,10 @@ def SYMLINK(s, call, u, p):
             raise NFSError(C.NFS3ERR_INVAL)
         os.symlink(target, op.name, dir_fd=op.dfd)
         attrs.mode = None  # a symlink's mode means nothing on Linux
-        _created(p, op, attrs)
+        vmeta = None
+        if op.e.virtfs is not None:
+            vmeta = vops.new_meta(op.s.cred(op.call, op.e), op.before, S.S_IFLNK, 0o777)
+        _created(p, op, attrs, vmeta)
 
     _run(p, lambda: DirOp(s, call, fh, name), body)
 
@@ -208,6 +239,17 @@ def MKNOD(s, call, u, p):
         if attrs is None:
             raise NFSError(C.NFS3ERR_BADTYPE)  # section 3.3.11: REG, DIR, LNK are not for MKNOD
         mode = 0o644 if attrs.mode is None else attrs.mode & 0o7777
+        fmt = _MKNOD_FMT[ftype]
+        if op.e.virtfs is not None:
+            # no privilege needed: an empty regular file that the metadata calls a device
+            fd = os.open(op.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=op.dfd)
+            os.close(fd)
+            vmeta = vops.new_meta(op.s.cred(op.call, op.e), op.before, fmt, mode,
+                                  make_rdev(major, minor))
+            attrs.mode = None
+            _created(p, op, attrs, vmeta)
+            return
         try:
             dev = os.makedev(major, minor)
         except (OverflowError, ValueError):
@@ -242,6 +284,12 @@ def LINK(s, call, u, p):
             os.link("/proc/self/fd/%d" % fd, op.name, dst_dir_fd=op.dfd, follow_symlinks=True)
         finally:
             os.close(fd)
+        if e.virtfs is not None and obj.path != b".":
+            pfd, sname = vops.open_parent(e, obj)
+            try:
+                link_meta(pfd, sname, op.dfd, op.name)
+            finally:
+                os.close(pfd)
         e.refresh(obj)
         p.u32(C.NFS3_OK)
         put_post_op_attr(p, obj.st, e.fsid)

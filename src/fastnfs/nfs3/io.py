@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat as S
 
-from .. import offload
+from .. import offload, perm
 from ..fsstat import fstat, lstatat
 from ..fs import NFSError, nfsstat_of
 from ..xdr import XdrError
@@ -30,6 +30,7 @@ def READ(s, call, u, p):
     try:
         e, obj = s.resolve(call, fh)
         _regular(obj)
+        s.check_io(call, e, obj.st, perm.R)
     except NFSError as err:
         p.u32(err.status)
         put_post_op_attr(p, None, 0)
@@ -41,7 +42,7 @@ def READ(s, call, u, p):
             try:
                 # section 3.3.6: past the end (even past off_t) is no data and eof
                 data = os.pread(fd, count, offset) if count and offset <= MAX_OFFSET else b""
-                st = fstat(fd)
+                st = e.view(obj.path, fstat(fd))
             finally:
                 os.close(fd)
         except NFSError as err:
@@ -78,6 +79,7 @@ def WRITE(s, call, u, p):
         e, obj = s.resolve(call, fh)
         s.check_writable(call, e)
         _regular(obj)
+        s.check_io(call, e, obj.st, perm.W)
     except NFSError as err:
         p.u32(err.status)
         put_wcc_data(p, None, None, 0)
@@ -100,7 +102,7 @@ def WRITE(s, call, u, p):
                     os.fsync(fd)
                 elif stable == C.DATA_SYNC:
                     os.fdatasync(fd)
-                st = fstat(fd)
+                st = e.view(obj.path, fstat(fd))
             finally:
                 os.close(fd)
         except NFSError as err:
@@ -141,7 +143,7 @@ def COMMIT(s, call, u, p):
             fd = e.open_obj(obj, os.O_RDONLY)
             try:
                 os.fsync(fd)
-                st = fstat(fd)
+                st = e.view(obj.path, fstat(fd))
             finally:
                 os.close(fd)
         except NFSError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from ..fsstat import fstat, lstatat
+from .. import perm
 from ..fs import NFSError, dirname, join, nfsstat_of
 from . import const as C
 from .types import get_fh3, put_fattr3, put_post_op_attr
@@ -40,6 +41,7 @@ def _begin(s, call, fh, p):
         e, d = s.resolve(call, fh)
         if not d.is_dir:
             raise NFSError(C.NFS3ERR_NOTDIR)
+        s.check(call, e, d.st, perm.R)
         return e, d
     except NFSError as err:
         p.u32(err.status)
@@ -128,8 +130,11 @@ def READDIRPLUS(s, call, u, p):
                 efh = None
                 if st is not None:
                     ino = st.st_ino
-                    e.cache.put(ino, join(d.path, name))
+                    epath = join(d.path, name)
+                    e.cache.put(ino, epath)
                     efh = e.fh_of(ino, st.st_dev, st.gen, anc)
+                    if e.virtfs is not None:
+                        st = e.virtfs.view(epath, st)
             p.u32(1)
             p.u64(ino)
             p.string(name)

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import os
 
-from ..fsstat import fstat, lstatat
-from ..fs import NFSError, check_name, join, nfsstat_of
+import errno
+
+from ..fs import NFSError, join, nfsstat_of
+from ..fsstat import lstatat
+from ..virtfs.store import meta_dir_only, remove_meta, rename_meta, rmdir_meta_dir
 from . import const as C
-from .create import DirOp, _fail, _run
+from .create import DirOp, _run
 from .types import get_diropargs3, put_wcc_data
+
+_DIR_RD = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _victim(op, name: bytes):
+    """The entry about to go, as clients see it; sticky-directory rule checked."""
+    try:
+        st = lstatat(op.dfd, name)
+    except OSError as err:
+        raise NFSError(nfsstat_of(err))
+    if op.e.virtfs is not None:
+        op.s.check_delete(op.call, op.e, op.d.st, op.e.view(join(op.d.path, name), st))
+    return st
 
 
 def _ok(p, op):
@@ -20,13 +36,12 @@ def REMOVE(s, call, u, p):
     fh, name = get_diropargs3(u)
 
     def body(op):
-        try:
-            st = lstatat(op.dfd, op.name)
-        except OSError as err:
-            raise NFSError(nfsstat_of(err))
+        st = _victim(op, op.name)
         os.unlink(op.name, dir_fd=op.dfd)
         if st.st_nlink <= 1:
             op.e.cache.discard(st.st_ino)
+        if op.e.virtfs is not None:
+            remove_meta(op.dfd, op.name)
         _ok(p, op)
 
     _run(p, lambda: DirOp(s, call, fh, name), body)
@@ -43,9 +58,24 @@ def RMDIR(s, call, u, p):
         return DirOp(s, call, fh, name)
 
     def body(op):
-        st = lstatat(op.dfd, op.name)
-        os.rmdir(op.name, dir_fd=op.dfd)
+        st = _victim(op, op.name)
+        try:
+            os.rmdir(op.name, dir_fd=op.dfd)
+        except OSError as err:
+            # virtfs: a directory holding only its own .virtfs_metadata is empty
+            if op.e.virtfs is None or err.errno != errno.ENOTEMPTY:
+                raise
+            fd = os.open(op.name, _DIR_RD, dir_fd=op.dfd)
+            try:
+                only_meta = meta_dir_only(fd)
+            finally:
+                os.close(fd)
+            if not only_meta or not rmdir_meta_dir(op.dfd, op.name):
+                raise
+            os.rmdir(op.name, dir_fd=op.dfd)
         op.e.cache.discard(st.st_ino)
+        if op.e.virtfs is not None:
+            remove_meta(op.dfd, op.name)
         _ok(p, op)
 
     _run(p, make, body)
@@ -63,12 +93,16 @@ def RENAME(s, call, u, p):
         if src.e is not dst.e:
             raise NFSError(C.NFS3ERR_XDEV)
         e = src.e
-        st = lstatat(src.dfd, fname)
+        st = _victim(src, fname)
         try:
             old = lstatat(dst.dfd, tname)
         except FileNotFoundError:
             old = None
+        if old is not None and e.virtfs is not None:
+            _victim(dst, tname)
         os.rename(fname, tname, src_dir_fd=src.dfd, dst_dir_fd=dst.dfd)
+        if e.virtfs is not None:
+            rename_meta(src.dfd, fname, dst.dfd, tname)
         if old is not None and old.st_ino != st.st_ino:
             e.cache.discard(old.st_ino)
         e.cache.put(st.st_ino, join(dst.d.path, tname))

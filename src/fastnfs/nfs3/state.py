@@ -15,7 +15,9 @@ import os
 import struct
 import time
 
-from .. import creds, rpc
+import stat as S
+
+from .. import creds, perm, rpc
 from ..exports import squash
 from ..fs import Export, NFSError, Obj
 from ..rpc import Cred
@@ -114,3 +116,32 @@ class NFS3State:
     def cred(self, call, export: Export):
         """The caller's credentials after squashing."""
         return call.ucred or call.cred
+
+    # -- virtfs permission checks (otherwise the kernel checks, see resolve) --
+    def check(self, call, e: Export, st, want: int) -> None:
+        """Refuse unless the caller has every bit of want (perm.R/W/X) on st."""
+        if e.virtfs is None:
+            return
+        c = call.ucred
+        if not perm.allowed(c, st.st_uid, st.st_gid, st.st_mode, want):
+            raise NFSError(C.NFS3ERR_ACCES)
+
+    def check_io(self, call, e: Export, st, want: int) -> None:
+        """READ/WRITE: the owner may always (a file created 0444 stays writable
+        through the open that created it); others need the mode bits; a file
+        that may be executed may be read."""
+        if e.virtfs is None or call.ucred.uid == st.st_uid:
+            return
+        c = call.ucred
+        if want == perm.R and perm.allowed(c, st.st_uid, st.st_gid, st.st_mode, perm.X):
+            return
+        self.check(call, e, st, want)
+
+    def check_delete(self, call, e: Export, dir_st, victim_st) -> None:
+        """Removing or renaming an entry: sticky directories protect others' files."""
+        if e.virtfs is None:
+            return
+        uid = call.ucred.uid
+        if (dir_st.st_mode & S.S_ISVTX and uid != 0 and uid != dir_st.st_uid
+                and uid != victim_st.st_uid):
+            raise NFSError(C.NFS3ERR_PERM)
