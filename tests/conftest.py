@@ -31,8 +31,9 @@ class FastnfsProcess:
         port = self.port if port is None else port
         env = dict(os.environ)
         env.update(self.env or {})
+        workers = [] if "--workers" in self.extra_args else ["--workers", "1"]
         cmd = [sys.executable, "-m", "fastnfs", "serve", str(self.export), "-n", str(port),
-               "-p", "-d", "--log-level", "debug", *self.extra_args]
+               "-p", "-d", "--log-level", "debug", *workers, *self.extra_args]
         self._log = open(self.log_path, "ab")
         start = self._log.tell()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)

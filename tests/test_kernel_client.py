@@ -20,6 +20,15 @@ from vm import guest
 pytestmark = pytest.mark.vm
 
 
+@pytest.fixture
+def fastnfs(export_dir):
+    """fastnfs as users run it: several worker processes on one port."""
+    srv = FastnfsProcess(export_dir, ["--workers", "2"]).start()
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log(), srv.log()[-4000:]
+
+
 @pytest.fixture(scope="module")
 def kit():
     ok, why = guest.available()

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["debug", "info", "warning", "error"], help="default: info")
     s.add_argument("--fhcache-size", type=int, default=262144, metavar="N",
                    help="filehandle cache entries (default 262144)")
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="worker processes sharing the ports (default: the number of CPUs, "
+                        "%(default)s here)")
     s.add_argument("--io-threads", type=int, default=8, metavar="N",
                    help="threads for blocking disk calls such as fsync (default 8)")
     x = sub.add_parser("exports", help="exports file tools")
@@ -114,7 +117,7 @@ def serve(args, base: bytes = b"") -> int:
         port=args.port, mount_port=args.mount_port,
         bind=args.bind, tcp_only=args.tcp_only, portmap=not args.no_portmap,
         foreground=args.foreground, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
-        single_user=args.single_user, virtfs=args.virtfs,
+        single_user=args.single_user, virtfs=args.virtfs, workers=max(1, args.workers),
         io_threads=args.io_threads)
     os.umask(0)  # modes are exactly what clients ask for; they apply their own umask
     try:

@@ -41,6 +41,7 @@ class Config:
     fhcache_size: int = 262144
     max_record: int = TCP_MAXDATA + 4096
     io_threads: int = 8
+    workers: int = 1                  # processes answering on the same ports
     single_user: bool = False         # never switch to the caller's credentials
     virtfs: bool = False              # ownership from mapped-file metadata
 
@@ -52,10 +53,9 @@ class Server:
         # with virtfs the metadata, not the kernel, says who may do what
         self.nfs = NFS3State(self.exports,
                              switch_creds=False if config.single_user or config.virtfs else None)
-        self.executor = ThreadPoolExecutor(max_workers=config.io_threads,
-                                           thread_name_prefix="fastnfs-io")
+        self.executor = None  # made in serve(): threads must not predate a fork
         self.dispatcher = Dispatcher([nfs3_program(self.nfs), mount_program(self.nfs)],
-                                     executor=self.executor, udp_maxdata=UDP_MAXDATA,
+                                     udp_maxdata=UDP_MAXDATA,
                                      tcp_maxdata=TCP_MAXDATA)
         if self.nfs.switch_creds:
             self.dispatcher.on_call = creds.become_server
@@ -111,18 +111,41 @@ class Server:
         if c.mount_port is not None and c.mount_port != c.port:
             self._bind_port(c.mount_port)
         self.config.port = nfs_port
+        if c.mount_port is None:
+            c.mount_port = nfs_port
+
+    def bind_again(self) -> list:
+        """Another set of listeners on the same ports (SO_REUSEPORT), for a worker."""
+        out = []
+        for kind, s in self.sockets:
+            n = socket.socket(socket.AF_INET,
+                              socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+            n.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            n.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            n.bind(s.getsockname())
+            if kind == "tcp":
+                n.listen(1024)
+            else:
+                n.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            n.setblocking(False)
+            out.append((kind, n))
+        return out
 
     def _bind_port(self, port: int) -> int:
         c = self.config
         for _attempt in range(20):
             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if c.workers > 1:
+                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             t.bind((c.bind, port))
             actual = t.getsockname()[1]
             d = None
             if not c.tcp_only:
                 d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 d.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if c.workers > 1:
+                    d.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 try:
                     d.bind((c.bind, actual))
                 except OSError:
@@ -150,8 +173,23 @@ class Server:
         ports = [s.getsockname()[1] for k, s in self.sockets if k == "tcp"]
         return ports[-1]
 
-    async def serve(self) -> None:
+    def mappings(self) -> list:
+        """(prog, vers, protocol, port) for rpcbind."""
+        out = []
+        for kind, sock in self.sockets:
+            prot = portmap.IPPROTO_TCP if kind == "tcp" else portmap.IPPROTO_UDP
+            port = sock.getsockname()[1]
+            if port == self.port:
+                out.append((NFS_PROGRAM, NFS_V3, prot, port))
+            if port == self.mount_port:
+                out += [(MOUNT_PROGRAM, 1, prot, port), (MOUNT_PROGRAM, 3, prot, port)]
+        return out
+
+    async def serve(self, register: bool = True) -> None:
         loop = asyncio.get_running_loop()
+        self.executor = ThreadPoolExecutor(max_workers=self.config.io_threads,
+                                           thread_name_prefix="fastnfs-io")
+        self.dispatcher.executor = self.executor
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -166,16 +204,9 @@ class Server:
                 tr, _ = await loop.create_datagram_endpoint(
                     lambda: RpcDatagramProtocol(self.dispatcher), sock=sock)
                 self._servers.append(tr)
-        if self.config.portmap:
-            mappings = []
-            for kind, sock in self.sockets:
-                prot = portmap.IPPROTO_TCP if kind == "tcp" else portmap.IPPROTO_UDP
-                port = sock.getsockname()[1]
-                if port == self.port:
-                    mappings.append((NFS_PROGRAM, NFS_V3, prot, port))
-                if port == self.mount_port:
-                    mappings += [(MOUNT_PROGRAM, 1, prot, port), (MOUNT_PROGRAM, 3, prot, port)]
-            await loop.run_in_executor(None, self.registration.register, mappings)
+        register = register and self.config.portmap
+        if register:
+            await loop.run_in_executor(None, self.registration.register, self.mappings())
         log.info("ready: answering NFS and MOUNT calls")
         try:
             await self._stop.wait()
@@ -183,11 +214,13 @@ class Server:
             log.info("stopping")
             for s in self._servers:
                 s.close()
-            if self.config.portmap:
+            if register:
                 self.registration.unregister()
             self.executor.shutdown(wait=True, cancel_futures=False)
 
     def _hangup(self) -> None:
+        if self.nfs.switch_creds:
+            creds.become_server()  # the loop thread may still wear the last caller's ids
         self.reload_exports()
 
     def stop(self) -> None:
@@ -227,15 +260,12 @@ def run(server: Server) -> int:
         with open(tmp, "w") as f:
             f.write("%d\n" % os.getpid())
         os.replace(tmp, c.pid_file)  # readers never see an empty pid file
-    # until the loop installs its own handlers, a stop signal still exits cleanly
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(0))
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(server.serve())
+        if c.workers > 1:
+            from .workers import supervise
+            return supervise(server, c.workers)
+        serve_in_this_process(server)
     finally:
-        loop.close()
         if c.pid_file:
             try:
                 os.unlink(c.pid_file)
@@ -244,6 +274,18 @@ def run(server: Server) -> int:
         for e in server.exports:
             e.close()
     return 0
+
+
+def serve_in_this_process(server: Server, register: bool = True) -> None:
+    # until the loop installs its own handlers, a stop signal still exits cleanly
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(server.serve(register))
+    finally:
+        loop.close()
 
 
 def primary_address() -> str:
