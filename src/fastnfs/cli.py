@@ -67,14 +67,66 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="worker processes sharing the ports (default: the number of CPUs, "
                         "%(default)s here)")
+    s.add_argument("--max-connections", type=int, default=4096, metavar="N",
+                   help="open TCP connections per worker; more are refused with a log line "
+                        "(default 4096)")
+    s.add_argument("--idle-timeout", type=float, default=360.0, metavar="SECONDS",
+                   help="close TCP connections idle this long; 0: never (default 360)")
+    s.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics over HTTP on ADDR:PORT (default: off)")
+    s.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="log lines as text (default) or one JSON object per line")
     s.add_argument("--io-threads", type=int, default=8, metavar="N",
                    help="threads for blocking disk calls such as fsync (default 8)")
+    st = sub.add_parser("stats", help="print the statistics of a running server",
+                        description="Per-procedure calls, errors and latency, bytes, cache "
+                                    "hit rates, connections and clients of the fastnfs "
+                                    "serving PORT on this host (run as the same user).")
+    st.add_argument("-n", "--port", type=_port, default=2049, help="its NFS port (default 2049)")
+    st.add_argument("--json", action="store_true", help="print JSON instead of tables")
     x = sub.add_parser("exports", help="exports file tools")
     xs = x.add_subparsers(dest="exports_command", required=True)
     xc = xs.add_parser("check", help="check an exports file: exit 0 if it is valid, else 1",
                        add_help=False)
     xc.add_argument("files", nargs=argparse.REMAINDER)
     return ap
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record):
+        import json
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "pid": record.process, "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s fastnfs[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
+
+
+def stats_main(args) -> int:
+    import json
+
+    from .stats import collect, format_table, stats_dir
+    s = collect(stats_dir(args.port))
+    if s is None:
+        print("fastnfs: no running fastnfs on port %d publishes statistics for this user"
+              % args.port, file=sys.stderr)
+        return 1
+    print(json.dumps(s, indent=1, sort_keys=True) if args.json else format_table(s))
+    return 0
 
 
 def exports_for(args):
@@ -84,10 +136,11 @@ def exports_for(args):
     if args.exports:
         if args.path:
             raise ExportsError(args.exports, 0, 0, "give either PATH or --exports, not both")
-        entries, warnings = load_exports(args.exports)
+        path = os.path.abspath(args.exports)  # still right after daemonize() chdirs to /
+        entries, warnings = load_exports(path)
         for w in warnings:
             print(w, file=sys.stderr)
-        return entries, args.exports
+        return entries, path
     if not args.path:
         raise ExportsError("<command line>", 0, 0, "give PATH or --exports FILE")
     path = os.path.realpath(args.path)
@@ -102,9 +155,7 @@ def exports_for(args):
 def serve(args, base: bytes = b"") -> int:
     from .server import Config, Server, banner, run
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s fastnfs[%(process)d] %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    setup_logging(args.log_level, args.log_format)
     from .exports import ExportsError
     try:
         entries, exports_file = exports_for(args)
@@ -118,6 +169,8 @@ def serve(args, base: bytes = b"") -> int:
         bind=args.bind, tcp_only=args.tcp_only, portmap=not args.no_portmap,
         foreground=args.foreground, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
         single_user=args.single_user, virtfs=args.virtfs, workers=max(1, args.workers),
+        max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+        metrics=args.metrics,
         io_threads=args.io_threads)
     os.umask(0)  # modes are exactly what clients ask for; they apply their own umask
     try:
@@ -140,6 +193,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "stats":
+        return stats_main(args)
     if args.command == "exports":
         from .exports import check_main
         return check_main(args.files)

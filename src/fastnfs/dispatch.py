@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from . import rpc
 from .rpc import RpcReject
+from .stats import Stats
 from .xdr import Packer, Unpacker, XdrError
 
 log = logging.getLogger("fastnfs.rpc")
@@ -101,6 +103,7 @@ class Dispatcher:
         self.drc = DuplicateRequestCache(drc_size)
         self.maxdata = {"tcp": tcp_maxdata, "udp": udp_maxdata}
         self.on_call = None  # run first for every call (the server's own credentials)
+        self.stats = Stats()
 
     def dispatch(self, data, peer, proto: str):
         """Answer one call record.
@@ -111,6 +114,7 @@ class Dispatcher:
         """
         if len(data) < 8:
             return None
+        t0 = time.perf_counter_ns()
         u = Unpacker(data)
         xid = u.u32()
         if u.u32() != rpc.CALL:
@@ -132,9 +136,11 @@ class Dispatcher:
                 raise RpcReject("auth", rpc.AUTH_TOOWEAK)
         except RpcReject as e:
             encode_reject_logged(p, xid, e, peer)
+            self.stats.rpc_rejects += 1
             return p
         except XdrError:
             rpc.encode_reject(p, xid, RpcReject("garbage_args"))
+            self.stats.rpc_rejects += 1
             return p
 
         drc_key = None
@@ -169,10 +175,21 @@ class Dispatcher:
         if later is None:
             if drc_key is not None:
                 self.drc.finish(drc_key, bytes(p.getbuffer()[4:]))
+            self._count(h, p, mark, t0, peer, len(data))
             return p
-        return self._finish_later(later, p, mark, xid, prog, h, drc_key)
+        return self._finish_later(later, p, mark, xid, prog, h, drc_key, t0, peer, len(data))
 
-    async def _finish_later(self, later, p, mark, xid, prog, h, drc_key):
+    def _count(self, h, p, mark: int, t0: int, peer, nin: int) -> None:
+        """Statistics of one answered call; the status is the first word of the result."""
+        n = len(p)
+        ok = True
+        if h.proc and (h.prog == 100003 or h.proc == 1) and n >= mark + 28:
+            buf = p.getbuffer()
+            ok = buf[mark + 20:mark + 28] == b"\0\0\0\0\0\0\0\0"  # SUCCESS, status 0
+            del buf
+        self.stats.call(h.prog, h.proc, ok, time.perf_counter_ns() - t0, peer[0], nin, n - 4)
+
+    async def _finish_later(self, later, p, mark, xid, prog, h, drc_key, t0, peer, nin):
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.executor, later)
@@ -182,6 +199,7 @@ class Dispatcher:
             rpc.encode_reject(p, xid, RpcReject("system_err"))
         if drc_key is not None:
             self.drc.finish(drc_key, bytes(p.getbuffer()[4:]))
+        self._count(h, p, mark, t0, peer, nin)
         return p
 
 

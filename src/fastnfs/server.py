@@ -18,7 +18,8 @@ from .mount import MOUNT_PROGRAM, mount_program
 from .nfs3.const import NFS_PROGRAM, NFS_V3
 from .nfs3.program import nfs3_program
 from .nfs3.state import NFS3State
-from .transport import RpcDatagramProtocol, RpcStreamProtocol
+from .stats import Stats, serve_metrics, stats_dir
+from .transport import Connections, RpcDatagramProtocol, RpcStreamProtocol
 
 log = logging.getLogger("fastnfs")
 
@@ -44,6 +45,9 @@ class Config:
     workers: int = 1                  # processes answering on the same ports
     single_user: bool = False         # never switch to the caller's credentials
     virtfs: bool = False              # ownership from mapped-file metadata
+    max_connections: int = 4096       # per process; more are refused with a log line
+    idle_timeout: float = 360.0       # seconds; 0 keeps idle connections forever
+    metrics: str | None = None        # "HOST:PORT" for the Prometheus endpoint
 
 
 class Server:
@@ -59,6 +63,13 @@ class Server:
                                      tcp_maxdata=TCP_MAXDATA)
         if self.nfs.switch_creds:
             self.dispatcher.on_call = creds.become_server
+        self.stats = self.dispatcher.stats
+        self.nfs.stats = self.stats
+        self.connections = Connections(self.stats, config.max_connections, config.idle_timeout)
+        self.stats.caches["filehandle"] = lambda: _sum_caches(e.cache for e in self.exports)
+        if config.virtfs:
+            self.stats.caches["virtfs metadata"] = lambda: _sum_caches(
+                e.virtfs.cache for e in self.exports if e.virtfs is not None)
         self.sockets: list = []  # (kind, socket)
         self.registration = portmap.Registration()
         self._stop: asyncio.Event | None = None
@@ -195,10 +206,11 @@ class Server:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
         mr = self.config.max_record
+        conns = self.connections
         for kind, sock in self.sockets:
             if kind == "tcp":
                 srv = await loop.create_server(
-                    lambda: RpcStreamProtocol(self.dispatcher, mr), sock=sock)
+                    lambda: RpcStreamProtocol(self.dispatcher, mr, connections=conns), sock=sock)
                 self._servers.append(srv)
             else:
                 tr, _ = await loop.create_datagram_endpoint(
@@ -207,16 +219,39 @@ class Server:
         register = register and self.config.portmap
         if register:
             await loop.run_in_executor(None, self.registration.register, self.mappings())
+        sdir = stats_dir(self.port)
+        if register and self.config.metrics:  # a single process serves its own metrics
+            self._start_metrics(sdir)
+        ticker = asyncio.ensure_future(self._tick(sdir))
         log.info("ready: answering NFS and MOUNT calls")
         try:
             await self._stop.wait()
         finally:
             log.info("stopping")
+            ticker.cancel()
+            Stats.remove(sdir)
             for s in self._servers:
                 s.close()
             if register:
                 self.registration.unregister()
             self.executor.shutdown(wait=True, cancel_futures=False)
+
+    async def _tick(self, sdir: str) -> None:
+        """Once a second: publish statistics; close idle connections."""
+        while True:
+            try:
+                self.stats.dump(sdir)
+            except OSError as e:
+                log.debug("cannot write statistics to %s: %s", sdir, e)
+            self.connections.reap_idle()
+            await asyncio.sleep(1.0)
+
+    def _start_metrics(self, sdir: str) -> None:
+        try:
+            serve_metrics(self.config.metrics, sdir)
+            log.info("Prometheus metrics on http://%s/metrics", self.config.metrics)
+        except (OSError, ValueError) as e:
+            log.error("cannot serve metrics on %s: %s", self.config.metrics, e)
 
     def _hangup(self) -> None:
         if self.nfs.switch_creds:
@@ -226,6 +261,26 @@ class Server:
     def stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
+
+
+def _sum_caches(caches) -> tuple:
+    hits = misses = size = 0
+    for c in caches:
+        hits += c.hits
+        misses += c.misses
+        size += len(c)
+    return hits, misses, size
+
+
+def raise_fd_limit() -> None:
+    """Use the hard limit on open files: every connection and open file needs one."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def new_event_loop():
@@ -260,9 +315,12 @@ def run(server: Server) -> int:
         with open(tmp, "w") as f:
             f.write("%d\n" % os.getpid())
         os.replace(tmp, c.pid_file)  # readers never see an empty pid file
+    raise_fd_limit()
     try:
         if c.workers > 1:
             from .workers import supervise
+            if c.metrics:
+                server._start_metrics(stats_dir(server.port))
             return supervise(server, c.workers)
         serve_in_this_process(server)
     finally:

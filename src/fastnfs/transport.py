@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 log = logging.getLogger("fastnfs.transport")
 
@@ -21,9 +22,58 @@ def _send_size(p) -> int:
     return len(p) - 4
 
 
+class Connections:
+    """The open TCP connections of one process: a limit and an idle timeout.
+
+    At the limit a new connection is closed at once with a log line, so a
+    flood of clients cannot exhaust file descriptors; a connection that has
+    sent nothing for idle_timeout seconds (and has no call in progress) is
+    closed, as knfsd does with idle clients, who reconnect when they need to.
+    """
+
+    def __init__(self, stats, limit: int = 4096, idle_timeout: float = 360.0):
+        self.stats = stats
+        self.limit = limit
+        self.idle_timeout = idle_timeout
+        self.open: set = set()
+        self._last_refusal_log = 0.0
+
+    def admit(self, proto) -> bool:
+        if len(self.open) >= self.limit:
+            self.stats.connections_refused += 1
+            now = time.monotonic()
+            if now - self._last_refusal_log > 10:
+                self._last_refusal_log = now
+                log.warning("connection limit (%d) reached: refusing %s (raise --max-connections)",
+                            self.limit, proto.peer[0])
+            return False
+        self.open.add(proto)
+        self.stats.connections = len(self.open)
+        self.stats.connections_total += 1
+        return True
+
+    def gone(self, proto) -> None:
+        self.open.discard(proto)
+        self.stats.connections = len(self.open)
+
+    def reap_idle(self) -> int:
+        """Close connections idle for longer than the timeout; how many were closed."""
+        if self.idle_timeout <= 0:
+            return 0
+        cutoff = time.monotonic() - self.idle_timeout
+        idle = [c for c in self.open if c.last_active < cutoff and not c.busy]
+        for c in idle:
+            log.debug("closing idle connection from %s", c.peer[0])
+            c.transport.close()
+        return len(idle)
+
+
 class RpcStreamProtocol(asyncio.Protocol):
-    def __init__(self, dispatcher, max_record: int, max_inflight: int = 32):
+    def __init__(self, dispatcher, max_record: int, max_inflight: int = 32,
+                 connections: Connections | None = None):
         self.dispatcher = dispatcher
+        self.connections = connections
+        self.last_active = time.monotonic()
         self.max_record = max_record
         self.max_inflight = max_inflight
         self.transport = None
@@ -41,10 +91,19 @@ class RpcStreamProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (peer[0], peer[1])
+        if self.connections is not None and not self.connections.admit(self):
+            self.connections = None
+            transport.abort()
 
     def connection_lost(self, exc):
         self._buf = bytearray()
         self._frags = []
+        if self.connections is not None:
+            self.connections.gone(self)
+
+    @property
+    def busy(self) -> bool:
+        return self._inflight > 0
 
     def pause_writing(self):
         self._write_blocked = True
@@ -55,6 +114,7 @@ class RpcStreamProtocol(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data):
+        self.last_active = time.monotonic()
         buf = self._buf
         buf += data
         pos = 0

@@ -53,6 +53,17 @@ class DirOp:
         return self.d.st
 
 
+def _undo_create(op) -> None:
+    try:
+        st = lstatat(op.dfd, op.name)
+        if S.S_ISDIR(st.st_mode):
+            os.rmdir(op.name, dir_fd=op.dfd)
+        else:
+            os.unlink(op.name, dir_fd=op.dfd)
+    except OSError:
+        pass
+
+
 def _fail(p, op, status):
     p.u32(status)
     if op is None or op.d is None:
@@ -74,7 +85,11 @@ def _created(p, op, attrs: Sattr3 | None, vmeta=None):
                 attrs.uid is not None or attrs.gid is not None):
             vmeta = vmeta._replace(uid=vmeta.uid if attrs.uid is None else attrs.uid,
                                    gid=vmeta.gid if attrs.gid is None else attrs.gid)
-        write_meta(op.dfd, op.name, vmeta)
+        try:
+            write_meta(op.dfd, op.name, vmeta)
+        except BaseException:
+            _undo_create(op)  # never leave an entry without the owner the client asked for
+            raise
         if attrs is not None:
             rest = Sattr3()
             rest.size, rest.atime, rest.mtime = attrs.size, attrs.atime, attrs.mtime

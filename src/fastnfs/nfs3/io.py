@@ -55,6 +55,8 @@ def READ(s, call, u, p):
             return
         p.u32(C.NFS3_OK)
         put_post_op_attr(p, st, e.fsid)
+        if s.stats is not None:
+            s.stats.bytes_read += len(data)
         p.u32(len(data))
         p.boolean(offset + len(data) >= st.st_size)
         p.opaque(data)
@@ -115,6 +117,8 @@ def WRITE(s, call, u, p):
             return
         p.u32(C.NFS3_OK)
         put_wcc_data(p, before, st, e.fsid)
+        if s.stats is not None:
+            s.stats.bytes_written += len(data)
         p.u32(len(data))
         p.u32(stable)
         p.fixed(s.write_verifier)

@@ -39,6 +39,7 @@ class NFS3State:
         self.write_verifier = write_verifier or struct.pack(">Q", time.time_ns())
         self.switch_creds = creds.ENABLED if switch_creds is None else switch_creds
         self._refusals: dict = {}
+        self.stats = None  # set by the server: bytes_read / bytes_written are counted here
 
     def set_exports(self, exports: list[Export]) -> None:
         self.exports = list(exports)

@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""fastnfs vs unfsd, measured in the same run, on the same tree, with the same client.
+
+    python3 bench/run.py getattr   --unfsd /path/to/unfsd [--cpu 1]
+    python3 bench/run.py bootstorm --unfsd /path/to/unfsd [--clients 16,64]
+    python3 bench/run.py stream    --unfsd /path/to/unfsd [--size 1G]
+    python3 bench/run.py virtfs                            (fastnfs --virtfs vs fastnfs)
+    python3 bench/run.py all       --unfsd /path/to/unfsd
+
+Each workload starts the servers itself on free loopback ports, alternating
+them (fastnfs, unfsd, fastnfs, unfsd, ...) for --rounds rounds, and prints a
+markdown table of the medians with the ratio fastnfs/unfsd.  Without --unfsd
+it measures fastnfs alone.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from array import array
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOADGEN = os.path.join(HERE, "loadgen.py")
+sys.path.insert(0, HERE)
+import mktree  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (both servers also bind UDP)."""
+    for _ in range(100):
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.bind(("127.0.0.1", 0))
+        port = t.getsockname()[1]
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
+        return port
+    raise OSError("no free port")
+
+
+def _stat(pid) -> list:
+    with open("/proc/%s/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of root and its descendants (all threads), plus the children it reaped."""
+    kids: dict = {}
+    ticks: dict = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = _stat(d)
+        except OSError:
+            continue
+        kids.setdefault(int(f[1]), []).append(int(d))
+        ticks[int(d)] = int(f[11]) + int(f[12])
+    total = 0
+    try:
+        f = _stat(root)
+        total += int(f[13]) + int(f[14])  # cutime + cstime: workers that already exited
+    except OSError:
+        pass
+    todo = [root]
+    while todo:
+        p = todo.pop()
+        total += ticks.get(p, 0)
+        todo += kids.get(p, [])
+    return total / TICK
+
+
+def describe_fastnfs() -> str:
+    """Which fastnfs is measured: the source tree's commit and whether it has changes."""
+    try:
+        import fastnfs
+        src = os.path.dirname(os.path.dirname(os.path.abspath(fastnfs.__file__)))
+        rev = subprocess.run(["git", "-C", src, "describe", "--always", "--dirty"],
+                             capture_output=True, text=True).stdout.strip()
+        return "fastnfs %s at %s (%s)" % (getattr(fastnfs, "__version__", "?"), rev or "?", src)
+    except Exception as e:  # pragma: no cover - informational only
+        return "fastnfs (%s)" % e
+
+
+def parse_size(s: str) -> int:
+    s = s.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if s and s[-1] in mult:
+        return int(float(s[:-1]) * mult[s[-1]])
+    return int(s)
+
+
+class Server:
+    """A server process on a free port: 'fastnfs', 'fastnfs-virtfs' or 'unfsd'."""
+
+    def __init__(self, kind: str, tree: str, workdir: str, unfsd: str | None = None,
+                 cpu: int | None = None, extra: list | None = None):
+        self.kind = kind
+        self.tree = os.path.realpath(tree)
+        self.port = free_port()
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        self.log = open(os.path.join(workdir, "%s-%d.log" % (kind, self.port)), "w+b")
+        if kind == "unfsd":
+            exports = os.path.join(workdir, "exports-%d" % self.port)
+            with open(exports, "w") as f:
+                f.write("%s (rw,no_root_squash,insecure)\n" % self.tree)
+            cmd = pin + [unfsd, "-e", exports, "-n", str(self.port), "-m", str(self.port),
+                         "-p", "-d", "-l", "127.0.0.1"]
+        else:
+            cmd = pin + [sys.executable, "-m", "fastnfs", "serve", self.tree, "-n", str(self.port),
+                         "-p", "-d", "-l", "127.0.0.1"]
+            if kind == "fastnfs-virtfs":
+                cmd.append("--virtfs")
+            cmd += extra or []
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited with %s:\n%s" % (self.kind, self.proc.returncode,
+                                                               self.log_text()))
+            if self.kind.startswith("fastnfs"):
+                ok = b"ready:" in self._log_bytes()
+            else:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                    ok = True
+                except OSError:
+                    ok = False
+            if ok:
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("%s did not become ready:\n%s" % (self.kind, self.log_text()))
+
+    def _log_bytes(self) -> bytes:
+        self.log.flush()
+        with open(self.log.name, "rb") as f:
+            return f.read()
+
+    def log_text(self) -> str:
+        return self._log_bytes().decode(errors="replace")[-3000:]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the server and every process below it (fastnfs --workers)."""
+        return tree_cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def loadgen(args: list, cpu: int | None = None, timeout: float = 600) -> dict:
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    out = subprocess.run(pin + [sys.executable, LOADGEN] + [str(a) for a in args],
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError("loadgen failed: %s" % out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def loadgen_parallel(arglists: list, cpu: int | None = None, timeout: float = 600) -> list:
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    procs = [subprocess.Popen(pin + [sys.executable, LOADGEN] + [str(a) for a in args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args in arglists]
+    res = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError("loadgen failed: %s" % err[-3000:])
+        res.append(json.loads(out.strip().splitlines()[-1]))
+    return res
+
+
+def servers_for(a) -> list:
+    return ["fastnfs", "unfsd"] if a.unfsd else ["fastnfs"]
+
+
+# ---------------------------------------------------------------- workloads
+def wl_getattr(a) -> list:
+    """rows: (metric, {server: [values per round]})"""
+    tree = ensure_tree(a)
+    res: dict = {}
+    for rnd in range(a.rounds):
+        for kind in servers_for(a):
+            s = Server(kind, tree, a.workdir, a.unfsd, cpu=a.cpu, extra=a.fastnfs_arg)
+            try:
+                c0 = s.cpu_seconds()
+                r = loadgen(["getattr", "--port", s.port, "--export", s.tree,
+                             "--duration", a.duration], cpu=a.cpu)
+                r["server_cpu_us_per_op"] = (s.cpu_seconds() - c0) / r["ops"] * 1e6
+            finally:
+                s.stop()
+            log(a, "round %d %s: %.0f ops/s p50 %.1f us p99 %.1f us" % (
+                rnd + 1, kind, r["ops_per_s"], r["p50_us"], r["p99_us"]))
+            res.setdefault(kind, []).append(r)
+    return [("GETATTR ops/s (1 outstanding)", "ops_per_s", res, True),
+            ("GETATTR p50 latency (us)", "p50_us", res, False),
+            ("GETATTR p99 latency (us)", "p99_us", res, False),
+            ("server CPU per op (us)", "server_cpu_us_per_op", res, False),
+            ("generator CPU per op (us)", "gen_cpu_us_per_op", res, False)]
+
+
+def wl_bootstorm(a) -> list:
+    tree = ensure_tree(a)
+    rows = []
+    for nclients in a.clients:
+        per_client = max(1, a.paths_total // nclients)
+        res: dict = {}
+        for rnd in range(a.rounds):
+            for kind in servers_for(a):
+                r = one_bootstorm(a, kind, tree, nclients, per_client)
+                log(a, "round %d %s %d clients: %.0f ops/s p99 %.1f ms, all done in %.2f s, "
+                       "server CPU %.0f%%, generator CPU %.1f us/op" % (
+                           rnd + 1, kind, nclients, r["ops_per_s"], r["p99_us"] / 1000,
+                           r["seconds"], r["server_cpu_pct"], r["gen_cpu_us_per_op"]))
+                res.setdefault(kind, []).append(r)
+        t = "%d clients" % nclients
+        rows += [("%s: ops/s" % t, "ops_per_s", res, True),
+                 ("%s: p99 latency (ms)" % t, "p99_ms", res, False),
+                 ("%s: time for all clients (s)" % t, "seconds", res, False),
+                 ("%s: server CPU (%% of a core)" % t, "server_cpu_pct", res, None),
+                 ("%s: server CPU per op (us)" % t, "server_cpu_us_per_op", res, False),
+                 ("%s: generator CPU per op (us)" % t, "gen_cpu_us_per_op", res, None)]
+    return rows
+
+
+def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict:
+    s = Server(kind, tree, a.workdir, a.unfsd, cpu=a.server_cpu, extra=a.fastnfs_arg)
+    spy = None
+    try:
+        procs = min(a.procs, nclients)
+        start_at = time.time() + 1.0 + 0.02 * nclients
+        lat_files = []
+        arglists = []
+        for i in range(procs):
+            first = nclients * i // procs
+            count = nclients * (i + 1) // procs - first
+            lf = os.path.join(a.workdir, "lat-%d-%d.bin" % (s.port, i))
+            lat_files.append(lf)
+            arglists.append(["bootstorm", "--port", s.port, "--export", s.tree, "--tree", s.tree,
+                             "--clients", nclients, "--first", first, "--count", count,
+                             "--per-client", per_client, "--rsize", a.rsize,
+                             "--start-at", start_at, "--lat-out", lf])
+        if a.py_spy and kind.startswith("fastnfs"):
+            out = os.path.join(a.workdir, "py-spy-%s-%d.%s" % (
+                kind, nclients, "txt" if a.py_spy_format == "raw" else "svg"))
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(s.pid), "-o", out,
+                                    "--format", a.py_spy_format, "--rate", "250", "--nonblocking", "--subprocesses"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            log(a, "py-spy recording %s to %s" % (kind, out))
+        result = {}
+        cpu = {}
+
+        def sample_cpu():  # server CPU over exactly the measured interval
+            time.sleep(max(0.0, start_at - time.time()))
+            cpu["0"] = s.cpu_seconds()
+        th = threading.Thread(target=sample_cpu)
+        th.start()
+        parts = loadgen_parallel(arglists, cpu=a.client_cpu)
+        cpu1 = s.cpu_seconds()
+        th.join()
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+        s.stop()
+    lat = array("q")
+    for lf in lat_files:
+        with open(lf, "rb") as f:
+            lat.frombytes(f.read())
+        os.unlink(lf)
+    lat = sorted(lat)
+    wall = max(p["end"] for p in parts) - min(p["start"] for p in parts)
+    ops = sum(p["ops"] for p in parts)
+    gen_cpu = sum(p["gen_cpu_s"] for p in parts)
+    stats: dict = {}
+    for p in parts:
+        for k, v in p["stats"].items():
+            stats[k] = stats.get(k, 0) + v
+    result.update(ops=ops, seconds=wall, ops_per_s=ops / wall,
+                  p50_us=lat[len(lat) // 2] / 1000, p99_us=lat[int(len(lat) * 0.99)] / 1000,
+                  p99_ms=lat[int(len(lat) * 0.99)] / 1e6,
+                  server_cpu_pct=(cpu1 - cpu["0"]) / wall * 100,
+                  server_cpu_us_per_op=(cpu1 - cpu["0"]) / ops * 1e6,
+                  gen_cpu_us_per_op=gen_cpu / ops * 1e6, gen_procs=len(parts), stats=stats)
+    return result
+
+
+def wl_stream(a) -> list:
+    d = os.path.join(a.workdir, "stream")
+    os.makedirs(d, exist_ok=True)
+    src = os.path.join(d, "read.bin")
+    if not os.path.exists(src) or os.path.getsize(src) != a.size:
+        chunk = os.urandom(1 << 20)
+        with open(src, "wb") as f:
+            left = a.size
+            while left > 0:
+                f.write(chunk[:min(left, len(chunk))])
+                left -= len(chunk)
+    dst = os.path.join(d, "write.bin")
+    res: dict = {}
+    for rnd in range(a.rounds):
+        for kind in servers_for(a):
+            with open(dst, "wb"):
+                pass
+            os.sync()
+            s = Server(kind, d, a.workdir, a.unfsd, cpu=a.server_cpu, extra=a.fastnfs_arg)
+            try:
+                c0 = s.cpu_seconds()
+                r = loadgen(["stream", "--mode", "read", "--port", s.port, "--export", s.tree,
+                             "--path", "read.bin", "--size", a.size, "--depth", a.depth],
+                            cpu=a.client_cpu)
+                c1 = s.cpu_seconds()
+                w = loadgen(["stream", "--mode", "write", "--port", s.port, "--export", s.tree,
+                             "--path", "write.bin", "--size", a.size, "--depth", a.depth],
+                            cpu=a.client_cpu)
+                c2 = s.cpu_seconds()
+            finally:
+                s.stop()
+            row = dict(read_mb_s=r["mb_per_s"], write_mb_s=w["mb_per_s"], commit_s=w["commit_s"],
+                       read_io=r["io_size"], write_io=w["io_size"],
+                       read_srv_cpu_s_per_gb=(c1 - c0) / (r["bytes"] / 1e9),
+                       write_srv_cpu_s_per_gb=(c2 - c1) / (w["bytes"] / 1e9),
+                       read_gen_cpu_s_per_gb=r["gen_cpu_s"] / (r["bytes"] / 1e9),
+                       write_gen_cpu_s_per_gb=w["gen_cpu_s"] / (w["bytes"] / 1e9),
+                       errors=r["errors"] + w["errors"])
+            log(a, "round %d %s: read %.0f MB/s (%d KiB I/O), write %.0f MB/s (%d KiB I/O) "
+                   "+ COMMIT %.2f s" % (rnd + 1, kind, row["read_mb_s"], r["io_size"] >> 10,
+                                        row["write_mb_s"], w["io_size"] >> 10, row["commit_s"]))
+            res.setdefault(kind, []).append(row)
+    os.unlink(dst)
+    mib = a.size >> 20
+    return [("READ %d MiB sequential (MB/s)" % mib, "read_mb_s", res, True),
+            ("WRITE %d MiB sequential, UNSTABLE (MB/s)" % mib, "write_mb_s", res, True),
+            ("final COMMIT (s)", "commit_s", res, False),
+            ("READ size used (KiB)", "read_io", res, None),
+            ("WRITE size used (KiB)", "write_io", res, None),
+            ("server CPU s per GB read", "read_srv_cpu_s_per_gb", res, False),
+            ("server CPU s per GB written", "write_srv_cpu_s_per_gb", res, False),
+            ("generator CPU s per GB read", "read_gen_cpu_s_per_gb", res, None)]
+
+
+def wl_virtfs(a) -> list:
+    """fastnfs --virtfs against plain fastnfs on the same tree (unfsd has no virtfs)."""
+    tree = ensure_tree(a)
+    per_client = max(1, a.paths_total // a.clients[0])
+    res: dict = {}
+    for rnd in range(a.rounds):
+        for kind in ("fastnfs", "fastnfs-virtfs"):
+            try:
+                r = one_bootstorm(a, kind, tree, a.clients[0], per_client)
+            except RuntimeError as e:
+                log(a, "%s failed: %s" % (kind, str(e).splitlines()[0]))
+                return []
+            log(a, "round %d %s: %.0f ops/s p99 %.1f ms" % (rnd + 1, kind, r["ops_per_s"],
+                                                            r["p99_us"] / 1000))
+            res.setdefault(kind, []).append(r)
+    n = a.clients[0]
+    return [("%d clients: ops/s" % n, "ops_per_s", res, True),
+            ("%d clients: p99 latency (ms)" % n, "p99_ms", res, False),
+            ("%d clients: server CPU per op (us)" % n, "server_cpu_us_per_op", res, False)]
+
+
+# ---------------------------------------------------------------- output
+def ensure_tree(a) -> str:
+    if a.tree is None:
+        a.tree = os.path.join(a.workdir, "tree")
+        n = mktree.make_tree(a.tree, a.entries)
+        log(a, "tree %s: %d entries" % (a.tree, n))
+    return os.path.realpath(a.tree)
+
+
+def log(a, msg: str) -> None:
+    print("# " + msg, file=sys.stderr, flush=True)
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return "%.0f" % v
+    if abs(v) >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def table(title: str, rows: list, kinds: list, io_kib: bool = False) -> str:
+    a, b = kinds[0], (kinds[1] if len(kinds) > 1 else None)
+    head = "| %s | %s |" % (title, a) + (" %s | %s/%s |" % (b, a, b) if b else "")
+    sep = "|---|---:|" + ("---:|---:|" if b else "")
+    out = [head, sep]
+    for label, key, res, _higher_better in rows:
+        def med(k):
+            vals = [r[key] for r in res.get(k, [])]
+            if not vals:
+                return None
+            m = statistics.median(vals)
+            return m / 1024 if key in ("read_io", "write_io") else m
+        va = med(a)
+        line = "| %s | %s |" % (label, fmt(va))
+        if b:
+            vb = med(b)
+            ratio = "%.2f" % (va / vb) if va is not None and vb else "-"
+            line += " %s | %s |" % (fmt(vb), ratio)
+        out.append(line)
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 2)[2])
+    ap.add_argument("workload", choices=["getattr", "bootstorm", "stream", "virtfs", "all"])
+    ap.add_argument("--unfsd", metavar="PATH", help="unfsd binary to compare with")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per server (default 3)")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "fastnfs-bench"),
+                    help="where the tree, logs and stream files go (default /tmp/fastnfs-bench)")
+    ap.add_argument("--tree", help="exported tree (default: WORKDIR/tree made by mktree.py)")
+    ap.add_argument("--entries", type=int, default=10000, help="entries of the generated tree")
+    ap.add_argument("--cpu", type=int, default=1,
+                    help="getattr: the one CPU both server and client are pinned to (default 1)")
+    ap.add_argument("--server-cpu", type=int, default=None,
+                    help="bootstorm/stream: pin the server to this CPU (default: not pinned)")
+    ap.add_argument("--client-cpu", type=int, default=None,
+                    help="bootstorm/stream: pin the load generator to this CPU")
+    ap.add_argument("--duration", type=float, default=4.0, help="getattr: seconds per round")
+    ap.add_argument("--clients", default="16,64", help="bootstorm: client counts (default 16,64)")
+    ap.add_argument("--paths-total", type=int, default=4800,
+                    help="bootstorm: paths visited by all clients together (default 4800)")
+    ap.add_argument("--procs", type=int, default=2,
+                    help="bootstorm: load generator processes (default 2)")
+    ap.add_argument("--rsize", type=int, default=65536,
+                    help="bootstorm: READ size, capped by the server's rtmax (default 64 KiB)")
+    ap.add_argument("--size", type=parse_size, default=256 << 20,
+                    help="stream: file size (default 256M; 1G for the full test)")
+    ap.add_argument("--depth", type=int, default=4, help="stream: outstanding requests (default 4)")
+    ap.add_argument("--fastnfs-arg", action="append", default=[],
+                    help="extra argument for fastnfs serve (repeatable)")
+    ap.add_argument("--py-spy", action="store_true",
+                    help="bootstorm: record fastnfs with py-spy into WORKDIR")
+    ap.add_argument("--py-spy-format", default="flamegraph", choices=["flamegraph", "raw",
+                                                                      "speedscope"])
+    ap.add_argument("--json", metavar="FILE", help="also write every round's figures here")
+    a = ap.parse_args(argv)
+    a.clients = [int(c) for c in a.clients.split(",")]
+    os.makedirs(a.workdir, exist_ok=True)
+    if a.unfsd:
+        a.unfsd = os.path.abspath(a.unfsd)
+    todo = ["getattr", "bootstorm", "stream"] if a.workload == "all" else [a.workload]
+    print("<!-- %s; unfsd %s; %d CPUs; fastnfs extra args %s -->" % (
+        describe_fastnfs(), a.unfsd or "not measured", os.cpu_count(), a.fastnfs_arg or "none"))
+    allres = {}
+    for w in todo:
+        t0 = time.monotonic()
+        rows = {"getattr": wl_getattr, "bootstorm": wl_bootstorm, "stream": wl_stream,
+                "virtfs": wl_virtfs}[w](a)
+        kinds = ["fastnfs-virtfs", "fastnfs"] if w == "virtfs" else servers_for(a)
+        print()
+        print("### %s (median of %d rounds, %.0f s)" % (w, a.rounds, time.monotonic() - t0))
+        print()
+        print(table(w, rows, kinds) if rows else "(no result)")
+        sys.stdout.flush()
+        allres[w] = {label: {k: [r[key] for r in res.get(k, [])] for k in kinds}
+                     for label, key, res, _h in rows}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(allres, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
