@@ -7,6 +7,7 @@ EXTENSIONS = [
     Extension("fastnfs._fhcache", ["src/fastnfs/_fhcache.pyx"]),
     Extension("fastnfs._fsstat", ["src/fastnfs/_fsstat.pyx"]),
     Extension("fastnfs._creds", ["src/fastnfs/_creds.pyx"]),
+    Extension("fastnfs._rpc", ["src/fastnfs/_rpc.pyx"]),
     Extension("fastnfs.virtfs._meta", ["src/fastnfs/virtfs/_meta.pyx"]),
 ]
 

@@ -183,10 +183,8 @@ class Dispatcher:
         """Statistics of one answered call; the status is the first word of the result."""
         n = len(p)
         ok = True
-        if h.proc and (h.prog == 100003 or h.proc == 1) and n >= mark + 28:
-            buf = p.getbuffer()
-            ok = buf[mark + 20:mark + 28] == b"\0\0\0\0\0\0\0\0"  # SUCCESS, status 0
-            del buf
+        if h.proc and (h.prog == 100003 or h.proc == 1):
+            ok = rpc.zeros_at(p, mark + 20, 8)  # accept_stat SUCCESS, then status 0
         self.stats.call(h.prog, h.proc, ok, time.perf_counter_ns() - t0, peer[0], nin, n - 4)
 
     async def _finish_later(self, later, p, mark, xid, prog, h, drc_key, t0, peer, nin):

@@ -253,6 +253,16 @@ class Export:
             raise NFSError(C.NFS3ERR_STALE)
         return ino, dev, gen, _ANC[nanc].unpack_from(fh, _FH_HEAD.size)
 
+    def resolve_cached(self, fh: bytes):
+        """The object a handle names if the cache places it, else None."""
+        ino, dev, gen, anc = self.decode_fh(fh)
+        path = self.cache.get(ino)
+        if path is not None:
+            st = self._lstat(path)
+            if st is not None and st.st_ino == ino and _same(st, dev, gen):
+                return Obj(ino, path, self.view(path, st), anc)
+        return None
+
     def resolve(self, fh: bytes) -> Obj:
         """The object a handle names, or NFSError(STALE/BADHANDLE)."""
         ino, dev, gen, anc = self.decode_fh(fh)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from . import creds
 from .dispatch import Program
 from .fs import NFSError
 
@@ -43,6 +44,8 @@ class MountState:
         """
         if len(dirpath) > MNTPATHLEN:
             return MNT3ERR_NAMETOOLONG
+        if self.nfs.switch_creds:
+            creds.become_server()  # the mount path is walked with the server's rights
         if not dirpath.startswith(b"/"):
             return MNT3ERR_NOENT
         path = b"/" + b"/".join(c for c in dirpath.split(b"/") if c and c != b".")

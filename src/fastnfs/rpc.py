@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .xdr import Packer, Unpacker, XdrError
 
 RPC_VERSION = 2
@@ -135,9 +137,15 @@ def decode_call(u: Unpacker, xid: int) -> CallHeader:
     return CallHeader(xid, prog, vers, proc, cred)
 
 
+_ACCEPTED_SUCCESS = b"\0\0\0\1" + b"\0" * 16  # REPLY, MSG_ACCEPTED, AUTH_NONE verf, SUCCESS
+
+
 def begin_accepted(p: Packer, xid: int, stat: int = SUCCESS) -> None:
     """Reply header up to and including accept_stat (verifier AUTH_NONE)."""
     p.u32(xid)
+    if stat == SUCCESS:
+        p.raw(_ACCEPTED_SUCCESS)
+        return
     p.u32(REPLY)
     p.u32(MSG_ACCEPTED)
     p.u32(AUTH_NONE)
@@ -170,3 +178,21 @@ def encode_reject(p: Packer, xid: int, exc: RpcReject) -> None:
                                 "proc_unavail": PROC_UNAVAIL,
                                 "garbage_args": GARBAGE_ARGS,
                                 "system_err": SYSTEM_ERR}[kind])
+
+
+def zeros_at(p, off: int, n: int) -> bool:
+    """Are the n bytes at off of a Packer all zero? (accept_stat SUCCESS, status OK)"""
+    buf = p.getbuffer()
+    try:
+        return len(buf) >= off + n and not any(buf[off:off + n])
+    finally:
+        del buf
+
+
+py_decode_call = decode_call
+py_zeros_at = zeros_at
+if not os.environ.get("FASTNFS_PURE"):
+    try:
+        from ._rpc import decode_call, zeros_at  # noqa: F811  (Cython twin)
+    except ImportError:  # pragma: no cover
+        pass

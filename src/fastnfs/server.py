@@ -61,8 +61,6 @@ class Server:
         self.dispatcher = Dispatcher([nfs3_program(self.nfs), mount_program(self.nfs)],
                                      udp_maxdata=UDP_MAXDATA,
                                      tcp_maxdata=TCP_MAXDATA)
-        if self.nfs.switch_creds:
-            self.dispatcher.on_call = creds.become_server
         self.stats = self.dispatcher.stats
         self.nfs.stats = self.stats
         self.connections = Connections(self.stats, config.max_connections, config.idle_timeout)

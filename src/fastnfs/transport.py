@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 
 log = logging.getLogger("fastnfs.transport")
 
 LAST_FRAGMENT = 0x80000000
+_u32 = struct.Struct(">I").unpack_from
 
 
 def _send_size(p) -> int:
@@ -120,7 +122,7 @@ class RpcStreamProtocol(asyncio.Protocol):
         pos = 0
         blen = len(buf)
         while blen - pos >= 4:
-            mark = int.from_bytes(buf[pos:pos + 4], "big")
+            mark = _u32(buf, pos)[0]
             n = mark & 0x7FFFFFFF
             if self._fraglen + n > self.max_record:
                 log.warning("%s: record of %d bytes exceeds the limit of %d; closing",
@@ -132,7 +134,13 @@ class RpcStreamProtocol(asyncio.Protocol):
             end = pos + 4 + n
             if end > blen:
                 break
-            frag = bytes(buf[pos + 4:end])
+            if pos == 0 and end == blen and not self._frags and mark & LAST_FRAGMENT:
+                # the common case: exactly one whole record arrived; hand it over as is
+                self._buf = bytearray()
+                self._handle(memoryview(buf)[4:])
+                return
+            with memoryview(buf) as mv:
+                frag = bytes(mv[pos + 4:end])
             pos = end
             if mark & LAST_FRAGMENT:
                 if self._frags:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..dispatch import Program
 from . import const as C
 from .attrs import ACCESS, GETATTR, SETATTR
@@ -29,8 +31,6 @@ def _null(call, u, p):
 
 
 def nfs3_program(state) -> Program:
-    table = [_null]
-    for f in PROCEDURES[1:]:
-        table.append(lambda call, u, p, f=f: f(state, call, u, p))
+    table = [_null] + [partial(f, state) for f in PROCEDURES[1:]]
     return Program(C.NFS_PROGRAM, "nfs", {C.NFS_V3: table},
                    non_idempotent=NON_IDEMPOTENT, auth_sys_required=True)

@@ -39,11 +39,13 @@ class NFS3State:
         self.write_verifier = write_verifier or struct.pack(">Q", time.time_ns())
         self.switch_creds = creds.ENABLED if switch_creds is None else switch_creds
         self._refusals: dict = {}
+        self._admitted: dict = {}
         self.stats = None  # set by the server: bytes_read / bytes_written are counted here
 
     def set_exports(self, exports: list[Export]) -> None:
         self.exports = list(exports)
         self._by_id = {e.export_id: e for e in exports}
+        self._admitted = {}
 
     # -- handles and access -------------------------------------------------
     def export_of(self, fh: bytes) -> Export:
@@ -55,8 +57,19 @@ class NFS3State:
         return e
 
     def admit(self, call, e: Export):
-        """The export's options for this caller (and its mapped credentials), or refuse."""
+        """The export's options for this caller (and its mapped credentials), or refuse.
+
+        The answer depends only on (export, host, privileged port, credentials),
+        so it is memoized: most calls cost one dictionary lookup here.
+        """
         host, port = call.peer[0], call.peer[1]
+        cred = call.cred
+        key = (e.export_id, host, port < 1024, cred.flavor, cred.uid, cred.gid, cred.gids)
+        hit = self._admitted.get(key)
+        if hit is not None and hit[0] is e.entry:
+            call.opts = hit[1]
+            call.ucred = hit[2]
+            return hit[1]
         opts = e.options_for(host)
         if opts is None:
             self._refused(host, e, "host not allowed by the exports")
@@ -65,12 +78,14 @@ class NFS3State:
             self._refused(host, e, "source port %d is not privileged (export is secure)" % port)
             raise NFSError(C.NFS3ERR_ACCES)
         call.opts = opts
-        cred = call.cred
         if cred.flavor == rpc.AUTH_SYS:
             uid, gid, gids = squash(opts, cred.uid, cred.gid, cred.gids)
         else:
             uid, gid, gids = opts.anonuid, opts.anongid, ()
         call.ucred = Cred(cred.flavor, uid, gid, gids, cred.machine)
+        if len(self._admitted) > 65536:
+            self._admitted.clear()
+        self._admitted[key] = (e.entry, opts, call.ucred)
         return opts
 
     def _refused(self, host: str, e: Export, why: str) -> None:
@@ -83,14 +98,21 @@ class NFS3State:
             log.warning("refused %s for export %s: %s", host, os.fsdecode(e.name), why)
 
     def resolve(self, call, fh: bytes) -> tuple[Export, Obj]:
-        if self.switch_creds:
-            creds.become_server()
         e = self.export_of(fh)
         self.admit(call, e)
+        if not self.switch_creds:
+            return e, e.resolve(fh)
+        u = call.ucred
+        want = (u.uid, u.gid, u.gids)
+        if creds.current() == want:
+            # the same caller as the last call on this thread: a cache hit needs
+            # no switch; anything more (a search) runs as the server, below
+            obj = e.resolve_cached(fh)
+            if obj is not None:
+                return e, obj
+        creds.become_server()
         obj = e.resolve(fh)
-        if self.switch_creds:
-            u = call.ucred
-            creds.switch(u.uid, u.gid, u.gids)
+        creds.switch(*want)
         return e, obj
 
     def get_obj(self, call, u) -> tuple[Export, Obj]:

@@ -23,6 +23,14 @@ def put_fattr3(p, st, fsid: int) -> None:
              fsid, st.st_ino, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
 
 
+py_put_fattr3 = put_fattr3
+if not os.environ.get("FASTNFS_PURE"):
+    try:
+        from .._rpc import put_fattr3  # noqa: F811  (Cython twin)
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def put_post_op_attr(p, st, fsid: int) -> None:
     if st is None:
         p.u32(0)
