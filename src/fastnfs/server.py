@@ -109,6 +109,7 @@ class Server:
                 e.close()
         self.exports = new
         self.nfs.set_exports(new)
+        self._share_warnings(stats_dir(self.port))
         log.info("exports reloaded from %s: %d exports", path, len(new))
         return True
 
@@ -218,6 +219,7 @@ class Server:
         if register:
             await loop.run_in_executor(None, self.registration.register, self.mappings())
         sdir = stats_dir(self.port)
+        self._share_warnings(sdir)
         if register and self.config.metrics:  # a single process serves its own metrics
             self._start_metrics(sdir)
         ticker = asyncio.ensure_future(self._tick(sdir))
@@ -233,6 +235,11 @@ class Server:
             if register:
                 self.registration.unregister()
             self.executor.shutdown(wait=True, cancel_futures=False)
+
+    def _share_warnings(self, sdir: str) -> None:
+        for e in self.exports:
+            if e.virtfs is not None:
+                e.virtfs.shared_dir = os.path.join(sdir, "warned")
 
     async def _tick(self, sdir: str) -> None:
         """Once a second: publish statistics; close idle connections."""

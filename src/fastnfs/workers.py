@@ -47,6 +47,7 @@ def _child(server, sets, i) -> None:
 
 def supervise(server, n: int) -> int:
     sets = [server.sockets] + [server.bind_again() for _ in range(n - 1)]
+    _clear_warned(server)
     registered = False
     if server.config.portmap:
         registered = server.registration.register(server.mappings())
@@ -107,6 +108,14 @@ def supervise(server, n: int) -> int:
         if registered:
             server.registration.unregister()
     return 0
+
+
+def _clear_warned(server) -> None:
+    """A new server run warns afresh about malformed metadata."""
+    import shutil
+
+    from .stats import stats_dir
+    shutil.rmtree(os.path.join(stats_dir(server.port), "warned"), ignore_errors=True)
 
 
 def _die_with_parent() -> None:

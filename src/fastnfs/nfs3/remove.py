@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 import errno
+import stat
 
+from .. import perm
 from ..fs import NFSError, join, nfsstat_of
 from ..fsstat import lstatat
 from ..virtfs.store import meta_dir_only, remove_meta, rename_meta, rmdir_meta_dir
@@ -94,6 +96,9 @@ def RENAME(s, call, u, p):
             raise NFSError(C.NFS3ERR_XDEV)
         e = src.e
         st = _victim(src, fname)
+        if e.virtfs is not None and stat.S_ISDIR(st.st_mode) and src.d.ino != dst.d.ino:
+            # rename(2): moving a directory rewrites its "..", which needs write access
+            s.check(call, e, e.view(join(src.d.path, fname), st), perm.W)
         try:
             old = lstatat(dst.dfd, tname)
         except FileNotFoundError:

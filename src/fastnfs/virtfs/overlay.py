@@ -27,6 +27,7 @@ log = logging.getLogger("fastnfs.virtfs")
 
 _SPECIAL = frozenset({S.S_IFCHR, S.S_IFBLK, S.S_IFIFO, S.S_IFSOCK, S.S_IFLNK})
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NONE = Meta(-1, -1, -1, -1)
 
 
@@ -100,13 +101,30 @@ class Virtfs:
         self.cache = MetaCache(cache_size)
         self._warned: dict = {}
 
+    shared_dir: str | None = None  # where worker processes agree who warned
+
     def _warn(self, key, stamp, msg: str) -> None:
         if self._warned.get(key) == stamp:
             return
         if len(self._warned) > 65536:
             self._warned.clear()
         self._warned[key] = stamp
+        if self.shared_dir is not None and not self._first_to_warn(key, stamp):
+            return  # another worker already reported this version of the file
         log.warning("malformed metadata %s", msg)
+
+    def _first_to_warn(self, key, stamp) -> bool:
+        """One warning per file version across processes: the first O_EXCL create wins."""
+        name = "%x-%x-%x-%x-%x" % (key + stamp)
+        try:
+            os.makedirs(self.shared_dir, mode=0o700, exist_ok=True)
+            os.close(os.open(os.path.join(self.shared_dir, name),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            return False
+        except OSError:
+            return True
+        return True
 
     def meta(self, path: bytes) -> Meta | None:
         """The metadata of the object at path, or None when it has none."""
@@ -131,9 +149,13 @@ class Virtfs:
             self.cache.put(key, stamp, _NONE)
             return None
         try:
-            fd = os.open(mp, _READ_FLAGS, dir_fd=self.root_fd)
+            fd = self._open_meta(mp)
         except OSError as e:
-            self._warn(key, stamp, "%s: %s" % (shown, e.strerror))
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._warn(key, stamp, "%s: reached through a symlink; ignored" % shown)
+                self.cache.put(key, stamp, _NONE)
+            else:
+                self._warn(key, stamp, "%s: %s" % (shown, e.strerror))
             return None
         try:
             if fstat(fd).st_ino != st.st_ino:
@@ -155,6 +177,28 @@ class Virtfs:
             return None
         self.cache.put(key, stamp, meta)
         return meta
+
+    def _open_meta(self, mp: bytes) -> int:
+        """Open a metadata file with no symlink in its last two components.
+
+        A .virtfs_metadata that is a symlink would otherwise lend attributes
+        from outside the export (the directory above it is the entry's own
+        directory, already reached by the verified path of the object).
+        """
+        i = mp.rfind(b"/")
+        if i < 0:  # the root's own file
+            return os.open(mp, _READ_FLAGS, dir_fd=self.root_fd)
+        j = mp.rfind(b"/", 0, i)
+        parent = mp[:j] if j >= 0 else b"."
+        pfd = os.open(parent, _DIR_PATH, dir_fd=self.root_fd)
+        try:
+            mfd = os.open(META_DIR, _DIR_PATH, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        try:
+            return os.open(mp[i + 1:], _READ_FLAGS, dir_fd=mfd)
+        finally:
+            os.close(mfd)
 
     def view(self, path: bytes, st):
         """st as clients see it: overlaid with the metadata when there is some."""

@@ -328,6 +328,31 @@ def _ensure_meta_dir(dir_fd: int, fsync: bool) -> int:
         raise
 
 
+def _rewrite_linked(mfd: int, name: bytes, data: bytes, fsync: bool):
+    """Rewrite a hard-linked metadata file in place (its st_ino), else None.
+
+    LINK links the metadata too; replacing one name by rename would split the
+    links, so that two names of one inode showed different owners.  In place,
+    as QEMU does: the new bytes first, then the length, so an interrupted
+    write leaves at worst a trailing partial line, which the parser reports.
+    """
+    try:
+        st = os.stat(name, dir_fd=mfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+        return None
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC, dir_fd=mfd)
+    try:
+        _write_all(fd, data)
+        os.ftruncate(fd, len(data))
+        if fsync:
+            os.fsync(fd)
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(parent_fd: int, tmp_fd: int, name: bytes, data: bytes, fsync: bool) -> int:
     """Write data to a new temporary file in tmp_fd, rename it to parent_fd/name; its st_ino."""
     for _ in range(_TMP_TRIES):
@@ -390,7 +415,9 @@ def write_meta(dir_fd: int, name: bytes, meta, *, fsync: bool = False, cache=Non
     for attempt in range(3):
         mfd = _ensure_meta_dir(dir_fd, fsync)
         try:
-            ino = _atomic_write(mfd, mfd, name, data, fsync)
+            ino = _rewrite_linked(mfd, name, data, fsync)
+            if ino is None:
+                ino = _atomic_write(mfd, mfd, name, data, fsync)
         except FileNotFoundError:
             # the (empty) metadata directory was removed under us by remove_meta
             if attempt == 2:
