@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["debug", "info", "warning", "error"], help="default: info")
     s.add_argument("--fhcache-size", type=int, default=262144, metavar="N",
                    help="filehandle cache entries (default 262144)")
+    s.add_argument("--metacache-size", type=int, default=65536, metavar="N",
+                   help="virtfs metadata cache entries (default 65536)")
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="worker processes sharing the ports (default: the number of CPUs, "
                         "%(default)s here)")
@@ -168,6 +170,7 @@ def serve(args, base: bytes = b"") -> int:
         port=args.port, mount_port=args.mount_port,
         bind=args.bind, tcp_only=args.tcp_only, portmap=not args.no_portmap,
         foreground=args.foreground, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
+        metacache_size=args.metacache_size,
         single_user=args.single_user, virtfs=args.virtfs, workers=max(1, args.workers),
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         metrics=args.metrics,

@@ -40,6 +40,7 @@ class Config:
     foreground: bool = False
     pid_file: str | None = None
     fhcache_size: int = 262144
+    metacache_size: int = 65536
     max_record: int = TCP_MAXDATA + 4096
     io_threads: int = 8
     workers: int = 1                  # processes answering on the same ports
@@ -81,7 +82,8 @@ class Server:
             e = old.get(real)
             if e is None:
                 e = Export(real, entry=entry, name=entry.path,
-                           fhcache_size=self.config.fhcache_size, virtfs=self.config.virtfs)
+                           fhcache_size=self.config.fhcache_size, virtfs=self.config.virtfs,
+                           metacache_size=self.config.metacache_size)
             else:
                 e.set_entry(entry)
                 e.name = entry.path
