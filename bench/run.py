@@ -86,6 +86,30 @@ def tree_cpu_seconds(root: int) -> float:
     return total / TICK
 
 
+def tree_rss_mb(root: int) -> float:
+    """Resident memory (VmRSS) of root and all its descendants, in MB."""
+    kids: dict = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                kids.setdefault(int(_stat(d)[1]), []).append(int(d))
+            except OSError:
+                pass
+    total = 0
+    todo = [root]
+    while todo:
+        p = todo.pop()
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+        todo += kids.get(p, [])
+    return total / 1024
+
+
 def describe_fastnfs() -> str:
     """Which fastnfs is measured: the source tree's commit and whether it has changes."""
     try:
@@ -252,7 +276,8 @@ def wl_bootstorm(a) -> list:
                  ("%s: time for all clients (s)" % t, "seconds", res, False),
                  ("%s: server CPU (%% of a core)" % t, "server_cpu_pct", res, None),
                  ("%s: server CPU per op (us)" % t, "server_cpu_us_per_op", res, False),
-                 ("%s: generator CPU per op (us)" % t, "gen_cpu_us_per_op", res, None)]
+                 ("%s: generator CPU per op (us)" % t, "gen_cpu_us_per_op", res, None),
+                 ("%s: server RSS after the storm (MB)" % t, "rss_mb", res, False)]
     return rows
 
 
@@ -291,6 +316,7 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
         parts = loadgen_parallel(arglists, cpu=a.client_cpu)
         cpu1 = s.cpu_seconds()
         th.join()
+        result["rss_mb"] = tree_rss_mb(s.pid)  # after every client walked the tree
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)

@@ -200,6 +200,16 @@ cdef inline uint32_t _get_len(Unpacker u, object maxlen) except? 0xFFFFFFFF:
     return n
 
 
+from posix.types cimport off_t
+from cpython.exc cimport PyErr_SetFromErrno
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t preadv2(int fd, const iovec* iov, int iovcnt, off_t offset, int flags)
+
+
 @cython.freelist(8)
 cdef class Unpacker:
     """Decode XDR items from a bytes-like object, front to back."""
@@ -552,6 +562,30 @@ cdef class Packer:
             self.write_raw(<const unsigned char*>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
+
+    def pread_opaque(self, int fd, Py_ssize_t count, long long offset, int flags=0):
+        """Variable-length opaque read straight from fd into the buffer: preadv2(2)
+        with flags (RWF_NOWAIT: BlockingIOError instead of a disk wait).  The data
+        is copied once, kernel to reply (READ3resok data).  Returns the bytes read."""
+        cdef Py_ssize_t start = self._len
+        cdef unsigned char* d = _extend(self, 4 + count + 3)
+        cdef iovec iov
+        cdef ssize_t n
+        iov.iov_base = <void*>(d + 4)
+        iov.iov_len = <size_t>count
+        with nogil:
+            n = preadv2(fd, &iov, 1, <off_t>offset, flags)
+        if n < 0:
+            self._len = start
+            PyErr_SetFromErrno(OSError)
+        d = self._data + start
+        d[0] = <unsigned char>(n >> 24)
+        d[1] = <unsigned char>(n >> 16)
+        d[2] = <unsigned char>(n >> 8)
+        d[3] = <unsigned char>n
+        memset(d + 4 + n, 0, <size_t>((-n) & 3))
+        self._len = start + 4 + n + ((-n) & 3)
+        return n
 
     def put_u32_at(self, Py_ssize_t offset, v):
         cdef uint64_t x

@@ -17,6 +17,7 @@ import time
 log = logging.getLogger("fastnfs.transport")
 
 LAST_FRAGMENT = 0x80000000
+LARGE_RECORD = 65536  # records from this size on are handed over without a copy
 _u32 = struct.Struct(">I").unpack_from
 
 
@@ -139,6 +140,17 @@ class RpcStreamProtocol(asyncio.Protocol):
                 self._buf = bytearray()
                 self._handle(memoryview(buf)[4:])
                 return
+            if n >= LARGE_RECORD and mark & LAST_FRAGMENT and not self._frags:
+                # a big WRITE: lend the bytes in place and carry on in a new buffer
+                # holding only what follows, so the data is never copied again
+                rec = memoryview(buf)[pos + 4:end]
+                self._buf = buf = buf[end:]
+                blen = len(buf)
+                pos = 0
+                self._handle(rec)
+                if self.transport.is_closing():
+                    return
+                continue
             with memoryview(buf) as mv:
                 frag = bytes(mv[pos + 4:end])
             pos = end

@@ -172,6 +172,22 @@ class PyPacker:
         """Append bytes that are already XDR-encoded."""
         self._buf += data
 
+    def pread_opaque(self, fd: int, count: int, offset: int, flags: int = 0) -> int:
+        """Variable-length opaque read from fd straight into the buffer (preadv2)."""
+        buf = self._buf
+        start = len(buf)
+        buf += bytes(4 + count)
+        try:
+            with memoryview(buf) as mv:
+                n = os.preadv(fd, [mv[start + 4:start + 4 + count]], offset, flags)
+        except BaseException:
+            del buf[start:]
+            raise
+        del buf[start + 4 + n:]
+        _u32.pack_into(buf, start, n)
+        buf += _PAD[n & 3]
+        return n
+
     def put_u32_at(self, offset: int, v: int) -> None:
         _u32.pack_into(self._buf, offset, v)
 

@@ -38,45 +38,48 @@ def READ(s, call, u, p):
         return None
 
     def work(nowait=False):
-        """Encode the reply; with nowait, only from the page cache (False: would block)."""
+        """Encode the reply; with nowait, only from the page cache (False: would block).
+
+        The data goes from the kernel straight into the reply buffer (preadv2),
+        after the attributes, which are taken first (a read changes only atime).
+        """
+        mark = len(p)
         try:
             fd = e.open_obj(obj, os.O_RDONLY)
             try:
-                # section 3.3.6: past the end (even past off_t) is no data and eof
-                if not count or offset > MAX_OFFSET:
-                    data = b""
-                elif nowait:
-                    # preadv2(RWF_NOWAIT): what the page cache holds, never a disk wait;
-                    # a short read is a valid READ reply, the client asks for the rest
-                    buf = bytearray(count)
-                    try:
-                        n = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-                    except BlockingIOError:
-                        return False
-                    if n == 0 and offset < fstat(fd).st_size:
-                        return False
-                    del buf[n:]
-                    data = buf
-                else:
-                    data = os.pread(fd, count, offset)
                 st = e.view(obj.path, fstat(fd))
+                p.u32(C.NFS3_OK)
+                put_post_op_attr(p, st, e.fsid)
+                at = len(p)
+                p.u64(0)  # count and eof, known after the read
+                if not count or offset > MAX_OFFSET:
+                    n = 0  # section 3.3.6: past the end (even past off_t): no data, eof
+                    p.u32(0)
+                else:
+                    try:
+                        n = p.pread_opaque(fd, count, offset, os.RWF_NOWAIT if nowait else 0)
+                    except BlockingIOError:
+                        p.truncate(mark)
+                        return False
+                    if nowait and n == 0 and offset < st.st_size:
+                        p.truncate(mark)
+                        return False  # nothing cached yet: let a thread wait for the disk
             finally:
                 os.close(fd)
         except NFSError as err:
+            p.truncate(mark)
             p.u32(err.status)
             put_post_op_attr(p, obj.st, e.fsid)
             return True
         except OSError as err:
+            p.truncate(mark)
             p.u32(nfsstat_of(err))
             put_post_op_attr(p, obj.st, e.fsid)
             return True
-        p.u32(C.NFS3_OK)
-        put_post_op_attr(p, st, e.fsid)
+        p.put_u32_at(at, n)
+        p.put_u32_at(at + 4, 1 if offset + n >= st.st_size else 0)
         if s.stats is not None:
-            s.stats.bytes_read += len(data)
-        p.u32(len(data))
-        p.boolean(offset + len(data) >= st.st_size)
-        p.opaque(data)
+            s.stats.bytes_read += n
         return True
 
     if offload.read_inline(count):
