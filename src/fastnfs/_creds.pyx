@@ -52,6 +52,11 @@ cpdef void switch(unsigned int uid, unsigned int gid, tuple groups) except *:
         raise OSError(errno, os.strerror(errno))
     syscall(SYS_setfsgid, gid)
     syscall(SYS_setfsuid, uid)
+    # the calls report no errors: a second call returns the value now in force
+    if <unsigned int>syscall(SYS_setfsgid, gid) != gid or \
+            <unsigned int>syscall(SYS_setfsuid, uid) != uid:
+        _state.cur = None
+        raise PermissionError(1, "setfsuid/setfsgid to %d/%d did not take effect" % (uid, gid))
     _state.cur = want
 
 

@@ -45,6 +45,11 @@ def switch(uid: int, gid: int, groups: tuple) -> None:
         raise OSError(e, os.strerror(e))
     _libc.syscall(setfsgid, gid)
     _libc.syscall(setfsuid, uid)
+    # the calls report no errors: a second call returns the value now in force
+    if (_libc.syscall(setfsgid, gid) & 0xFFFFFFFF) != gid or \
+            (_libc.syscall(setfsuid, uid) & 0xFFFFFFFF) != uid:
+        _state.cur = None
+        raise PermissionError(1, "setfsuid/setfsgid to %d/%d did not take effect" % (uid, gid))
     _state.cur = want
 
 

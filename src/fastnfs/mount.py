@@ -29,12 +29,29 @@ MNT3ERR_NOTSUPP = 10004
 MNT3ERR_SERVERFAULT = 10006
 
 AUTH_SYS = 1
+MAX_MOUNTS = 1024        # DUMP entries kept
+DUMP_BYTES = 32000       # a DUMP reply fits one UDP datagram
+
+
+def normpath(dirpath: bytes) -> bytes:
+    return b"/" + b"/".join(c for c in dirpath.split(b"/") if c and c != b".")
 
 
 class MountState:
     def __init__(self, nfs_state):
         self.nfs = nfs_state
-        self.mounts: dict = {}  # (host, dirpath) -> None, in mount order
+        self.mounts: dict = {}  # (host, normalised dirpath) -> None, in mount order
+
+    def remember(self, host: str, dirpath: bytes) -> None:
+        """Note a mount for DUMP; the list is bounded (the oldest entries go first)."""
+        key = (host, normpath(dirpath))
+        self.mounts.pop(key, None)
+        self.mounts[key] = None
+        while len(self.mounts) > MAX_MOUNTS:
+            del self.mounts[next(iter(self.mounts))]
+
+    def forget(self, host: str, dirpath: bytes) -> bool:
+        return self.mounts.pop((host, normpath(dirpath)), 0) is None
 
     def find(self, call, dirpath: bytes):
         """(export, obj) for a mount request's path, or a mountstat3.
@@ -48,7 +65,7 @@ class MountState:
             creds.become_server()  # the mount path is walked with the server's rights
         if not dirpath.startswith(b"/"):
             return MNT3ERR_NOENT
-        path = b"/" + b"/".join(c for c in dirpath.split(b"/") if c and c != b".")
+        path = normpath(dirpath)
         if any(c == b".." for c in path.split(b"/")):
             return MNT3ERR_ACCES
         candidates = []
@@ -95,7 +112,7 @@ def mount_program(nfs_state) -> Program:
             return
         e, obj = r
         fh = e.fh(obj)
-        ms.mounts[(call.peer[0], dirpath)] = None
+        ms.remember(call.peer[0], dirpath)
         log.info("%s mounted %s", call.peer[0], os.fsdecode(dirpath))
         p.u32(MNT3_OK)
         if call.vers == 1:
@@ -106,7 +123,10 @@ def mount_program(nfs_state) -> Program:
             p.u32(AUTH_SYS)
 
     def dump(call, u, p):
+        start = len(p)
         for host, d in ms.mounts:
+            if len(p) - start > DUMP_BYTES:
+                break  # the list is advisory (RFC 1813 appendix I): keep the reply bounded
             p.u32(1)
             p.string(host.encode() if isinstance(host, str) else host)
             p.string(d)
@@ -114,7 +134,7 @@ def mount_program(nfs_state) -> Program:
 
     def umnt(call, u, p):
         dirpath = u.string(MNTPATHLEN + 1)
-        if ms.mounts.pop((call.peer[0], dirpath), 0) is None:
+        if ms.forget(call.peer[0], dirpath):
             log.info("%s unmounted %s", call.peer[0], os.fsdecode(dirpath))
 
     def umntall(call, u, p):

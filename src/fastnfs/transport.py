@@ -118,14 +118,20 @@ class RpcStreamProtocol(asyncio.Protocol):
 
     def data_received(self, data):
         self.last_active = time.monotonic()
+        self._buf += data
+        self._parse()
+
+    def _parse(self):
+        """Hand every complete record in the buffer to the dispatcher, until the
+        connection is paused (too many calls in flight): the rest waits here."""
         buf = self._buf
-        buf += data
         pos = 0
         blen = len(buf)
-        while blen - pos >= 4:
+        while blen - pos >= 4 and not self._paused_reading:
             mark = _u32(buf, pos)[0]
             n = mark & 0x7FFFFFFF
-            if self._fraglen + n > self.max_record:
+            # each fragment costs its header too, so endless empty fragments hit the limit
+            if self._fraglen + n + 4 > self.max_record:
                 log.warning("%s: record of %d bytes exceeds the limit of %d; closing",
                             self.peer[0], self._fraglen + n, self.max_record)
                 self._buf = bytearray()
@@ -165,7 +171,7 @@ class RpcStreamProtocol(asyncio.Protocol):
                     return
             else:
                 self._frags.append(frag)
-                self._fraglen += n
+                self._fraglen += n + 4
         if pos:
             del buf[:pos]
 
@@ -205,6 +211,13 @@ class RpcStreamProtocol(asyncio.Protocol):
         elif not want_pause and self._paused_reading:
             self._paused_reading = False
             t.resume_reading()
+            if len(self._buf) >= 4:
+                asyncio.get_running_loop().call_soon(self._resume_parse)
+
+    def _resume_parse(self):
+        if not self._paused_reading and self.transport is not None \
+                and not self.transport.is_closing():
+            self._parse()
 
 
 class RpcDatagramProtocol(asyncio.DatagramProtocol):

@@ -25,6 +25,7 @@ from . import const as C
 from .types import get_fh3
 
 log = logging.getLogger("fastnfs.access")
+_NO_ID = 0xFFFFFFFF
 
 
 class NFS3State:
@@ -80,6 +81,14 @@ class NFS3State:
         call.opts = opts
         if cred.flavor == rpc.AUTH_SYS:
             uid, gid, gids = squash(opts, cred.uid, cred.gid, cred.gids)
+            # (uid_t)-1 means "no change" to setfsuid(2) and chown(2): such ids
+            # are anonymous, as in knfsd, never the server's own identity
+            if uid == _NO_ID:
+                uid = opts.anonuid
+            if gid == _NO_ID:
+                gid = opts.anongid
+            if _NO_ID in gids:
+                gids = tuple(g for g in gids if g != _NO_ID)
         else:
             uid, gid, gids = opts.anonuid, opts.anongid, ()
         call.ucred = Cred(cred.flavor, uid, gid, gids, cred.machine)
