@@ -324,6 +324,7 @@ class Export:
         except OSError:
             return None
         level = [(fd, start)]
+        open_fds = {fd}
         depth = 0
         try:
             while level:
@@ -357,18 +358,18 @@ class Export:
                     if maxdepth is None or depth < maxdepth:
                         for name, path in subdirs:
                             try:
-                                nxt.append((os.open(name, _DIR_FLAGS, dir_fd=dfd), path))
+                                sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                                open_fds.add(sub)
+                                nxt.append((sub, path))
                             except OSError:
                                 pass
+                    open_fds.discard(dfd)
                     os.close(dfd)
                 level = nxt
             return None
         finally:
-            for dfd, _p in level:
-                try:
-                    os.close(dfd)
-                except OSError:
-                    pass
+            for dfd in open_fds:
+                os.close(dfd)
 
     def forget_missing(self) -> None:
         self._missing.clear()

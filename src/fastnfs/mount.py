@@ -107,7 +107,7 @@ def mount_program(nfs_state) -> Program:
         dirpath = u.string(MNTPATHLEN + 1)
         r = ms.find(call, dirpath)
         if isinstance(r, int):
-            log.info("refused mount of %r by %s: mountstat3 %d", dirpath, call.peer[0], r)
+            log.info("refused mount of %s by %s: mountstat3 %d", os.fsdecode(dirpath), call.peer[0], r)
             p.u32(r)
             return
         e, obj = r

@@ -217,12 +217,13 @@ class Server:
                 tr, _ = await loop.create_datagram_endpoint(
                     lambda: RpcDatagramProtocol(self.dispatcher), sock=sock)
                 self._servers.append(tr)
+        main = register  # False in a worker: the parent serves metrics then
         register = register and self.config.portmap
         if register:
             await loop.run_in_executor(None, self.registration.register, self.mappings())
         sdir = stats_dir(self.port)
         self._share_warnings(sdir)
-        if register and self.config.metrics:  # a single process serves its own metrics
+        if main and self.config.metrics:  # a single process serves its own metrics
             self._start_metrics(sdir)
         ticker = asyncio.ensure_future(self._tick(sdir))
         log.info("ready: answering NFS and MOUNT calls")
