@@ -9,6 +9,7 @@ libnfs, nothing of fastnfs: the same client for fastnfs and unfsd.
 Workloads (each prints one JSON object on stdout; bench/run.py drives them):
 
   getattr    one connection, one outstanding GETATTR at a time (blocking socket)
+  getattr-all  the same, but over every filehandle of the tree in a shuffled order
   bootstorm  C clients, one TCP connection each, walking the tree like a booting board
   stream     one connection, D outstanding READs or WRITEs of the largest size offered
 
@@ -362,6 +363,120 @@ def run_getattr(a) -> dict:
     return r
 
 
+def collect_handles(c: SyncConn, root: bytes, stats: dict) -> list:
+    """Every filehandle of the export (the root included), breadth-first.
+
+    READDIRPLUS where the server offers it (a LOOKUP for an entry it sent no
+    handle for), else READDIR and one LOOKUP per entry, like the Linux client."""
+    out = [root]
+    todo = [root]
+    plus = True
+    while todo:
+        d = todo.pop()
+        od = opaque(d)
+        cookie, verf = 0, ZERO8
+        while True:
+            if plus:
+                rec, off = c.nfs(READDIRPLUS, od + struct.pack(">Q", cookie) + verf
+                                 + struct.pack(">II", 8192, 65536))
+                st, ents, eof, verf = parse_readdir(rec, off, True)
+                stats["READDIRPLUS"] = stats.get("READDIRPLUS", 0) + 1
+                if st == NFS3ERR_NOTSUPP:
+                    plus = False
+                    stats["readdirplus_notsupp"] = 1
+                    continue
+            else:
+                rec, off = c.nfs(READDIR, od + struct.pack(">Q", cookie) + verf
+                                 + _u32.pack(8192))
+                st, ents, eof, verf = parse_readdir(rec, off, False)
+                stats["READDIR"] = stats.get("READDIR", 0) + 1
+            if st:
+                raise RpcError("READDIR%s: nfsstat3 %d" % ("PLUS" if plus else "", st))
+            for name, _cookie, ftype, fh in ents:
+                if name in (b".", b"..") or name.startswith(b".fastnfs-bench"):
+                    continue
+                if fh is None:
+                    rec2, off2 = c.nfs(LOOKUP, od + opaque(name))
+                    st2, fh, ftype, _size = parse_lookup(rec2, off2)
+                    stats["LOOKUP"] = stats.get("LOOKUP", 0) + 1
+                    if st2:
+                        raise RpcError("LOOKUP %r: nfsstat3 %d" % (name, st2))
+                out.append(fh)
+                if ftype == NF3DIR:
+                    todo.append(fh)
+            if ents:
+                cookie = ents[-1][1]
+            if eof or not ents:
+                break
+    return out
+
+
+def run_getattr_all(a) -> dict:
+    """GETATTR over every handle of the tree, shuffled, one outstanding, for a.duration s."""
+    import random
+    c = SyncConn(a.host, a.port)
+    root = c.mount(a.export.encode())
+    stats: dict = {}
+    t = time.perf_counter()
+    fhs = collect_handles(c, root, stats)
+    collect_s = time.perf_counter() - t
+    random.Random(a.seed).shuffle(fhs)
+    if a.sync:  # let the driver sample the server's CPU time around the timed part only
+        print("collected", flush=True)
+        sys.stdin.readline()
+    hdr = header(NFS_PROG, NFS_VERS, GETATTR)
+    reqs = []
+    for fh in fhs:
+        msg = _u32.pack(0) + hdr + opaque(fh)
+        reqs.append(bytearray(_u32.pack(LAST | len(msg)) + msg))
+    sock = c.s
+    buf = c.buf
+    view = c.view
+    lat = array("q")
+    pc = time.perf_counter_ns
+    xid = c.xid
+    errors = 0
+    nreq = len(reqs)
+    cpu0 = _cpu()
+    t_end = time.monotonic() + a.duration
+    t0 = time.perf_counter()
+    n = 0
+    while True:
+        req = reqs[n % nreq]
+        xid = (xid + 1) & 0xFFFFFFFF
+        struct.pack_into(">I", req, 4, xid)
+        s = pc()
+        sock.sendall(req)
+        got = sock.recv_into(buf)
+        need = 4 + (int.from_bytes(buf[:4], "big") & 0x7FFFFFFF) if got >= 4 else 1 << 30
+        while got < need:  # rare: a reply in pieces
+            k = sock.recv_into(view[got:])
+            if not k:
+                raise ConnectionError("closed")
+            got += k
+            if got >= 4:
+                need = 4 + (int.from_bytes(buf[:4], "big") & 0x7FFFFFFF)
+        lat.append(pc() - s)
+        if int.from_bytes(buf[4:8], "big") != xid or buf[24:28] != ZERO8[:4]:
+            raise RpcError("unexpected reply to GETATTR")
+        if buf[28:32] != ZERO8[:4]:
+            errors += 1   # nfsstat3 != OK (e.g. a handle the server cannot resolve)
+        n += 1
+        if (n & 63) == 0 and time.monotonic() >= t_end:
+            break
+    wall = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
+    if a.sync:
+        print("timed", flush=True)
+        sys.stdin.readline()
+    c.close()
+    r = dict(workload="getattr-all", handles=nreq, collect_s=collect_s, collect_calls=stats,
+             passes=n / nreq, ops=n, errors=errors, seconds=wall, ops_per_s=n / wall,
+             gen_cpu_s=cpu, gen_cpu_us_per_op=cpu / n * 1e6)
+    r.update(_pcts(lat))
+    return r
+
+
 class BootClient:
     """One booting board: one connection, one call at a time, like an init process."""
 
@@ -386,6 +501,11 @@ class BootClient:
             await self.visit(path)
 
     async def visit(self, path: bytes):
+        """One walk: everything a booting client does for one path."""
+        await self._visit(path)
+        self.stats["walks"] = self.stats.get("walks", 0) + 1
+
+    async def _visit(self, path: bytes):
         fh, ftype, size = self.root, NF3DIR, 0
         for comp in path.split(b"/"):
             rec, off = await self.call(H_LOOKUP, opaque(fh) + opaque(comp), "LOOKUP")
@@ -582,12 +702,16 @@ def _loop_run(coro):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="NFSv3 load generator (see bench/README.md)")
-    ap.add_argument("workload", choices=["getattr", "bootstorm", "stream"])
+    ap.add_argument("workload", choices=["getattr", "getattr-all", "bootstorm", "stream"])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--export", required=True, help="path to MNT")
     ap.add_argument("--path", default="", help="file below the export (getattr, stream)")
-    ap.add_argument("--duration", type=float, default=4.0, help="getattr: seconds")
+    ap.add_argument("--duration", type=float, default=4.0, help="getattr(-all): seconds")
+    ap.add_argument("--seed", type=int, default=1, help="getattr-all: shuffle seed")
+    ap.add_argument("--sync", action="store_true",
+                    help="getattr-all: print a line and wait for one on stdin before and "
+                         "after the timed part")
     ap.add_argument("--tree", help="bootstorm: the exported tree (to list the paths to walk)")
     ap.add_argument("--clients", type=int, default=16, help="bootstorm: clients in total")
     ap.add_argument("--first", type=int, default=0, help="bootstorm: first client id run here")
@@ -605,6 +729,8 @@ def main(argv=None) -> int:
         a.count = a.clients
     if a.workload == "getattr":
         r = run_getattr(a)
+    elif a.workload == "getattr-all":
+        r = run_getattr_all(a)
     elif a.workload == "bootstorm":
         r = _loop_run(_bootstorm(a))
     else:

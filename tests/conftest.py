@@ -94,6 +94,17 @@ def fastnfs(export_dir):
         pytest.fail("the server logged a traceback:\n" + srv.log()[-4000:])
 
 
+def cython_twin(name: str):
+    """(module, None) for a built Cython twin, or (None, why) to skip its tests."""
+    import importlib
+    if os.environ.get("FASTNFS_PURE"):
+        return None, "FASTNFS_PURE=1"
+    try:
+        return importlib.import_module(name), None
+    except ImportError as e:  # pragma: no cover - extension not built
+        return None, "%s not built: %s" % (name, e)
+
+
 def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None
 

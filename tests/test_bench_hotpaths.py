@@ -9,7 +9,6 @@ Rounds are capped by the marks below so a plain ``pytest`` run stays quick.
 
 from __future__ import annotations
 
-import importlib
 import os
 import struct
 
@@ -18,18 +17,11 @@ import pytest
 from fastnfs.fhcache import PyFHCache
 from fastnfs.xdr import PyPacker, PyUnpacker
 
-
-def _cython(name):
-    if os.environ.get("FASTNFS_PURE"):
-        return None, "FASTNFS_PURE=1"
-    try:
-        return importlib.import_module(name), None
-    except ImportError as e:  # pragma: no cover - extension not built
-        return None, "%s not built: %s" % (name, e)
+from conftest import cython_twin
 
 
-_cx, _why_x = _cython("fastnfs._xdr")
-_cf, _why_f = _cython("fastnfs._fhcache")
+_cx, _why_x = cython_twin("fastnfs._xdr")
+_cf, _why_f = cython_twin("fastnfs._fhcache")
 
 _TIME = float(os.environ.get("FASTNFS_BENCH_TIME", "0.25"))
 

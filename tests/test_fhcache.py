@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import sys
 from collections import OrderedDict
@@ -15,17 +14,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from fastnfs.fhcache import PyFHCache
 
-
-def _cython(name):
-    if os.environ.get("FASTNFS_PURE"):
-        return None, "FASTNFS_PURE=1"
-    try:
-        return importlib.import_module(name), None
-    except ImportError as e:  # pragma: no cover - extension not built
-        return None, "%s not built: %s" % (name, e)
+from conftest import cython_twin
 
 
-_cx, _why = _cython("fastnfs._fhcache")
+_cx, _why = cython_twin("fastnfs._fhcache")
 needs_cython = pytest.mark.skipif(_cx is None, reason=_why or "")
 
 

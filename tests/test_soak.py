@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-import pytest
 
 from conftest import FastnfsProcess
 from rpcclient import NFS3_OK, AuthSys, Nfs3

@@ -4,7 +4,6 @@ against the format, and against an OrderedDict LRU model."""
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import sys
 from collections import OrderedDict
@@ -16,17 +15,10 @@ from hypothesis import strategies as st
 from fastnfs.virtfs import meta as meta_mod
 from fastnfs.virtfs.meta import KEYS, LIMITS, MAX_PROBLEMS, PyMetaCache, py_parse_meta
 
-
-def _cython(name):
-    if os.environ.get("FASTNFS_PURE"):
-        return None, "FASTNFS_PURE=1"
-    try:
-        return importlib.import_module(name), None
-    except ImportError as e:  # pragma: no cover - extension not built
-        return None, "%s not built: %s" % (name, e)
+from conftest import cython_twin
 
 
-_cx, _why = _cython("fastnfs.virtfs._meta")
+_cx, _why = cython_twin("fastnfs.virtfs._meta")
 needs_cython = pytest.mark.skipif(_cx is None, reason=_why or "")
 
 PARSERS = [

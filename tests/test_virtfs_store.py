@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import socket
 import stat
@@ -19,17 +18,10 @@ from fastnfs.virtfs.store import (HIDDEN, MAX_META_SIZE, META_DIR, META_ROOT, Me
                                   remove_meta, rename_meta, rmdir_meta_dir, split_rdev,
                                   write_meta, write_root_meta)
 
-
-def _cython(name):
-    if os.environ.get("FASTNFS_PURE"):
-        return None, "FASTNFS_PURE=1"
-    try:
-        return importlib.import_module(name), None
-    except ImportError as e:  # pragma: no cover - extension not built
-        return None, "%s not built: %s" % (name, e)
+from conftest import cython_twin
 
 
-_cx, _why = _cython("fastnfs.virtfs._meta")
+_cx, _why = cython_twin("fastnfs.virtfs._meta")
 
 
 @pytest.fixture(params=[

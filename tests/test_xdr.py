@@ -8,8 +8,6 @@ the two byte for byte.
 from __future__ import annotations
 
 import array
-import importlib
-import os
 import struct
 import tracemalloc
 from types import SimpleNamespace
@@ -21,17 +19,10 @@ from hypothesis import strategies as st
 
 from fastnfs.xdr import PyPacker, PyUnpacker, XdrError
 
-
-def _cython(name):
-    if os.environ.get("FASTNFS_PURE"):
-        return None, "FASTNFS_PURE=1"
-    try:
-        return importlib.import_module(name), None
-    except ImportError as e:  # pragma: no cover - extension not built
-        return None, "%s not built: %s" % (name, e)
+from conftest import cython_twin
 
 
-_cx, _why = _cython("fastnfs._xdr")
+_cx, _why = cython_twin("fastnfs._xdr")
 needs_cython = pytest.mark.skipif(_cx is None, reason=_why or "")
 
 PY = SimpleNamespace(name="python", Packer=PyPacker, Unpacker=PyUnpacker)

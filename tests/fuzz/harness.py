@@ -41,9 +41,7 @@ import asyncio
 import logging
 import os
 import shutil
-import stat as S
 import struct
-import sys
 import tempfile
 import tracemalloc
 import zlib

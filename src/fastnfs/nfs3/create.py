@@ -6,7 +6,7 @@ import errno
 import os
 import stat as S
 
-from ..fsstat import fstat, lstatat
+from ..fsstat import lstatat
 from .. import perm
 from ..fs import NFSError, check_name, nfsstat_of
 from ..virtfs import ops as vops

@@ -6,7 +6,7 @@ import os
 import stat as S
 
 from .. import offload, perm
-from ..fsstat import fstat, lstatat
+from ..fsstat import fstat
 from ..fs import NFSError, nfsstat_of
 from ..xdr import XdrError
 from . import const as C

@@ -7,9 +7,8 @@ the cookie verifier never has to invalidate a client's cookie.
 
 from __future__ import annotations
 
-import os
 
-from ..fsstat import fstat, lstatat
+from ..fsstat import lstatat
 from .. import perm
 from ..fs import NFSError, dirname, join, nfsstat_of
 from . import const as C
