@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "serving PORT on this host (run as the same user).")
     st.add_argument("-n", "--port", type=_port, default=2049, help="its NFS port (default 2049)")
     st.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    v = sub.add_parser("virtfs", help="virtfs tree tools: import SRC DST, check DIR",
+                       add_help=False)
+    v.add_argument("args", nargs=argparse.REMAINDER)
     x = sub.add_parser("exports", help="exports file tools")
     xs = x.add_subparsers(dest="exports_command", required=True)
     xc = xs.add_parser("check", help="check an exports file: exit 0 if it is valid, else 1",
@@ -193,11 +196,18 @@ def serve(args, base: bytes = b"") -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["virtfs"]:  # its own parser, options and --help included
+        from .virtfs.tools import main as virtfs_main
+        return virtfs_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
     if args.command == "stats":
         return stats_main(args)
+    if args.command == "virtfs":
+        from .virtfs.tools import main as virtfs_main
+        return virtfs_main(args.args)
     if args.command == "exports":
         from .exports import check_main
         return check_main(args.files)
