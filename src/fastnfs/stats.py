@@ -106,7 +106,8 @@ class Stats:
         }
 
     def dump(self, directory: str) -> None:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _private_dir(os.path.dirname(directory))
+        _private_dir(directory)
         path = os.path.join(directory, "worker-%d.json" % os.getpid())
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
@@ -119,6 +120,25 @@ class Stats:
             os.unlink(os.path.join(directory, "worker-%d.json" % os.getpid()))
         except OSError:
             pass
+        try:
+            os.rmdir(directory)  # the last process of this port leaves nothing behind
+        except OSError:
+            pass
+
+
+def _private_dir(path: str) -> None:
+    """Make or accept a directory only this user can use; refuse one planted in a
+    shared /tmp by someone else (or a symlink), where the snapshots would go astray."""
+    import stat as S
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not S.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PermissionError(1, "statistics directory is not this user's", path)
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def _alive(pid: int) -> bool:

@@ -117,7 +117,7 @@ class Virtfs:
         """One warning per file version across processes: the first O_EXCL create wins."""
         name = "%x-%x-%x-%x-%x" % (key + stamp)
         try:
-            os.makedirs(self.shared_dir, mode=0o700, exist_ok=True)
+            os.makedirs(self.shared_dir, mode=0o700, exist_ok=True)  # under the stats dir
             os.close(os.open(os.path.join(self.shared_dir, name),
                              os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         except FileExistsError:
