@@ -421,6 +421,8 @@ def run_getattr_all(a) -> dict:
     fhs = collect_handles(c, root, stats)
     collect_s = time.perf_counter() - t
     random.Random(a.seed).shuffle(fhs)
+    if a.handles:   # a control: only the first N (e.g. fewer than unfsd's cache holds)
+        fhs = fhs[:a.handles]
     if a.sync:  # let the driver sample the server's CPU time around the timed part only
         print("collected", flush=True)
         sys.stdin.readline()
@@ -709,6 +711,8 @@ def main(argv=None) -> int:
     ap.add_argument("--path", default="", help="file below the export (getattr, stream)")
     ap.add_argument("--duration", type=float, default=4.0, help="getattr(-all): seconds")
     ap.add_argument("--seed", type=int, default=1, help="getattr-all: shuffle seed")
+    ap.add_argument("--handles", type=int, default=0,
+                    help="getattr-all: use only N of the handles (default: all)")
     ap.add_argument("--sync", action="store_true",
                     help="getattr-all: print a line and wait for one on stdin before and "
                          "after the timed part")

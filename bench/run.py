@@ -2,9 +2,11 @@
 """fastnfs vs unfsd, measured in the same run, on the same tree, with the same client.
 
     python3 bench/run.py getattr   --unfsd /path/to/unfsd [--cpu 1]
+    python3 bench/run.py getattr-all --unfsd /path/to/unfsd [--entries 10000,100000]
     python3 bench/run.py bootstorm --unfsd /path/to/unfsd [--clients 16,64]
     python3 bench/run.py stream    --unfsd /path/to/unfsd [--size 1G]
     python3 bench/run.py virtfs                            (fastnfs --virtfs vs fastnfs)
+    python3 bench/run.py memory    [--unfsd ...] --rounds 1 (RSS, 100,000-entry tree)
     python3 bench/run.py all       --unfsd /path/to/unfsd
 
 Each workload starts the servers itself on free loopback ports, alternating
@@ -32,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LOADGEN = os.path.join(HERE, "loadgen.py")
 sys.path.insert(0, HERE)
 import mktree  # noqa: E402
+import loadgen as lg  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -86,8 +89,9 @@ def tree_cpu_seconds(root: int) -> float:
     return total / TICK
 
 
-def tree_rss_mb(root: int) -> float:
-    """Resident memory (VmRSS) of root and all its descendants, in MB."""
+def tree_rss_mb(root: int, field: str = "VmRSS:") -> float:
+    """Resident memory (VmRSS, or another /proc status field such as VmHWM:, the peak)
+    of root and all its descendants, in MB."""
     kids: dict = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -102,7 +106,7 @@ def tree_rss_mb(root: int) -> float:
         try:
             with open("/proc/%d/status" % p) as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field):
                         total += int(line.split()[1])
         except OSError:
             pass
@@ -256,6 +260,91 @@ def wl_getattr(a) -> list:
             ("generator CPU per op (us)", "gen_cpu_us_per_op", res, False)]
 
 
+def wl_getattr_all(a) -> list:
+    """GETATTR over every handle of each tree (shuffled), one connection, one outstanding."""
+    rows = []
+    for entries in (a.entries if a.tree is None else a.entries[:1]):   # --tree: that one
+        tree = ensure_tree(a, entries)
+        res: dict = {}
+        for rnd in range(a.rounds):
+            for kind in servers_for(a):
+                s = Server(kind, tree, a.workdir, a.unfsd, cpu=a.cpu, extra=a.fastnfs_arg)
+                try:
+                    pin = ["taskset", "-c", str(a.cpu)] if a.cpu is not None else []
+                    p = subprocess.Popen(pin + [sys.executable, LOADGEN, "getattr-all", "--sync",
+                                                "--port", str(s.port), "--export", s.tree,
+                                                "--duration", str(a.duration),
+                                                "--handles", str(a.handles)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+                    try:
+                        if p.stdout.readline().strip() != "collected":
+                            raise RuntimeError("loadgen failed: %s" % p.communicate()[1][-3000:])
+                        c0 = s.cpu_seconds()   # handles collected: the timed part starts
+                        p.stdin.write("go\n")
+                        p.stdin.flush()
+                        if p.stdout.readline().strip() != "timed":
+                            raise RuntimeError("loadgen failed: %s" % p.communicate()[1][-3000:])
+                        c1 = s.cpu_seconds()
+                        out, err = p.communicate("go\n", timeout=60)
+                    finally:
+                        if p.poll() is None:
+                            p.kill()
+                            p.wait()
+                    if p.returncode != 0:
+                        raise RuntimeError("loadgen failed: %s" % err[-3000:])
+                    r = json.loads(out.strip().splitlines()[-1])
+                    r["server_cpu_us_per_op"] = (c1 - c0) / r["ops"] * 1e6
+                    r["rss_mb"] = tree_rss_mb(s.pid)
+                finally:
+                    s.stop()
+                log(a, "round %d %s %d entries: %d handles (collected in %.1f s, %s), "
+                       "%.0f ops/s (%.1f passes) p50 %.1f us p99 %.1f us, server %.1f us/op, "
+                       "%d errors" % (rnd + 1, kind, entries, r["handles"], r["collect_s"],
+                                      r["collect_calls"], r["ops_per_s"], r["passes"],
+                                      r["p50_us"], r["p99_us"], r["server_cpu_us_per_op"],
+                                      r["errors"]))
+                res.setdefault(kind, []).append(r)
+        t = "%d entries" % entries if a.tree is None else os.path.basename(tree)
+        rows += [("%s: filehandles (GETATTR targets)" % t, "handles", res, None),
+                 ("%s: GETATTR ops/s (1 outstanding)" % t, "ops_per_s", res, True),
+                 ("%s: GETATTR p50 latency (us)" % t, "p50_us", res, False),
+                 ("%s: GETATTR p99 latency (us)" % t, "p99_us", res, False),
+                 ("%s: server CPU per op (us)" % t, "server_cpu_us_per_op", res, False),
+                 ("%s: generator CPU per op (us)" % t, "gen_cpu_us_per_op", res, None),
+                 ("%s: passes over all handles" % t, "passes", res, True),
+                 ("%s: GETATTR errors" % t, "errors", res, False),
+                 ("%s: handle collection, untimed (s)" % t, "collect_s", res, None)]
+    return rows
+
+
+def wl_memory(a) -> list:
+    """The whole server's memory after 16 clients walked every path of the large tree."""
+    entries = a.entries[0]
+    tree = ensure_tree(a, entries)
+    nclients = a.clients[0]
+    npaths = len(lg.tree_paths(tree))
+    per_client = -(-npaths // nclients)
+    res: dict = {}
+    for rnd in range(a.rounds):
+        for kind in servers_for(a):
+            r = one_bootstorm(a, kind, tree, nclients, per_client)
+            log(a, "round %d %s %d clients over %d paths: RSS %.1f MB at start, %.1f MB at the "
+                   "end, peak %.1f MB; %.0f walks/s, %.1f s" % (
+                       rnd + 1, kind, nclients, npaths, r["rss_start_mb"], r["rss_mb"],
+                       r["hwm_mb"], r["walks_per_s"], r["seconds"]))
+            res.setdefault(kind, []).append(r)
+    t = "%d entries, %d clients" % (entries, nclients)
+    return [("%s: paths walked" % t, "walks", res, None),
+            ("%s: server RSS when ready (MB)" % t, "rss_start_mb", res, False),
+            ("%s: server RSS at the end (MB)" % t, "rss_mb", res, False),
+            ("%s: server peak RSS, sum of VmHWM (MB)" % t, "hwm_mb", res, False),
+            ("%s: walks/s" % t, "walks_per_s", res, True),
+            ("%s: calls per walk" % t, "calls_per_walk", res, False),
+            ("%s: time for all clients (s)" % t, "seconds", res, False),
+            ("%s: server CPU per walk (us)" % t, "server_cpu_us_per_walk", res, False)]
+
+
 def wl_bootstorm(a) -> list:
     tree = ensure_tree(a)
     rows = []
@@ -265,13 +354,18 @@ def wl_bootstorm(a) -> list:
         for rnd in range(a.rounds):
             for kind in servers_for(a):
                 r = one_bootstorm(a, kind, tree, nclients, per_client)
-                log(a, "round %d %s %d clients: %.0f ops/s p99 %.1f ms, all done in %.2f s, "
+                log(a, "round %d %s %d clients: %.0f ops/s, %.0f walks/s (%.2f calls/walk), "
+                       "p99 %.1f ms, all done in %.2f s, "
                        "server CPU %.0f%%, generator CPU %.1f us/op" % (
-                           rnd + 1, kind, nclients, r["ops_per_s"], r["p99_us"] / 1000,
+                           rnd + 1, kind, nclients, r["ops_per_s"], r["walks_per_s"],
+                           r["calls_per_walk"], r["p99_us"] / 1000,
                            r["seconds"], r["server_cpu_pct"], r["gen_cpu_us_per_op"]))
                 res.setdefault(kind, []).append(r)
         t = "%d clients" % nclients
         rows += [("%s: ops/s" % t, "ops_per_s", res, True),
+                 ("%s: completed walks/s" % t, "walks_per_s", res, True),
+                 ("%s: calls per walk" % t, "calls_per_walk", res, False),
+                 ("%s: server CPU per walk (us)" % t, "server_cpu_us_per_walk", res, False),
                  ("%s: p99 latency (ms)" % t, "p99_ms", res, False),
                  ("%s: time for all clients (s)" % t, "seconds", res, False),
                  ("%s: server CPU (%% of a core)" % t, "server_cpu_pct", res, None),
@@ -284,6 +378,7 @@ def wl_bootstorm(a) -> list:
 def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict:
     s = Server(kind, tree, a.workdir, a.unfsd, cpu=a.server_cpu, extra=a.fastnfs_arg)
     spy = None
+    result = {"rss_start_mb": tree_rss_mb(s.pid)}   # ready, idle
     try:
         procs = min(a.procs, nclients)
         start_at = time.time() + 1.0 + 0.02 * nclients
@@ -305,7 +400,6 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
                                     "--format", a.py_spy_format, "--rate", "250", "--nonblocking", "--subprocesses"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             log(a, "py-spy recording %s to %s" % (kind, out))
-        result = {}
         cpu = {}
 
         def sample_cpu():  # server CPU over exactly the measured interval
@@ -317,6 +411,7 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
         cpu1 = s.cpu_seconds()
         th.join()
         result["rss_mb"] = tree_rss_mb(s.pid)  # after every client walked the tree
+        result["hwm_mb"] = tree_rss_mb(s.pid, "VmHWM:")  # sum of each process's peak
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -338,7 +433,10 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
     for p in parts:
         for k, v in p["stats"].items():
             stats[k] = stats.get(k, 0) + v
+    walks = stats.get("walks", 0)   # paths visited completely (one walk each)
     result.update(ops=ops, seconds=wall, ops_per_s=ops / wall,
+                  walks=walks, walks_per_s=walks / wall, calls_per_walk=ops / max(walks, 1),
+                  server_cpu_us_per_walk=(cpu1 - cpu["0"]) / max(walks, 1) * 1e6,
                   p50_us=lat[len(lat) // 2] / 1000, p99_us=lat[int(len(lat) * 0.99)] / 1000,
                   p99_ms=lat[int(len(lat) * 0.99)] / 1e6,
                   server_cpu_pct=(cpu1 - cpu["0"]) / wall * 100,
@@ -423,12 +521,17 @@ def wl_virtfs(a) -> list:
 
 
 # ---------------------------------------------------------------- output
-def ensure_tree(a) -> str:
-    if a.tree is None:
-        a.tree = os.path.join(a.workdir, "tree")
-        n = mktree.make_tree(a.tree, a.entries)
-        log(a, "tree %s: %d entries" % (a.tree, n))
-    return os.path.realpath(a.tree)
+def ensure_tree(a, entries: int | None = None) -> str:
+    """--tree if given, else WORKDIR/tree (10,000 entries) or WORKDIR/tree-N, made once
+    by mktree.py and reused by later runs (mktree checks its stamp file)."""
+    if a.tree is not None:
+        return os.path.realpath(a.tree)
+    entries = entries or a.entries[0]
+    path = os.path.join(a.workdir, "tree" if entries == 10000 else "tree-%d" % entries)
+    t0 = time.monotonic()
+    n = mktree.make_tree(path, entries)
+    log(a, "tree %s: %d entries (%.1f s)" % (path, n, time.monotonic() - t0))
+    return os.path.realpath(path)
 
 
 def log(a, msg: str) -> None:
@@ -438,6 +541,8 @@ def log(a, msg: str) -> None:
 def fmt(v) -> str:
     if v is None:
         return "-"
+    if float(v).is_integer():
+        return "%d" % v
     if abs(v) >= 100:
         return "%.0f" % v
     if abs(v) >= 10:
@@ -471,13 +576,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
-    ap.add_argument("workload", choices=["getattr", "bootstorm", "stream", "virtfs", "all"])
+    ap.add_argument("workload", choices=["getattr", "getattr-all", "bootstorm", "stream", "virtfs",
+                                         "memory", "all"])
     ap.add_argument("--unfsd", metavar="PATH", help="unfsd binary to compare with")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per server (default 3)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "fastnfs-bench"),
                     help="where the tree, logs and stream files go (default /tmp/fastnfs-bench)")
     ap.add_argument("--tree", help="exported tree (default: WORKDIR/tree made by mktree.py)")
-    ap.add_argument("--entries", type=int, default=10000, help="entries of the generated tree")
+    ap.add_argument("--entries", default=None,
+                    help="entries of the generated tree(s), comma-separated; getattr-all "
+                         "measures each (default 10000,100000), memory and the others use "
+                         "the first (default 100000 for memory, else 10000)")
     ap.add_argument("--cpu", type=int, default=1,
                     help="getattr: the one CPU both server and client are pinned to (default 1)")
     ap.add_argument("--server-cpu", type=int, default=None,
@@ -485,6 +594,8 @@ def main(argv=None) -> int:
     ap.add_argument("--client-cpu", type=int, default=None,
                     help="bootstorm/stream: pin the load generator to this CPU")
     ap.add_argument("--duration", type=float, default=4.0, help="getattr: seconds per round")
+    ap.add_argument("--handles", type=int, default=0,
+                    help="getattr-all: GETATTR only N of the handles (a control; default all)")
     ap.add_argument("--clients", default="16,64", help="bootstorm: client counts (default 16,64)")
     ap.add_argument("--paths-total", type=int, default=4800,
                     help="bootstorm: paths visited by all clients together (default 4800)")
@@ -504,6 +615,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write every round's figures here")
     a = ap.parse_args(argv)
     a.clients = [int(c) for c in a.clients.split(",")]
+    if a.entries is None:
+        a.entries = {"getattr-all": "10000,100000", "memory": "100000"}.get(a.workload, "10000")
+    a.entries = [int(e) for e in a.entries.split(",")]
     os.makedirs(a.workdir, exist_ok=True)
     if a.unfsd:
         a.unfsd = os.path.abspath(a.unfsd)
@@ -513,8 +627,9 @@ def main(argv=None) -> int:
     allres = {}
     for w in todo:
         t0 = time.monotonic()
-        rows = {"getattr": wl_getattr, "bootstorm": wl_bootstorm, "stream": wl_stream,
-                "virtfs": wl_virtfs}[w](a)
+        rows = {"getattr": wl_getattr, "getattr-all": wl_getattr_all,
+                "bootstorm": wl_bootstorm, "stream": wl_stream, "virtfs": wl_virtfs,
+                "memory": wl_memory}[w](a)
         kinds = ["fastnfs-virtfs", "fastnfs"] if w == "virtfs" else servers_for(a)
         print()
         print("### %s (median of %d rounds, %.0f s)" % (w, a.rounds, time.monotonic() - t0))

@@ -61,9 +61,11 @@ def READ(s, call, u, p):
                     except BlockingIOError:
                         p.truncate(mark)
                         return False
-                    if nowait and n == 0 and offset < st.st_size:
+                    if nowait and n < count and offset + n < st.st_size:
+                        # only part of it is cached: a short READ is legal (section
+                        # 3.3.6) but costs the client a round trip; a thread waits
                         p.truncate(mark)
-                        return False  # nothing cached yet: let a thread wait for the disk
+                        return False
             finally:
                 os.close(fd)
         except NFSError as err:
