@@ -102,7 +102,6 @@ class Dispatcher:
         self.executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="fastnfs-io")
         self.drc = DuplicateRequestCache(drc_size)
         self.maxdata = {"tcp": tcp_maxdata, "udp": udp_maxdata}
-        self.on_call = None  # run first for every call (the server's own credentials)
         self.stats = Stats()
 
     def dispatch(self, data, peer, proto: str):
@@ -120,8 +119,6 @@ class Dispatcher:
         if u.u32() != rpc.CALL:
             return None  # a REPLY or garbage: nothing to answer (RFC 5531 section 9)
         p = Packer(4)
-        if self.on_call is not None:
-            self.on_call()
         try:
             h = rpc.decode_call(u, xid)
             prog = self.programs.get(h.prog)

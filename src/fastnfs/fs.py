@@ -93,25 +93,6 @@ def nfsstat_of(e: OSError) -> int:
     return _ERRNO_TO_NFS.get(e.errno, C.NFS3ERR_IO)
 
 
-def ftype_of(mode: int) -> int:
-    fmt = S.S_IFMT(mode)
-    if fmt == S.S_IFREG:
-        return C.NF3REG
-    if fmt == S.S_IFDIR:
-        return C.NF3DIR
-    if fmt == S.S_IFLNK:
-        return C.NF3LNK
-    if fmt == S.S_IFCHR:
-        return C.NF3CHR
-    if fmt == S.S_IFBLK:
-        return C.NF3BLK
-    if fmt == S.S_IFIFO:
-        return C.NF3FIFO
-    if fmt == S.S_IFSOCK:
-        return C.NF3SOCK
-    return C.NF3REG
-
-
 def check_name(name: bytes) -> None:
     """A single path component as a client may create or look it up."""
     if not name:

@@ -1079,8 +1079,12 @@ class _Guest:
 
     def __init__(self, kit: Kit, cache: str, *, script: str, mode: str, vm_id: int,
                  opts: str, export: str, mem: int, cpus: int, kernel_args: str,
-                 files: Optional[dict], echo: Optional[Callable[[str], None]]):
+                 files: Optional[dict], echo: Optional[Callable[[str], None]],
+                 until=None):
         self.tag = secrets.token_hex(5)
+        #: a console pattern (str: substring, or compiled regex) that ends the run
+        self.until = until
+        self.until_seen: Optional[float] = None
         self.vm_id = vm_id
         self.mode = mode
         self.opts = opts
@@ -1167,6 +1171,11 @@ class _Guest:
         self.logf.write(line + "\n")
         if self.echo:
             self.echo(line)
+        if self.until is not None and self.until_seen is None and (
+                self.until in line if isinstance(self.until, str)
+                else self.until.search(line)):
+            self.until_seen = time.monotonic() - self.t0
+            self.marks["UNTIL"] = (self.until_seen, "")
         tag = self.tag
         i = line.find(tag)
         if i >= 0 and len(line) > i + len(tag):
@@ -1204,6 +1213,8 @@ class _Guest:
                 if time.monotonic() > deadline:
                     timed_out = True
                     break
+                if self.until_seen is not None:
+                    break           # the awaited console line: stop the guest now
                 if self.exit_status is not None or self.kill_init is not None:
                     # The guest is done; give poweroff a few seconds.
                     if not self.exited.wait(10):
@@ -1222,7 +1233,9 @@ class _Guest:
                 pass
         wall = time.monotonic() - self.t0
         failure = None
-        if self.exit_status is not None:
+        if self.until_seen is not None:
+            rc = 0
+        elif self.exit_status is not None:
             rc = self.exit_status
             failure = self.fail
         elif self.kill_init is not None:
@@ -1234,10 +1247,14 @@ class _Guest:
                     if w in self.marks]
             failure = "timeout after %ss (last step: %s)" % (timeout,
                                                               last[-1] if last else "none")
+            if self.until is not None:
+                failure += " waiting for %r" % getattr(self.until, "pattern", self.until)
         else:
             rc = RC_BOOT_FAILED
             failure = "qemu exited with %s before the guest reported a status" \
                       % self.proc.returncode
+            if self.until is not None:
+                failure += " (or printed %r)" % getattr(self.until, "pattern", self.until)
         if rc == RC_MOUNT_FAILED and failure is None and "MOUNTED" not in self.marks:
             failure = "mount failed"
         begin, end = self._guest_time("BEGIN"), self._guest_time("END")
@@ -1260,7 +1277,7 @@ class _Guest:
 def _start_guest(script: str, *, nfs_port: int, mount_port: Optional[int], export: str,
                  proto: str, mount_opts: str, mem: int, files: Optional[dict], mode: str,
                  vm_id: int, cpus: int, kernel_args: str, echo, cache: Optional[str],
-                 kit: Optional[Kit] = None) -> _Guest:
+                 kit: Optional[Kit] = None, until=None) -> _Guest:
     if mode not in ("mount", "nfsroot"):
         raise ValueError("mode must be 'mount' or 'nfsroot'")
     if proto not in ("tcp", "udp"):
@@ -1269,7 +1286,8 @@ def _start_guest(script: str, *, nfs_port: int, mount_port: Optional[int], expor
     kit = kit or prepare(udp=(proto == "udp"), cache=cache)
     opts = _mount_options(proto, nfs_port, mount_port or nfs_port, mount_opts)
     g = _Guest(kit, cache, script=script, mode=mode, vm_id=vm_id, opts=opts, export=export,
-               mem=mem, cpus=cpus, kernel_args=kernel_args, files=files, echo=echo)
+               mem=mem, cpus=cpus, kernel_args=kernel_args, files=files, echo=echo,
+               until=until)
     g.start()
     return g
 
@@ -1278,7 +1296,7 @@ def run(script: str = "true", *, nfs_port: int, mount_port: Optional[int] = None
         export: str = "/", proto: str = "tcp", mount_opts: str = "", timeout: float = 300,
         mem: int = 256, files: Optional[dict] = None, mode: str = "mount", vm_id: int = 0,
         cpus: int = 1, kernel_args: str = "", echo: Optional[Callable[[str], None]] = None,
-        cache: Optional[str] = None) -> Result:
+        cache: Optional[str] = None, until=None) -> Result:
     """Boot a guest, mount the export and run `script`; returns a Result.
 
     mode="mount": the export is mounted on /mnt and `script` runs there under
@@ -1288,10 +1306,16 @@ def run(script: str = "true", *, nfs_port: int, mount_port: Optional[int] = None
     files maps host paths (files or directories) to guest paths; relative
     guest paths land in /fnfs/files, which is on PATH.
     echo, if given, is called with every console line as it arrives.
+    until, if given (a substring, or a compiled regex searched in each
+    console line), ends the run as soon as a console line matches: qemu is
+    killed and rc is 0.  Use it for guests that never exit by themselves,
+    e.g. nfsroot with script "exec /sbin/init" (a real init system).  If the
+    guest ends first, the usual rc/failure apply.
     """
     g = _start_guest(script, nfs_port=nfs_port, mount_port=mount_port, export=export,
                      proto=proto, mount_opts=mount_opts, mem=mem, files=files, mode=mode,
-                     vm_id=vm_id, cpus=cpus, kernel_args=kernel_args, echo=echo, cache=cache)
+                     vm_id=vm_id, cpus=cpus, kernel_args=kernel_args, echo=echo, cache=cache,
+                     until=until)
     return g.wait(timeout)
 
 
@@ -1334,7 +1358,8 @@ def run_many(n: int, script: str = "true", *, max_parallel: Optional[int] = None
 
 def _run_defaults(kw: dict) -> dict:
     out = dict(nfs_port=None, mount_port=None, export="/", proto="tcp", mount_opts="",
-               mem=256, files=None, mode="mount", cpus=1, kernel_args="", echo=None)
+               mem=256, files=None, mode="mount", cpus=1, kernel_args="", echo=None,
+               until=None)
     unknown = set(kw) - set(out)
     if unknown:
         raise TypeError("unexpected arguments: %s" % ", ".join(sorted(unknown)))
@@ -1374,6 +1399,9 @@ def _cli(argv=None) -> int:
     p_run.add_argument("--mem", type=int, default=256)
     p_run.add_argument("--cpus", type=int, default=1)
     p_run.add_argument("--kernel-args", default="")
+    p_run.add_argument("--until", metavar="TEXT",
+                       help="stop the guest (rc 0) once a console line contains TEXT, "
+                            "e.g. with --mode nfsroot -c 'exec /sbin/init'")
     p_run.add_argument("-n", "--count", type=int, default=1, help="run N guests at once")
     p_run.add_argument("-j", "--max-parallel", type=int)
     p_run.add_argument("-v", "--verbose", action="store_true",
@@ -1411,7 +1439,8 @@ def _cli(argv=None) -> int:
     echo = (lambda line: sys.stderr.write("  | %s\n" % line)) if a.verbose else None
     kw = dict(nfs_port=a.nfs_port, mount_port=a.mount_port, export=a.export,
               proto=a.proto, mount_opts=a.mount_opts, mem=a.mem, files=files,
-              mode=a.mode, cpus=a.cpus, kernel_args=a.kernel_args, echo=echo)
+              mode=a.mode, cpus=a.cpus, kernel_args=a.kernel_args, echo=echo,
+              until=a.until)
 
     def stop(signum, _frame):
         _kill_live_guests()

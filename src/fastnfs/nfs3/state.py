@@ -22,7 +22,6 @@ from ..exports import squash
 from ..fs import Export, NFSError, Obj
 from ..rpc import Cred
 from . import const as C
-from .types import get_fh3
 
 log = logging.getLogger("fastnfs.access")
 _NO_ID = 0xFFFFFFFF
@@ -123,9 +122,6 @@ class NFS3State:
         obj = e.resolve(fh)
         creds.switch(*want)
         return e, obj
-
-    def get_obj(self, call, u) -> tuple[Export, Obj]:
-        return self.resolve(call, get_fh3(u))
 
     def in_caller_creds(self, call, work):
         """Wrap off-loop work so that it runs with the caller's credentials."""
