@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--secure", action="store_true",
                    help="accept requests only from source ports below 1024 (PATH only)")
     s.add_argument("-s", "--single-user", action="store_true",
-                   help="never switch to the caller's user id, even as root (unfsd -s)")
+                   help="never switch to the caller's user id, even as root; report what the "
+                        "server's user owns as the caller's, the rest as root's (unfsd -s)")
     s.add_argument("-V", "--virtfs", action="store_true",
                    help="serve owners, modes and device nodes from mapped-file metadata "
                         "(.virtfs_metadata, as QEMU's 9p mapped-file and ptxdist write it)")

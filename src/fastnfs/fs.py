@@ -28,6 +28,7 @@ import hashlib
 import os
 import stat as S
 import struct
+import threading
 import time
 import zlib
 from bisect import bisect_right
@@ -79,6 +80,9 @@ _ERRNO_TO_NFS = {
     errno.ERANGE: C.NFS3ERR_INVAL,
     errno.EBUSY: C.NFS3ERR_ACCES,
 }
+
+
+SINGLE_USER_CALLER = threading.local()  # .ids = (uid, gid) of the call being served
 
 
 class NFSError(Exception):
@@ -179,6 +183,7 @@ class Export:
         self._dircache: OrderedDict = OrderedDict()
         self._dircache_size = dircache_size
         self.virtfs = None
+        self.single_user = None  # (uid, gid) of the server, when reporting as unfsd -s
         self.hidden = frozenset()
         if virtfs:
             from .virtfs.overlay import Virtfs
@@ -192,7 +197,22 @@ class Export:
     def view(self, path: bytes, st):
         """Attributes as clients see them (the virtfs overlay, when enabled)."""
         v = self.virtfs
-        return st if v is None else v.view(path, st)
+        if v is not None:
+            return v.view(path, st)
+        if self.single_user is not None:
+            return self._single_user_view(st)
+        return st
+
+    def _single_user_view(self, st):
+        """unfsd -s: what the server's user owns looks the caller's, the rest root's."""
+        from .virtfs.overlay import VStat
+        from .virtfs.store import Meta
+        caller = getattr(SINGLE_USER_CALLER, "ids", None)
+        if caller is None:
+            return st
+        suid, sgid = self.single_user
+        return VStat(st, Meta(caller[0] if st.st_uid == suid else 0,
+                              caller[1] if st.st_gid == sgid else 0, -1, -1))
 
     def options_for(self, addr: str):
         """ExportOptions for a client address, or None if it is not allowed."""

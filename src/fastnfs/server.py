@@ -84,6 +84,8 @@ class Server:
                 e = Export(real, entry=entry, name=entry.path,
                            fhcache_size=self.config.fhcache_size, virtfs=self.config.virtfs,
                            metacache_size=self.config.metacache_size)
+                if self.config.single_user and not self.config.virtfs:
+                    e.single_user = (os.geteuid(), os.getegid())
             else:
                 e.set_entry(entry)
                 e.name = entry.path

@@ -26,7 +26,7 @@ usage: unfsd [options]   (fastnfs, unfsd-compatible command line)
    -m <port>   port to use for MOUNT service (default: the NFS port)
    -t          TCP only, do not listen on UDP ports
    -p          do not register with the portmapper
-   -s          single user mode: no user id switching
+   -s          single user mode: no user id switching, basic uid translation
    -b          brute force file searching (always on in fastnfs; accepted)
    -l <addr>   bind to interface with specified address
    -r          report unreadable executables as readable (accepted, no effect)

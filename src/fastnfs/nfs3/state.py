@@ -19,7 +19,7 @@ import stat as S
 
 from .. import creds, perm, rpc
 from ..exports import squash
-from ..fs import Export, NFSError, Obj
+from ..fs import SINGLE_USER_CALLER, Export, NFSError, Obj
 from ..rpc import Cred
 from . import const as C
 
@@ -108,6 +108,8 @@ class NFS3State:
     def resolve(self, call, fh: bytes) -> tuple[Export, Obj]:
         e = self.export_of(fh)
         self.admit(call, e)
+        if e.single_user is not None:
+            SINGLE_USER_CALLER.ids = (call.ucred.uid, call.ucred.gid)
         if not self.switch_creds:
             return e, e.resolve(fh)
         u = call.ucred
@@ -126,7 +128,12 @@ class NFS3State:
     def in_caller_creds(self, call, work):
         """Wrap off-loop work so that it runs with the caller's credentials."""
         if not self.switch_creds:
-            return work
+            ids = (call.ucred.uid, call.ucred.gid)
+
+            def keep_ids():
+                SINGLE_USER_CALLER.ids = ids  # unfsd -s ownership for post-op attributes
+                return work()
+            return keep_ids
         u = call.ucred
 
         def run():
