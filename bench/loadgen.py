@@ -567,11 +567,12 @@ class BootClient:
 def tree_paths(tree: str) -> list:
     """Every entry of the tree, depth-first in sorted order, as export-relative paths."""
     out = []
+    hidden = (".virtfs_metadata", ".virtfs_metadata_root")  # never served by --virtfs
     for dirpath, dirs, files in os.walk(tree):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d not in hidden)
         rel = os.path.relpath(dirpath, tree)
         for name in sorted(dirs + files):
-            if name.startswith(".fastnfs-bench"):
+            if name.startswith(".fastnfs-bench") or name in hidden:
                 continue
             p = name if rel == "." else rel + "/" + name
             out.append(os.fsencode(p))
