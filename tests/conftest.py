@@ -105,6 +105,27 @@ def cython_twin(name: str):
         return None, "%s not built: %s" % (name, e)
 
 
+NOBODY = 65534
+
+
+def start_servers_as_nobody(monkeypatch, tmp_path) -> None:
+    """Make FastnfsProcess start its server as uid/gid 65534: a setpriv wrapper takes
+    sys.executable's place. Skips where that is impossible (not root, no setpriv,
+    or an interpreter other users cannot read, such as a pyenv under /root;
+    tests/run.sh uses a venv of Debian's /usr/bin/python3 for this)."""
+    if os.getuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to start a server as another user")
+    ids = ["--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"]
+    probe = subprocess.run(["setpriv", *ids, sys.executable, "-c", "import fastnfs"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("this Python or its fastnfs is not readable by uid %d" % NOBODY)
+    wrapper = tmp_path / "python-as-nobody"
+    wrapper.write_text("#!/bin/sh\nexec setpriv %s %s \"$@\"\n" % (" ".join(ids), sys.executable))
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))
+
+
 def have(cmd: str) -> bool:
     return shutil.which(cmd) is not None
 

@@ -28,7 +28,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 import pytest
 from xdrlib3 import Packer
 
-from conftest import FastnfsProcess
+from conftest import NOBODY, start_servers_as_nobody, FastnfsProcess
 from rpcclient import (FILE_SYNC, GUARDED, NF3CHR, NF3FIFO, NFS3_OK,
                        NFS3ERR_ACCES, NFS3ERR_IO, NFS3ERR_NOSPC, NFS3ERR_ROFS, NFS3ERR_STALE,
                        NFS_PROGRAM, NFS_V3, READ, UNSTABLE, WRITE, AuthSys, Nfs3, RpcClient,
@@ -632,25 +631,13 @@ def test_readonly_filesystem_gives_rofs(export_dir):
 
 
 # ---------------------------------------------------------------- EACCES from the filesystem
-NOBODY = 65534
 
 
 @pytest.fixture
 def nobody_export(monkeypatch, tmp_path):
     """FastnfsProcess starts the server as uid/gid 65534 (setpriv wrapper in place
     of sys.executable), as in tests/test_virtfs_e2e.py."""
-    if os.getuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to start a server as another user")
-    probe = subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY,
-                            "--clear-groups", sys.executable, "-c", "import fastnfs"],
-                           capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("this Python or its fastnfs is not readable by uid %d" % NOBODY)
-    wrapper = tmp_path / "python-as-nobody"
-    wrapper.write_text("#!/bin/sh\nexec setpriv --reuid=%d --regid=%d --clear-groups %s \"$@\"\n"
-                       % (NOBODY, NOBODY, sys.executable))
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(wrapper))
+    start_servers_as_nobody(monkeypatch, tmp_path)
     base = Path(tempfile.mkdtemp(prefix="fastnfs-faults-nobody-", dir="/tmp"))
     os.chmod(base, 0o755)
     export = base / "export"

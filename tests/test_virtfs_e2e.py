@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FastnfsProcess, require
+from conftest import NOBODY, start_servers_as_nobody, FastnfsProcess, require
 from rpcclient import (ACCESS3_ALL, ACCESS3_DELETE, ACCESS3_EXECUTE, ACCESS3_EXTEND,
                        ACCESS3_LOOKUP, ACCESS3_MODIFY, ACCESS3_READ, GUARDED, MNT3_OK, NF3BLK,
                        NF3CHR, NF3DIR, NF3FIFO, NF3LNK, NF3REG, NF3SOCK, NFS3_OK, NFS3ERR_ACCES,
@@ -908,29 +908,15 @@ def test_malformed_root_metadata_warns_once(tmp_path):
 
 
 # ================================================================ unprivileged server
-NOBODY = 65534
 
 
 @pytest.fixture
 def as_nobody(monkeypatch, tmp_path):
     """Make FastnfsProcess start the server as uid/gid 65534 (as ptxdist runs unfsd:
     an ordinary user), through a wrapper in place of sys.executable."""
-    import sys
     import shutil
     import tempfile
-    if os.getuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to start a server as another user")
-    probe = subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY,
-                            "--clear-groups", sys.executable, "-c", "import fastnfs"],
-                           capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("this Python or its fastnfs is not readable by uid %d (tests/run.sh uses "
-                    "a venv of Debian's /usr/bin/python3 for this)" % NOBODY)
-    wrapper = tmp_path / "python-as-nobody"
-    wrapper.write_text("#!/bin/sh\nexec setpriv --reuid=%d --regid=%d --clear-groups %s \"$@\"\n"
-                       % (NOBODY, NOBODY, sys.executable))
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(sys, "executable", str(wrapper))
+    start_servers_as_nobody(monkeypatch, tmp_path)
     base = Path(tempfile.mkdtemp(prefix="fastnfs-virtfs-nobody-", dir="/tmp"))
     os.chmod(base, 0o755)
     export = base / "export"
