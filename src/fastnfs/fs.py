@@ -97,6 +97,11 @@ def nfsstat_of(e: OSError) -> int:
     return _ERRNO_TO_NFS.get(e.errno, C.NFS3ERR_IO)
 
 
+def status_of(e: Exception) -> int:
+    """The nfsstat3 of an NFSError or an OSError."""
+    return e.status if isinstance(e, NFSError) else nfsstat_of(e)
+
+
 def check_name(name: bytes) -> None:
     """A single path component as a client may create or look it up."""
     if not name:
@@ -266,12 +271,10 @@ class Export:
 
     def resolve(self, fh: bytes) -> Obj:
         """The object a handle names, or NFSError(STALE/BADHANDLE)."""
+        obj = self.resolve_cached(fh)
+        if obj is not None:
+            return obj
         ino, dev, gen, anc = self.decode_fh(fh)
-        path = self.cache.get(ino)
-        if path is not None:
-            st = self._lstat(path)
-            if st is not None and st.st_ino == ino and _same(st, dev, gen):
-                return Obj(ino, path, self.view(path, st), anc)
         obj = self._search(ino, dev, gen, anc)
         if obj is None:
             raise NFSError(C.NFS3ERR_STALE)

@@ -8,7 +8,7 @@ import stat as S
 
 from ..fsstat import lstatat
 from .. import perm
-from ..fs import NFSError, check_name, nfsstat_of
+from ..fs import NFSError, status_of, check_name
 from ..virtfs import ops as vops
 from ..virtfs.store import link_meta, make_rdev, write_meta
 from ..xdr import XdrError
@@ -116,10 +116,8 @@ def _run(p, op_factory, body):
     try:
         op = op_factory()
         body(op)
-    except NFSError as err:
-        _fail(p, op, err.status)
-    except OSError as err:
-        _fail(p, op, nfsstat_of(err))
+    except (NFSError, OSError) as err:
+        _fail(p, op, status_of(err))
     finally:
         if op is not None:
             op.close()
@@ -310,7 +308,7 @@ def LINK(s, call, u, p):
         put_post_op_attr(p, obj.st, e.fsid)
         put_wcc_data(p, op.before, op.after(), e.fsid)
     except (NFSError, OSError) as err:
-        status = err.status if isinstance(err, NFSError) else nfsstat_of(err)
+        status = status_of(err)
         if isinstance(err, OSError) and err.errno == errno.ENOENT and op is not None:
             status = C.NFS3ERR_STALE
         p.u32(status)

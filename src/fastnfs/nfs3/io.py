@@ -7,7 +7,7 @@ import stat as S
 
 from .. import offload, perm
 from ..fsstat import fstat
-from ..fs import NFSError, nfsstat_of
+from ..fs import NFSError, status_of
 from ..xdr import XdrError
 from . import const as C
 
@@ -68,14 +68,9 @@ def READ(s, call, u, p):
                         return False
             finally:
                 os.close(fd)
-        except NFSError as err:
+        except (NFSError, OSError) as err:
             p.truncate(mark)
-            p.u32(err.status)
-            put_post_op_attr(p, obj.st, e.fsid)
-            return True
-        except OSError as err:
-            p.truncate(mark)
-            p.u32(nfsstat_of(err))
+            p.u32(status_of(err))
             put_post_op_attr(p, obj.st, e.fsid)
             return True
         p.put_u32_at(at, n)
@@ -132,12 +127,8 @@ def WRITE(s, call, u, p):
                 st = e.view(obj.path, fstat(fd))
             finally:
                 os.close(fd)
-        except NFSError as err:
-            p.u32(err.status)
-            put_wcc_data(p, before, None, e.fsid)
-            return
-        except OSError as err:
-            p.u32(nfsstat_of(err))
+        except (NFSError, OSError) as err:
+            p.u32(status_of(err))
             put_wcc_data(p, before, None, e.fsid)
             return
         p.u32(C.NFS3_OK)
@@ -175,12 +166,8 @@ def COMMIT(s, call, u, p):
                 st = e.view(obj.path, fstat(fd))
             finally:
                 os.close(fd)
-        except NFSError as err:
-            p.u32(err.status)
-            put_wcc_data(p, before, None, e.fsid)
-            return
-        except OSError as err:
-            p.u32(nfsstat_of(err))
+        except (NFSError, OSError) as err:
+            p.u32(status_of(err))
             put_wcc_data(p, before, None, e.fsid)
             return
         p.u32(C.NFS3_OK)

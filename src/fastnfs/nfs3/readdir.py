@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..fsstat import lstatat
 from .. import perm
-from ..fs import NFSError, dirname, join, nfsstat_of
+from ..fs import NFSError, status_of, dirname, join
 from . import const as C
 from .types import get_fh3, put_fattr3, put_post_op_attr
 
@@ -153,7 +153,7 @@ def READDIRPLUS(s, call, u, p):
         p.boolean(eof)
     except (NFSError, OSError) as err:
         p.truncate(mark)
-        p.u32(err.status if isinstance(err, NFSError) else nfsstat_of(err))
+        p.u32(status_of(err))
         put_post_op_attr(p, d.st, e.fsid)
     finally:
         if dfd >= 0:

@@ -8,7 +8,7 @@ import errno
 import stat
 
 from .. import perm
-from ..fs import NFSError, join, nfsstat_of
+from ..fs import NFSError, status_of, join, nfsstat_of
 from ..fsstat import lstatat
 from ..virtfs.store import meta_dir_only, remove_meta, rename_meta, rmdir_meta_dir
 from . import const as C
@@ -115,7 +115,7 @@ def RENAME(s, call, u, p):
         put_wcc_data(p, src.before, src.after(), e.fsid)
         put_wcc_data(p, dst.before, dst.after(), e.fsid)
     except (NFSError, OSError) as err:
-        p.u32(err.status if isinstance(err, NFSError) else nfsstat_of(err))
+        p.u32(status_of(err))
         for op in (src, dst):
             if op is None:
                 put_wcc_data(p, None, None, 0)
