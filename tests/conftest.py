@@ -105,6 +105,28 @@ def cython_twin(name: str):
         return None, "%s not built: %s" % (name, e)
 
 
+def require_vm(udp: bool = False):
+    """The qemu kernel-client kit (tests/vm/guest.py), built or taken from the cache;
+    skip without qemu, but fail under FASTNFS_REQUIRE_ALL=1 (CI)."""
+    from vm import guest
+    ok, why = guest.available()
+    if not ok:
+        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
+            pytest.fail("qemu kernel client unavailable: " + why)
+        pytest.skip("qemu kernel client unavailable: " + why)
+    return guest.prepare(udp=udp)
+
+
+@pytest.fixture(scope="session")
+def kit():
+    return require_vm()
+
+
+@pytest.fixture(scope="session")
+def kit_udp():
+    return require_vm(udp=True)
+
+
 NOBODY = 65534
 
 

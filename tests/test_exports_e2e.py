@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from xdrlib3 import Packer
 
-from conftest import require
+from conftest import require_vm, require
 from fastnfs.exports import DEFAULT_ANONGID, DEFAULT_ANONUID
 from rpcclient import (CREATE, EXCLUSIVE, FILE_SYNC, GUARDED, MNT3_OK, MOUNT_PROGRAM, NF3CHR,
                        NF3FIFO, NFS3_OK, NFS3ERR_ACCES, NFS3ERR_BADHANDLE, NFS3ERR_PERM,
@@ -945,11 +945,7 @@ exit 0
 @pytest.fixture(scope="module")
 def kernel_run(tmp_path_factory):
     from vm import guest
-    ok, why = guest.available()
-    if not ok:
-        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
-            pytest.fail("qemu kernel client unavailable: " + why)
-        pytest.skip("qemu kernel client unavailable: " + why)
+    require_vm()
     base = tmp_path_factory.mktemp("kexp")
     for m in ("sq", "all", "nrs"):
         mkexport(base / m, 0o777)

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 from xdrlib3 import Packer
 
-from conftest import NOBODY, start_servers_as_nobody, FastnfsProcess
+from conftest import require_vm, NOBODY, start_servers_as_nobody, FastnfsProcess
 from rpcclient import (FILE_SYNC, GUARDED, NF3CHR, NF3FIFO, NFS3_OK,
                        NFS3ERR_ACCES, NFS3ERR_IO, NFS3ERR_NOSPC, NFS3ERR_ROFS, NFS3ERR_STALE,
                        NFS_PROGRAM, NFS_V3, READ, UNSTABLE, WRITE, AuthSys, Nfs3, RpcClient,
@@ -441,12 +441,7 @@ echo "loop done"
 @needs_root
 def test_kernel_client_loop_survives_kill9_and_restart(export_dir):
     from vm import guest
-    ok, why = guest.available()
-    if not ok:
-        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
-            pytest.fail("qemu kernel client unavailable: " + why)
-        pytest.skip("qemu kernel client unavailable: " + why)
-    guest.prepare()
+    require_vm()
     srv = FastnfsProcess(export_dir).start()
     done = threading.Event()
     killed = {}

@@ -29,16 +29,6 @@ def fastnfs(export_dir):
     assert "Traceback" not in srv.log(), srv.log()[-4000:]
 
 
-@pytest.fixture(scope="module")
-def kit():
-    ok, why = guest.available()
-    if not ok:
-        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
-            pytest.fail("qemu kernel client unavailable: " + why)
-        pytest.skip("qemu kernel client unavailable: " + why)
-    return guest.prepare()
-
-
 def run_guest(srv, script, *, proto="tcp", opts="", timeout=600, mem=384):
     res = guest.run(script, nfs_port=srv.port, export=str(srv.export), proto=proto,
                     mount_opts=opts, timeout=timeout, mem=mem)
@@ -110,16 +100,6 @@ def test_basic_operations_tcp(kit, fastnfs):
     assert time.gmtime(st.st_mtime)[:6] == (2001, 2, 3, 4, 5, 6)
     assert (e / "d" / "m2").read_text() == "moved\n"
     assert not (e / "hard").exists()
-
-
-@pytest.fixture(scope="module")
-def kit_udp():
-    ok, why = guest.available()
-    if not ok:
-        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
-            pytest.fail("qemu kernel client unavailable: " + why)
-        pytest.skip("qemu kernel client unavailable: " + why)
-    return guest.prepare(udp=True)
 
 
 def test_basic_operations_udp(kit_udp, fastnfs):

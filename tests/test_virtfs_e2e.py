@@ -1017,17 +1017,6 @@ def test_libnfs_lists_a_virtfs_tree(ptx):
 
 
 # ================================================================ Linux kernel client
-@pytest.fixture(scope="module")
-def kit():
-    from vm import guest
-    ok, why = guest.available()
-    if not ok:
-        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
-            pytest.fail("qemu kernel client unavailable: " + why)
-        pytest.skip("qemu kernel client unavailable: " + why)
-    return guest.prepare()
-
-
 GUEST_CHECK = r'''
 fails=0
 check() { if "$@"; then echo "ok   $*"; else echo "FAIL $*"; fails=$((fails+1)); fi; }
