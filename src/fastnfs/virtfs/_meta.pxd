@@ -4,27 +4,11 @@ cimport cython
 from cpython.object cimport PyObject
 
 
-@cython.final
-cdef class _MetaNode:
-    # The owning MetaCache's dict holds the only strong reference to a node;
-    # the list links are borrowed pointers.
-    cdef PyObject* prev
-    cdef PyObject* next
-    cdef object key
-    cdef object stamp
-    cdef object value
+from fastnfs._fhcache cimport FHCache
 
 
-cdef class MetaCache:
-    cdef dict _map                  # key -> _MetaNode
-    cdef _MetaNode _root            # sentinel of the circular list; root.next is the LRU end
-    cdef public Py_ssize_t maxsize
-    cdef public Py_ssize_t hits
-    cdef public Py_ssize_t misses
-
-    cdef object lookup(self, object key, object stamp)   # get() without call overhead
-    cdef int store(self, object key, object stamp, object value) except -1
-    cdef int drop(self, object key) except -1
+cdef class MetaCache(FHCache):       # entries are (stamp, value) pairs
+    cdef object lookup_stamped(self, object key, object stamp)
 
 
 cpdef tuple parse_meta(object data)

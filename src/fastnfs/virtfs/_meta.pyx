@@ -19,6 +19,8 @@ from cpython.object cimport Py_EQ, PyObject, PyObject_RichCompareBool
 from libc.stdint cimport UINT64_MAX, uint64_t
 from libc.string cimport memchr, memcmp
 
+from fastnfs._fhcache cimport FHCache, _Node
+
 cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
 
@@ -170,107 +172,32 @@ cpdef tuple parse_meta(object data):
 
 # ------------------------------------------------------------------ MetaCache
 
-@cython.no_gc          # holds a key, a stamp and a value: no reference cycles back
-@cython.freelist(64)
-cdef class _MetaNode:
-    pass
+cdef class MetaCache(FHCache):
+    """Bounded LRU map key -> (stamp, value) (see fastnfs.virtfs.meta).
 
-
-cdef inline void _unlink(_MetaNode n) noexcept:
-    (<_MetaNode>n.prev).next = n.next
-    (<_MetaNode>n.next).prev = n.prev
-
-
-cdef inline void _append(_MetaNode root, _MetaNode n) noexcept:
-    # insert before the sentinel, i.e. at the most-recently-used end
-    n.prev = root.prev
-    n.next = <PyObject*>root
-    (<_MetaNode>root.prev).next = <PyObject*>n
-    root.prev = <PyObject*>n
-
-
-cdef class MetaCache:
-    """Bounded LRU map key -> (stamp, value) (see fastnfs.virtfs.meta)."""
-
-    def __cinit__(self, *args, **kwargs):
-        self._map = {}
-        self._root = _MetaNode()
-        self._root.prev = self._root.next = <PyObject*>self._root
-
-    def __init__(self, maxsize=65536):
-        if maxsize < 1:
-            raise ValueError("maxsize must be at least 1")
-        self.clear()
-        self.maxsize = maxsize
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self):
-        return len(self._map)
-
-    def __contains__(self, key):
-        return key in self._map
+    The LRU list is FHCache's; an entry is the pair (stamp, value), and a get
+    whose stamp differs drops the entry (the metadata file changed).
+    """
 
     def get(self, key, stamp):
         """The value stored for key under this stamp (now most recent), else None."""
-        return self.lookup(key, stamp)
+        return self.lookup_stamped(key, stamp)
 
     def put(self, key, stamp, value):
-        self.store(key, stamp, value)
+        if value is None:
+            raise TypeError("MetaCache values must not be None")
+        self.store(key, (stamp, value))
 
-    def discard(self, key):
-        self.drop(key)
-
-    def clear(self):
-        # detach the list first: nodes die with the dict below
-        self._root.prev = self._root.next = <PyObject*>self._root
-        self._map.clear()
-
-    cdef object lookup(self, object key, object stamp):
+    cdef object lookup_stamped(self, object key, object stamp):
         cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
-        cdef _MetaNode n
+        cdef tuple entry
         if p == NULL:
             self.misses += 1
             return None
-        n = <_MetaNode>p
-        if n.stamp is not stamp and not PyObject_RichCompareBool(n.stamp, stamp, Py_EQ):
-            _unlink(n)
-            PyDict_DelItem(self._map, key)   # stale: the file changed
+        entry = <tuple>(<_Node>p).value
+        old = entry[0]
+        if old is not stamp and not PyObject_RichCompareBool(old, stamp, Py_EQ):
+            self.discard(key)   # stale: the file changed
             self.misses += 1
             return None
-        if n.next != <PyObject*>self._root:  # already most recent otherwise
-            _unlink(n)
-            _append(self._root, n)
-        self.hits += 1
-        return n.value
-
-    cdef int store(self, object key, object stamp, object value) except -1:
-        cdef PyObject* p
-        cdef _MetaNode n
-        if value is None:
-            raise TypeError("MetaCache values must not be None")
-        p = PyDict_GetItemWithError(self._map, key)
-        if p != NULL:
-            n = <_MetaNode>p
-            n.stamp = stamp
-            n.value = value
-            _unlink(n)
-            _append(self._root, n)
-        else:
-            n = _MetaNode.__new__(_MetaNode)
-            n.key = key
-            n.stamp = stamp
-            n.value = value
-            PyDict_SetItem(self._map, key, n)
-            _append(self._root, n)
-        if len(self._map) > self.maxsize:
-            n = <_MetaNode>self._root.next
-            _unlink(n)
-            PyDict_DelItem(self._map, n.key)
-        return 0
-
-    cdef int drop(self, object key) except -1:
-        cdef _MetaNode n = self._map.pop(key, None)
-        if n is not None:
-            _unlink(n)
-        return 0
+        return (<tuple>self.lookup(key))[1]   # refreshes the entry and counts the hit
