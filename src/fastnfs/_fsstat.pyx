@@ -9,36 +9,6 @@ generation).  Plain-Python twin: fsstat.py.
 from libc.errno cimport errno
 from libc.string cimport memset
 
-cdef extern from "<sys/stat.h>" nogil:
-    struct statx_timestamp:
-        long long tv_sec
-        unsigned int tv_nsec
-    struct statx:
-        unsigned int stx_mask
-        unsigned int stx_uid
-        unsigned int stx_gid
-        unsigned int stx_nlink
-        unsigned short stx_mode
-        unsigned long long stx_ino
-        unsigned long long stx_size
-        unsigned long long stx_blocks
-        statx_timestamp stx_atime
-        statx_timestamp stx_btime
-        statx_timestamp stx_ctime
-        statx_timestamp stx_mtime
-        unsigned int stx_rdev_major
-        unsigned int stx_rdev_minor
-        unsigned int stx_dev_major
-        unsigned int stx_dev_minor
-    int c_statx "statx"(int dirfd, const char *pathname, int flags, unsigned int mask, statx *buf)
-
-cdef extern from "<sys/sysmacros.h>" nogil:
-    unsigned long long makedev(unsigned int major, unsigned int minor)
-
-cdef int AT_SYMLINK_NOFOLLOW = 0x100
-cdef int AT_EMPTY_PATH = 0x1000
-cdef unsigned int STATX_BASIC_STATS = 0x7ff
-cdef unsigned int STATX_BTIME = 0x800
 
 import os
 

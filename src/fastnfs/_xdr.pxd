@@ -39,6 +39,9 @@ cdef class Packer:
     cdef int write_raw(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef int write_fixed(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef int write_opaque(self, const unsigned char* p, Py_ssize_t n) except -1
+    # opaque data read by preadv2(fd, count, offset, flags); -1 with errno set on failure
+    cdef Py_ssize_t write_pread(self, int fd, Py_ssize_t count, long long offset,
+                                int flags) except -2
     cdef int write_fattr3(self, uint32_t ftype, uint32_t mode, uint32_t nlink,
                           uint32_t uid, uint32_t gid, uint64_t size, uint64_t used,
                           uint32_t specmajor, uint32_t specminor, uint64_t fsid,

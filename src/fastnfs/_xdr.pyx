@@ -567,24 +567,9 @@ cdef class Packer:
         """Variable-length opaque read straight from fd into the buffer: preadv2(2)
         with flags (RWF_NOWAIT: BlockingIOError instead of a disk wait).  The data
         is copied once, kernel to reply (READ3resok data).  Returns the bytes read."""
-        cdef Py_ssize_t start = self._len
-        cdef unsigned char* d = _extend(self, 4 + count + 3)
-        cdef iovec iov
-        cdef ssize_t n
-        iov.iov_base = <void*>(d + 4)
-        iov.iov_len = <size_t>count
-        with nogil:
-            n = preadv2(fd, &iov, 1, <off_t>offset, flags)
+        cdef Py_ssize_t n = self.write_pread(fd, count, offset, flags)
         if n < 0:
-            self._len = start
             PyErr_SetFromErrno(OSError)
-        d = self._data + start
-        d[0] = <unsigned char>(n >> 24)
-        d[1] = <unsigned char>(n >> 16)
-        d[2] = <unsigned char>(n >> 8)
-        d[3] = <unsigned char>n
-        memset(d + 4 + n, 0, <size_t>((-n) & 3))
-        self._len = start + 4 + n + ((-n) & 3)
         return n
 
     def put_u32_at(self, Py_ssize_t offset, v):
@@ -662,6 +647,27 @@ cdef class Packer:
 
     cdef int write_opaque(self, const unsigned char* p, Py_ssize_t n) except -1:
         return _put_opaque(self, p, n)
+
+    cdef Py_ssize_t write_pread(self, int fd, Py_ssize_t count, long long offset,
+                                int flags) except -2:
+        cdef Py_ssize_t start = self._len
+        if count < 0:
+            raise ValueError("negative count")
+        cdef unsigned char* d = _extend(self, 4 + count + 3)
+        cdef iovec iov
+        cdef ssize_t n
+        iov.iov_base = <void*>(d + 4)
+        iov.iov_len = <size_t>count
+        with nogil:
+            n = preadv2(fd, &iov, 1, <off_t>offset, flags)
+        if n < 0:
+            self._len = start   # errno is the caller's to read
+            return -1
+        d = self._data + start
+        _w32(d, <uint32_t>n)
+        memset(d + 4 + n, 0, <size_t>((-n) & 3))
+        self._len = start + 4 + n + ((-n) & 3)
+        return n
 
     cdef int write_fattr3(self, uint32_t ftype, uint32_t mode, uint32_t nlink,
                           uint32_t uid, uint32_t gid, uint64_t size, uint64_t used,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import zlib
 from collections import OrderedDict
@@ -103,6 +104,7 @@ class Dispatcher:
         self.drc = DuplicateRequestCache(drc_size)
         self.maxdata = {"tcp": tcp_maxdata, "udp": udp_maxdata}
         self.stats = Stats()
+        self.fast = None  # a FastPath (see use_fast_path): transports try it first
 
     def dispatch(self, data, peer, proto: str):
         """Answer one call record.
@@ -196,6 +198,21 @@ class Dispatcher:
             self.drc.finish(drc_key, bytes(p.getbuffer()[4:]))
         self._count(h, p, mark, t0, peer, nin)
         return p
+
+
+def use_fast_path(dispatcher: Dispatcher, nfs_state) -> bool:
+    """Answer ordinary GETATTR/LOOKUP/ACCESS/READLINK/READ calls through fastnfs._fastpath
+    (not with FASTNFS_PURE=1, where the general path is the only one)."""
+    if os.environ.get("FASTNFS_PURE"):
+        return False
+    try:
+        from ._fastpath import FastPath
+    except ImportError:  # pragma: no cover  (not built)
+        return False
+    from .offload import INLINE_IO_MAX
+    dispatcher.fast = FastPath(nfs_state, dispatcher.stats, dispatcher.maxdata["tcp"],
+                               dispatcher.maxdata["udp"], INLINE_IO_MAX)
+    return True
 
 
 def encode_reject_logged(p: Packer, xid: int, e: RpcReject, peer) -> None:

@@ -299,6 +299,13 @@ class Export:
 
     def _search(self, ino: int, dev: int, gen: int, anc: tuple):
         """Find an inode that the cache does not place (restart, rename, eviction)."""
+        if ino == self.root_ino:
+            # the root is nobody's child: no scan finds it once the LRU evicted it
+            st = fstat(self.root_fd)
+            if not _same(st, dev, gen):
+                return None
+            self.cache.put(ino, b".")
+            return Obj(ino, b".", self.view(b".", st), anc)
         now = time.monotonic()
         t = self._missing.get(ino)
         if t is not None and now - t < self.NEGATIVE_TTL:

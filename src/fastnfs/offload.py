@@ -6,7 +6,10 @@ large transfers are not, and must never stall other clients' requests.
 
 from .nfs3.const import UNSTABLE
 
-INLINE_IO_MAX = 65536          # READ data always served on the event loop
+# READ: whatever the page cache holds is read inline (preadv2 RWF_NOWAIT), the
+# rest in the pool; without RWF_NOWAIT, reads up to this size stay inline.  The
+# fast lane (_fastpath) serves cached reads up to this size.
+INLINE_IO_MAX = 65536
 # UNSTABLE WRITE data up to wtmax is copied into the page cache inline: it is a
 # memory copy, not a disk wait (that comes with COMMIT, in the pool). Measured
 # with bench/loadgen.py stream --mode write: the thread hop doubled the server's
@@ -15,7 +18,7 @@ INLINE_WRITE_MAX = 1048576
 
 
 def read_inline(count: int) -> bool:
-    """Small reads inline; larger ones try the page cache inline (RWF_NOWAIT) first."""
+    """Without RWF_NOWAIT: small reads inline, larger ones in the pool."""
     return count <= INLINE_IO_MAX
 
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import creds, portmap
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, use_fast_path
 from .fs import Export
 from .mount import MOUNT_PROGRAM, mount_program
 from .nfs3.const import NFS_PROGRAM, NFS_V3
@@ -64,6 +64,7 @@ class Server:
                                      tcp_maxdata=TCP_MAXDATA)
         self.stats = self.dispatcher.stats
         self.nfs.stats = self.stats
+        use_fast_path(self.dispatcher, self.nfs)
         self.connections = Connections(self.stats, config.max_connections, config.idle_timeout)
         self.stats.caches["filehandle"] = lambda: _sum_caches(e.cache for e in self.exports)
         if config.virtfs:

@@ -13,12 +13,14 @@ import asyncio
 import logging
 import struct
 import time
+from types import CoroutineType
 
 log = logging.getLogger("fastnfs.transport")
 
 LAST_FRAGMENT = 0x80000000
 LARGE_RECORD = 65536  # records from this size on are handed over without a copy
 _u32 = struct.Struct(">I").unpack_from
+_monotonic = time.monotonic
 
 
 def _send_size(p) -> int:
@@ -75,6 +77,7 @@ class RpcStreamProtocol(asyncio.Protocol):
     def __init__(self, dispatcher, max_record: int, max_inflight: int = 32,
                  connections: Connections | None = None):
         self.dispatcher = dispatcher
+        self.fast = getattr(dispatcher, "fast", None)
         self.connections = connections
         self.last_active = time.monotonic()
         self.max_record = max_record
@@ -117,7 +120,14 @@ class RpcStreamProtocol(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data):
-        self.last_active = time.monotonic()
+        self.last_active = _monotonic()
+        if not self._buf and not self._frags and not self._paused_reading and len(data) > 4:
+            # the common case: exactly one whole record, nothing pending
+            mark = _u32(data, 0)[0]
+            if mark & LAST_FRAGMENT and (mark & 0x7FFFFFFF) + 4 == len(data) \
+                    and len(data) <= self.max_record:
+                self._handle(data, 4)
+                return
         self._buf += data
         self._parse()
 
@@ -176,11 +186,21 @@ class RpcStreamProtocol(asyncio.Protocol):
             del buf[:pos]
 
     # -- calls and replies -------------------------------------------------
-    def _handle(self, record):
+    def _handle(self, record, offset=0):
+        """Answer the call at record[offset:]: the fast lane, else the general path."""
+        fast = self.fast
+        if fast is not None:
+            r = fast.answer(record, self.peer, offset, True)
+            if r is not None:
+                self.transport.write(r)
+                return
+        self._general(memoryview(record)[offset:] if offset else record)
+
+    def _general(self, record):
         r = self.dispatcher.dispatch(record, self.peer, "tcp")
         if r is None:
             return
-        if asyncio.iscoroutine(r):
+        if type(r) is CoroutineType:
             self._inflight += 1
             self._update_reading()
             asyncio.ensure_future(r).add_done_callback(self._reply_done)
@@ -231,10 +251,17 @@ class RpcDatagramProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data, addr):
+        fast = self.dispatcher.fast
+        if fast is not None:
+            r = fast.answer(data, addr)
+            if r is not None:
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.sendto(r, addr)
+                return
         r = self.dispatcher.dispatch(data, addr, "udp")
         if r is None:
             return
-        if asyncio.iscoroutine(r):
+        if type(r) is CoroutineType:
             asyncio.ensure_future(r).add_done_callback(lambda f: self._reply_done(f, addr))
         else:
             self._sendto(r, addr)

@@ -16,7 +16,8 @@ invariant breaks):
              procedure runs.  The reply must exist for a call, parse back as a
              well-formed RPC reply (xdrlib3) whose body matches the RFC 1813 /
              MOUNT result grammar of that procedure, never be SYSTEM_ERR, and no
-             traceback may be logged.
+             traceback may be logged.  The Cython fast lane (_fastpath) then
+             gets the same record: it must decline or give the same bytes.
 
 Every target also checks allocation: the tracemalloc peak while handling one
 input must stay under ``ALLOC_LIMIT`` (10 MB; inputs are < 64 KiB), so a
@@ -738,6 +739,22 @@ class DispatchTarget:
                               % (prog, vers, proc, e)) from None
         if st == 5:
             raise FuzzFailure("system-err", "SYSTEM_ERR for prog %d proc %d" % (prog, proc))
+        fast = self.disp.fast
+        if fast is not None:
+            # the Cython fast lane must decline or give the general path's bytes
+            if prog == 100003 and proc in (5, 6):
+                # a first READ/READLINK may move atime (relatime): compare with a second
+                r2 = self.disp.dispatch(data, peer, proto)
+                if asyncio.iscoroutine(r2):
+                    r2 = self.loop.run_until_complete(r2)
+                reply = bytes(r2.getbuffer())[4:] if r2 is not None else reply
+            tcp = proto == "tcp"    # (the lane's READ limit is the transport's)
+            f = fast.answer(data, peer, 0, tcp)
+            if f is not None and tcp:
+                f = f[4:]
+            if f is not None and f != reply:
+                raise FuzzFailure("fast-lane-differs", "prog %d proc %d: fast lane %r, general %r"
+                                  % (prog, proc, f[:64], reply[:64]))
         if st == 0 and len(reply) >= 28:
             k = (prog, proc, int.from_bytes(reply[24:28], "big") if proc else 0)
             self.outcomes[k] = self.outcomes.get(k, 0) + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as S
 
@@ -58,7 +59,10 @@ def READ(s, call, u, p):
                 else:
                     try:
                         n = p.pread_opaque(fd, count, offset, os.RWF_NOWAIT if nowait else 0)
-                    except BlockingIOError:
+                    except OSError as err:
+                        # EOPNOTSUPP: a filesystem without RWF_NOWAIT; a thread reads
+                        if not nowait or err.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
+                            raise
                         p.truncate(mark)
                         return False
                     if nowait and n < count and offset + n < st.st_size:
@@ -79,11 +83,13 @@ def READ(s, call, u, p):
             s.stats.bytes_read += n
         return True
 
-    if offload.read_inline(count):
+    # a page-cache hit is answered inline; a read that would wait for the
+    # disk goes to the pool, so a cold read never stalls other clients
+    if _NOWAIT and work(nowait=True):
+        return None
+    if not _NOWAIT and offload.read_inline(count):
         work()
         return None
-    if _NOWAIT and work(nowait=True):
-        return None  # served from the page cache without a thread hop
     return s.in_caller_creds(call, work)
 
 

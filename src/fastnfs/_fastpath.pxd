@@ -1,0 +1,52 @@
+# C-level interface of fastnfs._fastpath (see the .pyx for what each holds).
+
+cimport cython
+from libc.stdint cimport uint32_t, uint64_t
+
+from fastnfs._fhcache cimport FHCache
+from fastnfs._fsstat cimport statx
+from fastnfs._xdr cimport Packer
+from fastnfs.virtfs._meta cimport MetaCache
+
+
+@cython.final
+cdef class _Export:
+    cdef object export          # the fs.Export
+    cdef FHCache cache
+    cdef int root_fd
+    cdef uint64_t root_ino
+    cdef uint64_t fsid
+    cdef uint32_t export_id
+    cdef bint plain             # no single-user view (that one needs the caller per call)
+    cdef MetaCache meta         # virtfs: the metadata cache; None on a plain export
+    cdef object no_meta         # virtfs: the cached "this file says nothing" marker
+
+
+@cython.final
+cdef class _Caller:
+    cdef uint32_t uid
+    cdef uint32_t gid
+    cdef tuple gids
+    cdef object want            # (uid, gid, gids) as creds.current() reports it
+    cdef bint read_only
+
+
+cdef class FastPath:
+    cdef object state
+    cdef object stats
+    cdef object by_id_seen          # state._by_id when the tables below were made
+    cdef dict exports               # export id -> _Export
+    cdef dict callers               # (export id, host, privileged, cred body) -> _Caller
+    cdef object current_creds       # creds.current, when the server switches credentials
+    cdef Py_ssize_t tcp_maxdata, udp_maxdata, read_inline_max
+    cdef public Py_ssize_t answered
+    cdef public Py_ssize_t declined
+
+    cdef _Export _export(self, uint32_t eid)
+    cdef _Caller _caller(self, _Export x, peer, const unsigned char* body, Py_ssize_t n)
+    cdef object _answer(self, const unsigned char* d, Py_ssize_t n, peer, Py_ssize_t maxdata)
+    cdef int _readlink(self, Packer p, _Export x, bytes path, statx* sx) except -2
+    cdef int _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
+                   Py_ssize_t count) except -2
+    cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
+                           const unsigned char* dir_fh, uint32_t dir_nanc) except -1

@@ -1,0 +1,627 @@
+# cython: language_level=3
+"""The fast lane: GETATTR, ACCESS and LOOKUP answered in C from bytes to reply.
+
+A booting board sends mostly these three calls (RFC 1813 sections 3.3.1,
+3.3.3, 3.3.4), and for them the general path (dispatch.py -> nfs3/*.py) spends
+most of its time building Python objects.  ``FastPath.answer`` takes the
+record, and when everything about the call is ordinary (NFSv3 with AUTH_SYS,
+a well-formed handle the filehandle cache places, a caller admitted before,
+the thread already holding the caller's credentials, virtfs metadata already
+in its cache) it builds the reply itself with statx(2) straight into the
+reply buffer.  Anything else (an error other than a missing name, a cache
+miss, an unknown caller, unfsd's -s view) returns None, and the general path
+answers; it is the reference, and tests/test_fastpath.py and the fuzzer's
+dispatch target hold the two to the same bytes.
+
+The checks are the general path's (nfs3/state.py, fs.py): the export admits
+the host and port with the squashed credentials, a handle's inode, device and
+generation must match what its cached path reaches, a name is one component,
+and a LOOKUP opens the directory O_PATH|O_NOFOLLOW and verifies its inode;
+with virtfs the directory must grant search by its metadata and the
+metadata's own names are never looked up.
+"""
+
+cimport cython
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memchr, memcmp, memcpy
+from posix.fcntl cimport openat
+from posix.unistd cimport close
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.object cimport PyObject
+
+from fastnfs._fhcache cimport FHCache
+from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
+                              STATX_BTIME, c_statx, generation, makedev, statx)
+from fastnfs._xdr cimport Packer
+from fastnfs.virtfs._meta cimport MetaCache
+
+from fastnfs import creds as _creds_mod
+from fastnfs.fs import NFSError
+from fastnfs.rpc import AUTH_SYS, Cred
+
+cdef extern from "Python.h":
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+
+cdef extern from "<fcntl.h>" nogil:
+    int O_PATH
+    int O_RDONLY
+    int O_NOFOLLOW
+    int O_DIRECTORY
+    int O_CLOEXEC
+
+cdef extern from "<sys/sysmacros.h>" nogil:
+    unsigned int c_major "major"(unsigned long long dev)
+    unsigned int c_minor "minor"(unsigned long long dev)
+
+cdef extern from "<sys/uio.h>" nogil:
+    int RWF_NOWAIT
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t readlinkat(int dirfd, const char* path, char* buf, size_t size)
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int ENOENT
+
+cdef enum:
+    NFS_PROGRAM = 100003
+    GETATTR = 1
+    LOOKUP = 3
+    ACCESS = 4
+    READLINK = 5
+    READ = 6
+    NFS3_OK = 0
+    NFS3ERR_NOENT = 2
+    FH_HEAD = 24           # fixed part of a handle (see fs.py)
+    MAX_ANC = 5
+    MAX_MACHINE = 255
+    MAX_GIDS = 16
+    MAX_AUTH = 400
+    MAXNAMLEN = 255
+    MAXLINK = 4096
+    S_IFMT = 0o170000
+    S_IFDIR = 0o040000
+    S_IFREG = 0o100000
+    S_IFLNK = 0o120000
+    S_IFCHR = 0o020000
+    S_IFBLK = 0o060000
+    S_IFIFO = 0o010000
+    S_IFSOCK = 0o140000
+    A_READ = 0x01
+    A_LOOKUP = 0x02
+    A_MODIFY = 0x04
+    A_EXTEND = 0x08
+    A_DELETE = 0x10
+    A_EXECUTE = 0x20
+    R_OK = 4
+    W_OK = 2
+    X_OK = 1
+
+
+cdef inline uint32_t _r32(const unsigned char* d) noexcept nogil:
+    return (<uint32_t>d[0] << 24) | (<uint32_t>d[1] << 16) | (<uint32_t>d[2] << 8) | d[3]
+
+
+cdef inline uint64_t _r64(const unsigned char* d) noexcept nogil:
+    return (<uint64_t>_r32(d) << 32) | _r32(d + 4)
+
+
+cdef inline void _w32(unsigned char* d, uint32_t v) noexcept nogil:
+    d[0] = v >> 24
+    d[1] = (v >> 16) & 0xFF
+    d[2] = (v >> 8) & 0xFF
+    d[3] = v & 0xFF
+
+
+cdef inline void _w64(unsigned char* d, uint64_t v) noexcept nogil:
+    _w32(d, <uint32_t>(v >> 32))
+    _w32(d + 4, <uint32_t>v)
+
+
+# ftype3 (RFC 1813 section 2.6) by the file type bits >> 12; anything unknown
+# reads as a regular file, as nfs3.types.put_fattr3 has it
+cdef uint32_t[16] _FTYPE3 = [1, 7, 4, 1, 2, 1, 3, 1, 1, 1, 5, 1, 6, 1, 1, 1]
+
+
+cdef inline uint32_t _ftype(uint32_t mode) noexcept nogil:
+    return _FTYPE3[(mode & S_IFMT) >> 12]
+
+
+cdef class _Export:
+    """What the fast lane needs of one fs.Export, read once."""
+
+
+cdef class _Caller:
+    """An admitted caller on one export: squashed ids and whether it may write."""
+
+
+cdef class _Probe:
+    """Stands in for dispatch.Call when asking NFS3State.admit about a new caller."""
+    cdef public object peer, cred, opts, ucred
+
+
+cdef inline int _fattr3(Packer p, statx* sx, uint64_t fsid) except -1:
+    cdef uint32_t mode = sx.stx_mode
+    p.write_fattr3(_ftype(mode), mode & 0o7777, sx.stx_nlink, sx.stx_uid, sx.stx_gid,
+                   sx.stx_size, sx.stx_blocks * 512, sx.stx_rdev_major, sx.stx_rdev_minor,
+                   fsid, sx.stx_ino,
+                   sx.stx_atime.tv_sec * 1000000000 + sx.stx_atime.tv_nsec,
+                   sx.stx_mtime.tv_sec * 1000000000 + sx.stx_mtime.tv_nsec,
+                   sx.stx_ctime.tv_sec * 1000000000 + sx.stx_ctime.tv_nsec)
+    return 0
+
+
+cdef inline long long _btime(statx* sx) noexcept:
+    if sx.stx_mask & STATX_BTIME:
+        return sx.stx_btime.tv_sec * 1000000000 + sx.stx_btime.tv_nsec
+    return 0
+
+
+cdef inline bint _same(statx* sx, uint64_t ino, uint32_t dev, uint32_t gen) noexcept:
+    """Does sx belong to the object the handle names (fs._same and the inode)?"""
+    if sx.stx_ino != ino:
+        return False
+    if <uint32_t>(makedev(sx.stx_dev_major, sx.stx_dev_minor) & 0xFFFFFFFF) != dev:
+        return False
+    return gen == 0 or generation(_btime(sx)) == gen
+
+
+cdef inline int _stat(int dirfd, const char* path, int flags, statx* sx) noexcept nogil:
+    return c_statx(dirfd, path, flags, STATX_BASIC_STATS | STATX_BTIME, sx)
+
+
+cdef bytes _meta_path(bytes path):
+    """virtfs.overlay.meta_path: DIR/.virtfs_metadata/NAME, or the root's file."""
+    if path == b".":
+        return b".virtfs_metadata_root"
+    cdef Py_ssize_t i = path.rfind(b"/")
+    if i < 0:
+        return b".virtfs_metadata/" + path
+    return path[:i] + b"/.virtfs_metadata" + path[i:]
+
+
+cdef int _overlay(_Export x, bytes path, statx* sx) except -2:
+    """virtfs.overlay.Virtfs.view on a statx result, from the metadata cache
+    only: 0 when sx is now what clients see, -1 when the general path must
+    read the metadata file (a cache miss or a changed file)."""
+    if x.meta is None:
+        return 0
+    cdef statx ms
+    mp = _meta_path(path)
+    if _stat(x.root_fd, PyBytes_AS_STRING(mp), AT_SYMLINK_NOFOLLOW, &ms) != 0:
+        return 0                    # no metadata file: the disk's attributes
+    key = (makedev(ms.stx_dev_major, ms.stx_dev_minor), ms.stx_ino)
+    stamp = (ms.stx_size, ms.stx_mtime.tv_sec * 1000000000 + ms.stx_mtime.tv_nsec,
+             ms.stx_ctime.tv_sec * 1000000000 + ms.stx_ctime.tv_nsec)
+    m = x.meta.lookup_stamped(key, stamp)
+    if m is None:
+        return -1
+    if m is x.no_meta:
+        return 0
+    cdef long long uid = m[0], gid = m[1], mode = m[2], rdev = m[3]
+    cdef uint32_t real = sx.stx_mode, vfmt, rfmt
+    if uid >= 0:
+        sx.stx_uid = <uint32_t>uid
+    if gid >= 0:
+        sx.stx_gid = <uint32_t>gid
+    if mode >= 0:
+        vfmt = mode & S_IFMT
+        rfmt = real & S_IFMT
+        if rfmt == S_IFREG and (vfmt == S_IFCHR or vfmt == S_IFBLK or vfmt == S_IFIFO
+                                or vfmt == S_IFSOCK or vfmt == S_IFLNK) \
+                and (sx.stx_size == 0 or vfmt == S_IFLNK):
+            # a device, fifo, socket or symlink stored as a file
+            sx.stx_mode = <unsigned short>(mode & 0xFFFF)
+            if vfmt == S_IFCHR or vfmt == S_IFBLK:
+                if rdev < 0:
+                    rdev = 0
+                sx.stx_rdev_major = c_major(<unsigned long long>rdev)
+                sx.stx_rdev_minor = c_minor(<unsigned long long>rdev)
+                sx.stx_size = 0
+        else:
+            sx.stx_mode = <unsigned short>(rfmt | (mode & 0o7777))
+    return 0
+
+
+cdef inline bint _hidden(const unsigned char* name, uint32_t n) noexcept:
+    """virtfs.store.HIDDEN: the metadata's own names are never looked up."""
+    if n == 16:
+        return memcmp(name, b".virtfs_metadata", 16) == 0
+    if n == 21:
+        return memcmp(name, b".virtfs_metadata_root", 21) == 0
+    return False
+
+
+cdef bint _allowed(_Caller c, statx* sx, int want) noexcept:
+    """perm.allowed: may the caller get every bit of want (R|W|X)?"""
+    cdef uint32_t mode = sx.stx_mode
+    cdef int bits
+    if c.uid == 0:
+        if want & X_OK and (mode & S_IFMT) != S_IFDIR and not (mode & 0o111):
+            return False
+        return True
+    if c.uid == sx.stx_uid:
+        bits = (mode >> 6) & 7
+    elif c.gid == sx.stx_gid or sx.stx_gid in c.gids:
+        bits = (mode >> 3) & 7
+    else:
+        bits = mode & 7
+    return (bits & want) == want
+
+
+cdef uint32_t _access3(_Caller c, statx* sx, uint32_t requested) noexcept:
+    """perm.access3: the ACCESS3 bits granted."""
+    cdef uint32_t granted = 0
+    cdef bint isdir = (sx.stx_mode & S_IFMT) == S_IFDIR
+    if requested & A_READ and _allowed(c, sx, R_OK):
+        granted |= A_READ
+    if isdir:
+        if requested & A_LOOKUP and _allowed(c, sx, X_OK):
+            granted |= A_LOOKUP
+        if not c.read_only and _allowed(c, sx, W_OK | X_OK):
+            granted |= requested & (A_MODIFY | A_EXTEND | A_DELETE)
+    else:
+        if not c.read_only and _allowed(c, sx, W_OK):
+            granted |= requested & (A_MODIFY | A_EXTEND | A_DELETE)
+        if requested & A_EXECUTE and _allowed(c, sx, X_OK):
+            granted |= A_EXECUTE
+    return granted
+
+
+cdef class FastPath:
+    """Answers ordinary GETATTR/ACCESS/LOOKUP calls for an NFS3State, or declines."""
+
+
+    def __init__(self, state, stats, tcp_maxdata=1048576, udp_maxdata=32768,
+                 read_inline_max=65536):
+        self.tcp_maxdata = tcp_maxdata
+        self.udp_maxdata = udp_maxdata
+        self.read_inline_max = read_inline_max
+        self.state = state
+        self.stats = stats
+        self.by_id_seen = None
+        self.exports = {}
+        self.callers = {}
+        self.current_creds = _creds_mod.current if state.switch_creds else None
+        self.answered = 0
+        self.declined = 0
+
+    cdef _Export _export(self, uint32_t eid):
+        by_id = self.state._by_id
+        if by_id is not self.by_id_seen:      # exports reloaded: start afresh
+            self.exports = {}
+            self.callers = {}
+            self.by_id_seen = by_id
+        cdef PyObject* hit = PyDict_GetItemWithError(self.exports, eid)
+        if hit != NULL:
+            return <_Export>hit
+        e = by_id.get(eid)
+        if e is None or not isinstance(e.cache, FHCache):
+            return None
+        cdef _Export x = _Export.__new__(_Export)
+        x.export = e
+        x.cache = e.cache
+        x.root_fd = e.root_fd
+        x.root_ino = e.root_ino
+        x.fsid = e.fsid
+        x.export_id = eid
+        x.plain = e.single_user is None
+        x.meta = None
+        if e.virtfs is not None:
+            if not isinstance(e.virtfs.cache, MetaCache):
+                return None
+            from fastnfs.virtfs.overlay import _NONE
+            x.meta = e.virtfs.cache
+            x.no_meta = _NONE
+        self.exports[eid] = x
+        return x
+
+    cdef _Caller _caller(self, _Export x, peer, const unsigned char* body, Py_ssize_t n):
+        """The admitted caller for an AUTH_SYS body (stamp excluded), or None."""
+        cdef bint priv = peer[1] < 1024
+        cred_bytes = PyBytes_FromStringAndSize(<const char*>body, n)
+        key = (x.export_id, peer[0], priv, cred_bytes)
+        cdef PyObject* hit = PyDict_GetItemWithError(self.callers, key)
+        if hit != NULL:
+            return <_Caller>hit
+        # authsys_parms after the stamp (RFC 5531 appendix A): machine, uid, gid, gids
+        if n < 4:
+            return None
+        cdef uint32_t mlen = _r32(body)
+        if mlen > MAX_MACHINE:
+            return None
+        cdef Py_ssize_t pos = 4 + ((mlen + 3) & ~3)
+        if pos + 12 > n:
+            return None
+        cdef uint32_t uid = _r32(body + pos)
+        cdef uint32_t gid = _r32(body + pos + 4)
+        cdef uint32_t ngids = _r32(body + pos + 8)
+        pos += 12
+        if ngids > MAX_GIDS or pos + 4 * <Py_ssize_t>ngids != n:
+            return None
+        gids = tuple([_r32(body + pos + 4 * i) for i in range(ngids)])
+        probe = _Probe()
+        probe.peer = peer
+        probe.cred = Cred(AUTH_SYS, uid, gid, gids, body[4:4 + mlen])
+        try:
+            opts = self.state.admit(probe, x.export)
+        except NFSError:
+            return None      # the general path refuses it, with the log line
+        u = probe.ucred
+        cdef _Caller c = _Caller.__new__(_Caller)
+        c.uid = u.uid
+        c.gid = u.gid
+        c.gids = u.gids
+        c.want = (u.uid, u.gid, u.gids)
+        c.read_only = opts is None or not opts.rw
+        if len(self.callers) >= 65536:
+            self.callers.clear()
+        self.callers[key] = c
+        return c
+
+    def answer(self, record, peer, Py_ssize_t offset=0, bint mark=False):
+        """The reply as bytes (after a record mark, for TCP, when mark is
+        true), or None to take the general path.  The call starts at offset."""
+        cdef const unsigned char[::1] view
+        try:
+            view = record
+        except (TypeError, ValueError, BufferError):
+            return None
+        if offset < 0 or offset >= view.shape[0]:
+            return None
+        p = self._answer(&view[offset], view.shape[0] - offset, peer,
+                         self.tcp_maxdata if mark else self.udp_maxdata)
+        if p is None:
+            self.declined += 1
+            return None
+        self.answered += 1
+        cdef Packer r = <Packer>p
+        if mark:
+            _w32(r._data, 0x80000000 | <uint32_t>(r._len - 4))
+            return PyBytes_FromStringAndSize(<const char*>r._data, r._len)
+        return PyBytes_FromStringAndSize(<const char*>r._data + 4, r._len - 4)
+
+    cdef object _answer(self, const unsigned char* d, Py_ssize_t n, peer, Py_ssize_t maxdata):
+        cdef timespec t0, t1
+        clock_gettime(CLOCK_MONOTONIC, &t0)
+        # call header: xid, CALL, rpcvers 2, prog, vers, proc, cred, verf (RFC 5531 section 9)
+        if n < 40 or _r32(d + 4) != 0 or _r32(d + 8) != 2:
+            return None
+        if _r32(d + 12) != NFS_PROGRAM or _r32(d + 16) != 3:
+            return None
+        cdef uint32_t proc = _r32(d + 20)
+        if proc < GETATTR or proc > READ or proc == 2:
+            return None
+        if _r32(d + 24) != AUTH_SYS:
+            return None
+        cdef uint32_t clen = _r32(d + 28)
+        if clen > MAX_AUTH or clen < 4 or clen & 3:
+            return None
+        cdef Py_ssize_t pos = 32 + clen
+        if pos + 8 > n or _r32(d + pos) != 0 or _r32(d + pos + 4) != 0:
+            return None      # only an empty AUTH_NONE verifier is ordinary
+        cdef const unsigned char* cred = d + 36   # after the stamp
+        cdef Py_ssize_t cred_n = clen - 4
+        pos += 8
+        # nfs_fh3: as fs.Export.decode_fh accepts it
+        if pos + 4 > n:
+            return None
+        cdef uint32_t fhlen = _r32(d + pos)
+        pos += 4
+        if fhlen < FH_HEAD or fhlen > 64 or pos + fhlen > n or fhlen & 3:
+            return None
+        cdef const unsigned char* fh = d + pos
+        cdef uint32_t nanc = fh[1]
+        if fh[0] != 1 or nanc > MAX_ANC or fh[2] or fh[3] or fhlen != FH_HEAD + 8 * nanc:
+            return None
+        pos += fhlen
+        cdef _Export x = self._export(_r32(fh + 4))
+        if x is None or not x.plain:
+            return None
+        cdef _Caller c = self._caller(x, peer, cred, cred_n)
+        if c is None:
+            return None
+        if self.current_creds is not None and self.current_creds() != c.want:
+            return None      # the general path switches this thread to the caller
+        cdef uint32_t requested = 0
+        cdef const unsigned char* name = NULL
+        cdef uint32_t namelen = 0
+        cdef uint64_t roff = 0
+        cdef Py_ssize_t count = 0
+        if proc == READ:
+            if pos + 12 > n:
+                return None
+            roff = _r64(d + pos)
+            count = _r32(d + pos + 8)
+            if count > maxdata:
+                count = maxdata
+            if count > self.read_inline_max:
+                return None   # big reads go to the general path and its thread pool
+        elif proc == ACCESS:
+            if pos + 4 > n:
+                return None
+            requested = _r32(d + pos)
+        elif proc == LOOKUP:
+            if pos + 4 > n:
+                return None
+            namelen = _r32(d + pos)
+            # the string's padding must be there too (RFC 4506 section 4.11)
+            if namelen == 0 or namelen > MAXNAMLEN or pos + 4 + ((namelen + 3) & ~3) > n:
+                return None
+            name = d + pos + 4
+            if memchr(name, b'/', namelen) != NULL or memchr(name, 0, namelen) != NULL:
+                return None
+            if name[0] == b'.' and (namelen == 1 or (namelen == 2 and name[1] == b'.')):
+                return None
+        cdef uint64_t ino = _r64(fh + 8)
+        cdef uint32_t dev = _r32(fh + 16)
+        cdef uint32_t gen = _r32(fh + 20)
+        path = x.cache.lookup(ino)
+        if path is None:
+            return None
+        cdef bytes bpath = <bytes?>path
+        cdef statx sx, dsx
+        cdef int fd
+        cdef int rc
+        cdef uint32_t real_mode = 0
+        if proc != LOOKUP or ino == x.root_ino:
+            if ino == x.root_ino:
+                rc = _stat(x.root_fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &sx)
+            else:
+                rc = _stat(x.root_fd, PyBytes_AS_STRING(bpath), AT_SYMLINK_NOFOLLOW, &sx)
+            if rc != 0 or not _same(&sx, ino, dev, gen):
+                return None
+            real_mode = sx.stx_mode
+            if _overlay(x, bpath, &sx) < 0:
+                return None
+        cdef Packer p = Packer.__new__(Packer)
+        cdef unsigned char* w = p.extend(28)
+        _w32(w, 0)
+        memcpy(w + 4, d, 4)                           # xid
+        _w32(w + 8, 1)                                # REPLY
+        _w32(w + 12, 0)                               # MSG_ACCEPTED
+        _w32(w + 16, 0)                               # verifier AUTH_NONE, empty
+        _w32(w + 20, 0)
+        _w32(w + 24, 0)                               # SUCCESS
+        cdef uint32_t status = NFS3_OK
+        if proc == GETATTR:
+            p.write_u32(NFS3_OK)
+            _fattr3(p, &sx, x.fsid)
+        elif proc == ACCESS:
+            p.write_u32(NFS3_OK)
+            p.write_u32(1)
+            _fattr3(p, &sx, x.fsid)
+            p.write_u32(_access3(c, &sx, requested) & requested)
+        elif proc == READLINK:
+            # a symlink kept as a file (virtfs) is read by the general path
+            if (sx.stx_mode & S_IFMT) != S_IFLNK or (real_mode & S_IFMT) != S_IFLNK:
+                return None
+            if self._readlink(p, x, bpath, &sx) < 0:
+                return None
+        elif proc == READ:
+            if (sx.stx_mode & S_IFMT) != S_IFREG:
+                return None
+            if x.meta is not None and c.uid != sx.stx_uid \
+                    and not _allowed(c, &sx, X_OK) and not _allowed(c, &sx, R_OK):
+                return None   # (nfs3.state.check_io) the general path refuses it
+            if self._read(p, x, bpath, &sx, roff, count) < 0:
+                return None
+        else:
+            # LOOKUP: the directory, opened without following a symlink and
+            # checked by inode, then one no-follow stat of the name in it
+            if ino == x.root_ino:
+                dsx = sx
+                fd = x.root_fd
+            else:
+                fd = openat(x.root_fd, PyBytes_AS_STRING(bpath),
+                            O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
+                if fd < 0:
+                    return None
+                if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &dsx) != 0 \
+                        or not _same(&dsx, ino, dev, gen):
+                    close(fd)
+                    return None
+            if ino != x.root_ino and _overlay(x, bpath, &dsx) < 0 \
+                    or (dsx.stx_mode & S_IFMT) != S_IFDIR \
+                    or x.meta is not None and (not _allowed(c, &dsx, X_OK) or _hidden(name, namelen)):
+                if fd != x.root_fd:
+                    close(fd)
+                return None
+            bname = PyBytes_FromStringAndSize(<const char*>name, namelen)
+            rc = _stat(fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW, &sx)
+            if rc != 0:
+                rc = errno
+            if fd != x.root_fd:
+                close(fd)
+            if rc == ENOENT:
+                status = NFS3ERR_NOENT
+                p.write_u32(NFS3ERR_NOENT)
+                p.write_u32(1)
+                _fattr3(p, &dsx, x.fsid)
+            elif rc != 0:
+                return None
+            else:
+                child = bname if ino == x.root_ino else bpath + b"/" + bname
+                x.cache.store(sx.stx_ino, child)
+                if _overlay(x, child, &sx) < 0:
+                    return None
+                p.write_u32(NFS3_OK)
+                self._put_child_fh(p, x, &sx, ino, fh, nanc)
+                p.write_u32(1)
+                _fattr3(p, &sx, x.fsid)
+                p.write_u32(1)
+                _fattr3(p, &dsx, x.fsid)
+        clock_gettime(CLOCK_MONOTONIC, &t1)
+        self.stats.call(NFS_PROGRAM, proc, status == NFS3_OK,
+                        (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec),
+                        peer[0], n, p._len - 4)
+        return p
+
+    cdef int _readlink(self, Packer p, _Export x, bytes path, statx* sx) except -2:
+        """READLINK3resok (RFC 1813 section 3.3.5), or -1 to decline."""
+        cdef char buf[MAXLINK]
+        cdef ssize_t k = readlinkat(x.root_fd, PyBytes_AS_STRING(path), buf, MAXLINK)
+        if k < 0 or k >= MAXLINK:
+            return -1
+        p.write_u32(NFS3_OK)
+        p.write_u32(1)
+        _fattr3(p, sx, x.fsid)
+        p.write_opaque(<const unsigned char*>buf, k)
+        return 0
+
+    cdef int _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
+                   Py_ssize_t count) except -2:
+        """READ3resok from the page cache only (RFC 1813 section 3.3.6), or -1
+        to decline: a read that would wait for the disk goes to the pool."""
+        cdef statx fsx
+        cdef int fd = openat(x.root_fd, PyBytes_AS_STRING(path), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0:
+            return -1
+        # the object the handle named (fs.Export.open_obj), seen as clients see it
+        if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &fsx) != 0 \
+                or fsx.stx_ino != sx.stx_ino or _btime(&fsx) != _btime(sx) \
+                or _overlay(x, path, &fsx) < 0:
+            close(fd)
+            return -1
+        cdef Py_ssize_t start = p._len
+        cdef Py_ssize_t got = 0
+        p.write_u32(NFS3_OK)
+        p.write_u32(1)
+        _fattr3(p, &fsx, x.fsid)
+        cdef Py_ssize_t at = p._len
+        p.write_u64(0)                       # count and eof, known after the read
+        if count == 0 or offset > 0x7FFFFFFFFFFFFFFF:
+            p.write_u32(0)                   # nothing to read, or past any off_t: eof
+        else:
+            got = p.write_pread(fd, count, <long long>offset, RWF_NOWAIT)
+            if got < 0 or (got < count and offset + got < fsx.stx_size):
+                close(fd)                    # not (all) in the page cache
+                p._len = start
+                return -1
+        close(fd)
+        _w32(p._data + at, <uint32_t>got)
+        _w32(p._data + at + 4, 1 if offset + got >= fsx.stx_size else 0)
+        self.stats.bytes_read += got
+        return 0
+
+    cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
+                           const unsigned char* dir_fh, uint32_t dir_nanc) except -1:
+        """nfs_fh3 of a directory's child: its ancestors are the directory and
+        the directory's own first ones (fs.Obj.child_anc)."""
+        cdef uint32_t nanc = dir_nanc + 1 if dir_nanc < MAX_ANC else MAX_ANC
+        cdef uint32_t size = FH_HEAD + 8 * nanc
+        cdef unsigned char* w = p.extend(4 + size)
+        _w32(w, size)
+        w[4] = 1
+        w[5] = nanc
+        w[6] = 0
+        w[7] = 0
+        _w32(w + 8, x.export_id)
+        _w64(w + 12, sx.stx_ino)
+        _w32(w + 20, <uint32_t>(makedev(sx.stx_dev_major, sx.stx_dev_minor) & 0xFFFFFFFF))
+        _w32(w + 24, generation(_btime(sx)))
+        _w64(w + 28, dir_ino)
+        if nanc > 1:
+            memcpy(w + 36, dir_fh + FH_HEAD, 8 * (nanc - 1))
+        return 0

@@ -1,0 +1,496 @@
+"""The Cython fast lane (fastnfs._fastpath) against the general path.
+
+For every call the fast lane either declines (None) or produces exactly the
+bytes Dispatcher.dispatch produces for the same record: the general path is
+the reference.  Calls are built with xdrlib3 (tests/rpcclient.py), not with
+fastnfs's own XDR code.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from xdrlib3 import Packer
+
+from conftest import cython_twin
+from rpcclient import (ACCESS, ACCESS3_ALL, GETATTR, LOOKUP, NFS_PROGRAM, NFS_V3, READ,
+                       READLINK, AuthSys, call_header)
+
+from fastnfs.exports import parse_exports, single_export
+from fastnfs.server import Config, Server
+
+_cx, _why = cython_twin("fastnfs._fastpath")
+pytestmark = pytest.mark.skipif(_cx is None, reason=_why or "")
+
+ROOT = AuthSys(0, 0, machine=b"board")
+USER = AuthSys(1000, 1000, gids=(1000, 24), machine=b"board")
+OTHER = AuthSys(2000, 2000, machine=b"board")
+LOCAL = ("127.0.0.1", 800)
+UNPRIV = ("127.0.0.1", 40000)
+
+
+def _tree(root):
+    os.makedirs(root / "etc/init.d")
+    os.makedirs(root / "usr/lib/deep/er/still/deeper/and/more")
+    (root / "etc/passwd").write_bytes(b"root:x:0:0::/root:/bin/sh\n")
+    (root / "etc/shadow").write_bytes(b"root:*:1::::::\n")
+    (root / "etc/init.d/rcS").write_bytes(b"#!/bin/sh\n")
+    (root / "usr/lib/deep/er/still/deeper/and/more/libc.so").write_bytes(b"\x7fELF" * 100)
+    os.symlink("../usr/lib", root / "etc/lib")
+    os.mkfifo(root / "etc/initctl")
+    os.chmod(root / "etc/shadow", 0o640)
+    os.chmod(root / "etc/init.d/rcS", 0o755)
+    if os.geteuid() == 0:
+        os.chown(root / "etc/shadow", 0, 42)
+        os.chown(root / "usr", 1000, 1000)
+
+
+def _server(path, entry=None, **cfg):
+    entry = entry or single_export(str(path))
+    return Server(Config(exports=[entry], **cfg))
+
+
+def _call(proc, args: bytes, cred, xid=0x1234):
+    return call_header(xid, NFS_PROGRAM, NFS_V3, proc, cred) + args
+
+
+def _fh(fh: bytes) -> bytes:
+    p = Packer()
+    p.pack_opaque(fh)
+    return p.get_buffer()
+
+
+def _dirop(fh: bytes, name: bytes) -> bytes:
+    p = Packer()
+    p.pack_opaque(fh)
+    p.pack_string(name)
+    return p.get_buffer()
+
+
+def _access(fh: bytes, mask: int) -> bytes:
+    p = Packer()
+    p.pack_opaque(fh)
+    p.pack_uint(mask)
+    return p.get_buffer()
+
+
+def _read(fh: bytes, offset: int, count: int) -> bytes:
+    p = Packer()
+    p.pack_opaque(fh)
+    p.pack_uhyper(offset)
+    p.pack_uint(count)
+    return p.get_buffer()
+
+
+def _general(srv, record, peer) -> bytes:
+    p = srv.dispatcher.dispatch(record, peer, "tcp")
+    return bytes(p.getbuffer()[4:])
+
+
+def _both(srv, record, peer=LOCAL):
+    """(fast reply or None, general reply); the general path runs first so that
+    the thread holds the caller's credentials as it would after any call."""
+    g = _general(srv, record, peer)
+    if int.from_bytes(record[20:24], "big") in (READ, READLINK):
+        g = _general(srv, record, peer)   # the first read may move atime (relatime)
+    f = srv.dispatcher.fast.answer(record, peer)
+    return f, g
+
+
+def _walk(srv, path: bytes, cred=ROOT, peer=LOCAL):
+    """The handles of each component of path, found with LOOKUP from the root."""
+    e = srv.exports[0]
+    fh = e.root_fh
+    for name in path.split(b"/"):
+        f, g = _both(srv, _call(LOOKUP, _dirop(fh, name), cred), peer)
+        assert f is None or f == g
+        status = int.from_bytes(g[24:28], "big")
+        assert status == 0, (path, name, status)
+        n = int.from_bytes(g[28:32], "big")
+        fh = g[32:32 + n]
+    return fh
+
+
+@pytest.fixture(autouse=True)
+def _server_identity_after():
+    """The general path leaves this (the test's) thread acting as the last
+    caller when run as root: give the thread back its own identity."""
+    yield
+    _as_server()
+
+
+def _as_server():
+    from fastnfs import creds
+    if creds.ENABLED:
+        creds.become_server()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "root"
+    _tree(root)
+    return root
+
+
+PATHS = [b"etc", b"etc/passwd", b"etc/shadow", b"etc/init.d", b"etc/init.d/rcS", b"etc/lib",
+         b"etc/initctl", b"usr/lib/deep/er/still/deeper/and/more",
+         b"usr/lib/deep/er/still/deeper/and/more/libc.so"]
+
+
+@pytest.mark.parametrize("cred", [ROOT, USER, OTHER], ids=["root", "user", "other"])
+def test_same_bytes_for_every_object_and_caller(tree, cred):
+    srv = _server(tree)
+    fast = srv.dispatcher.fast
+    handles = {b"": srv.exports[0].root_fh}
+    for path in PATHS:
+        handles[path] = _walk(srv, path, cred)
+    for path, fh in handles.items():
+        for rec in (_call(GETATTR, _fh(fh), cred),
+                    _call(ACCESS, _access(fh, ACCESS3_ALL), cred),
+                    _call(ACCESS, _access(fh, 0x01 | 0x20), cred),
+                    _call(LOOKUP, _dirop(fh, b"passwd"), cred),
+                    _call(LOOKUP, _dirop(fh, b"no-such-name"), cred)):
+            f, g = _both(srv, rec)
+            assert f is None or f == g, (path, rec[20:24])
+    # the lane is not idle: most of these are answered by it
+    assert fast.answered > 3 * len(handles)
+
+
+def test_answers_the_ordinary_calls(tree):
+    srv = _server(tree)
+    fast = srv.dispatcher.fast
+    fh = _walk(srv, b"etc/init.d")
+    for rec in (_call(GETATTR, _fh(fh), ROOT), _call(ACCESS, _access(fh, 0x3F), ROOT),
+                _call(LOOKUP, _dirop(fh, b"rcS"), ROOT),
+                _call(LOOKUP, _dirop(fh, b"missing"), ROOT)):
+        f, g = _both(srv, rec)
+        assert f == g
+    # a TCP reply carries its record mark
+    rec = _call(GETATTR, _fh(fh), ROOT)
+    r = fast.answer(b"\x80\x00\x00\x00" + rec, LOCAL, 4, True)
+    assert r[4:] == _general(srv, rec, LOCAL)
+    assert int.from_bytes(r[:4], "big") == 0x80000000 | (len(r) - 4)
+
+
+def test_counts_calls_in_stats(tree):
+    srv = _server(tree)
+    fh = srv.exports[0].root_fh
+    for _ in range(3):
+        assert srv.dispatcher.fast.answer(_call(GETATTR, _fh(fh), ROOT), LOCAL) is not None
+    row = srv.stats.procs[(NFS_PROGRAM, GETATTR)]
+    assert row[0] == 3 and row[1] == 0
+    assert srv.stats.clients["127.0.0.1"][0] == 3
+
+
+@pytest.mark.parametrize("name", [b".", b"..", b"a/b", b"a\0b", b"", b"x" * 256])
+def test_unusual_names_take_the_general_path(tree, name):
+    srv = _server(tree)
+    fh = _walk(srv, b"etc")
+    f, g = _both(srv, _call(LOOKUP, _dirop(fh, name), ROOT))
+    assert f is None
+
+
+@pytest.mark.parametrize("cred", [ROOT, USER, OTHER], ids=["root", "user", "other"])
+def test_read_and_readlink_same_bytes(tree, cred):
+    srv = _server(tree)
+    fast = srv.dispatcher.fast
+    before = fast.answered
+    for path in PATHS:
+        fh = _walk(srv, path)
+        recs = [_call(READLINK, _fh(fh), cred)]
+        for off, count in ((0, 4096), (0, 1), (3, 5), (0, 0), (399, 10), (400, 10),
+                           (10 ** 6, 10), (1 << 63, 4), ((1 << 64) - 1, 4), (0, 32768)):
+            recs.append(_call(READ, _read(fh, off, count), cred))
+        for rec in recs:
+            f, g = _both(srv, rec)
+            assert f is None or f == g, (path, rec[-12:])
+    assert fast.answered - before > 10
+    # a TCP READ may ask for more than a datagram holds
+    fh = _walk(srv, b"usr/lib/deep/er/still/deeper/and/more/libc.so")
+    rec = _call(READ, _read(fh, 0, 65536), cred)
+    g = _general(srv, rec, LOCAL)
+    assert fast.answer(rec, LOCAL, 0, True)[4:] == g
+    # more than the inline limit: the general path (and its thread pool) reads
+    assert fast.answer(_call(READ, _read(fh, 0, 65537), cred), LOCAL, 0, True) is None
+    assert srv.stats.bytes_read > 0
+
+
+def test_other_procedures_and_programs_decline(tree):
+    srv = _server(tree)
+    fh = _walk(srv, b"etc/lib")
+    fast = srv.dispatcher.fast
+    assert fast.answer(_call(2, _fh(fh) + b"\0" * 32, ROOT), LOCAL) is None   # SETATTR
+    assert fast.answer(_call(7, _fh(fh) + b"\0" * 20, ROOT), LOCAL) is None   # WRITE
+    assert fast.answer(call_header(1, 100005, 3, 1, ROOT) + _fh(fh), LOCAL) is None
+    assert fast.answer(call_header(1, NFS_PROGRAM, 2, 1, ROOT) + _fh(fh), LOCAL) is None
+    assert fast.answer(call_header(1, NFS_PROGRAM, 3, GETATTR, None) + _fh(fh), LOCAL) is None
+
+
+def test_unknown_or_forged_handles_decline(tree):
+    srv = _server(tree)
+    e = srv.exports[0]
+    fh = _walk(srv, b"etc/passwd")
+    fast = srv.dispatcher.fast
+    # a handle the cache does not place: the general path searches
+    e.cache.clear()
+    assert fast.answer(_call(GETATTR, _fh(fh), ROOT), LOCAL) is None
+    _both(srv, _call(GETATTR, _fh(fh), ROOT))
+    assert fast.answer(_call(GETATTR, _fh(fh), ROOT), LOCAL) is not None
+    # a different generation or device: never answered from the cached path
+    for off in (16, 20):
+        forged = bytearray(fh)
+        forged[off] ^= 0xFF
+        f, g = _both(srv, _call(GETATTR, _fh(bytes(forged)), ROOT))
+        assert f is None
+        assert int.from_bytes(g[24:28], "big") != 0
+    # the inode of another object with this object's cached path
+    other = bytearray(_walk(srv, b"etc/shadow"))
+    other[8:16] = fh[8:16]
+    f, g = _both(srv, _call(GETATTR, _fh(bytes(other)), ROOT))
+    assert f is None or f == g
+
+
+def test_root_handle_survives_cache_eviction(tree):
+    """(Found by the test above: the general path's search never found the
+    root itself once the LRU had evicted it.)"""
+    srv = _server(tree, fhcache_size=2)
+    fh = srv.exports[0].root_fh
+    _walk(srv, b"usr/lib/deep/er")          # pushes the root out of a 2-entry cache
+    assert srv.exports[0].root_ino not in srv.exports[0].cache
+    g = _general(srv, _call(GETATTR, _fh(fh), ROOT), LOCAL)
+    assert int.from_bytes(g[24:28], "big") == 0
+
+
+def test_replaced_path_is_not_trusted(tree):
+    """The cached path now names another file: the inode check declines."""
+    srv = _server(tree)
+    fh = _walk(srv, b"etc/passwd")
+    os.rename(tree / "etc/passwd", tree / "etc/passwd.old")
+    (tree / "etc/passwd").write_bytes(b"new\n")
+    rec = _call(GETATTR, _fh(fh), ROOT)
+    assert srv.dispatcher.fast.answer(rec, LOCAL) is None
+    # the general path finds it again under its new name; then the lane agrees
+    f, g = _both(srv, rec)
+    assert f == g
+    assert srv.exports[0].cache.get(int.from_bytes(fh[8:16], "big")) == b"etc/passwd.old"
+
+
+def test_directory_swapped_for_symlink_is_not_followed(tree, tmp_path):
+    """A cached directory path that became a symlink to outside the export."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"x")
+    srv = _server(tree)
+    fh = _walk(srv, b"etc/init.d")
+    os.rename(tree / "etc/init.d", tree / "etc/init.d.old")
+    os.symlink(str(outside), tree / "etc/init.d")
+    f = srv.dispatcher.fast.answer(_call(LOOKUP, _dirop(fh, b"secret"), ROOT), LOCAL)
+    assert f is None
+    g = _general(srv, _call(LOOKUP, _dirop(fh, b"secret"), ROOT), LOCAL)
+    assert int.from_bytes(g[24:28], "big") != 0
+
+
+def test_export_rules_hold(tree):
+    entries, _ = parse_exports("%s 10.0.0.0/8(rw) 127.0.0.1(ro,root_squash,secure)\n" % tree)
+    srv = _server(tree, entries[0])
+    fast = srv.dispatcher.fast
+    fh = srv.exports[0].root_fh
+    # a host the export does not name, and an unprivileged port on a secure export
+    assert fast.answer(_call(GETATTR, _fh(fh), ROOT), ("192.168.1.1", 800)) is None
+    assert fast.answer(_call(GETATTR, _fh(fh), ROOT), UNPRIV) is None
+    # read-only and squashed: ACCESS grants no modify bits, same as the general path
+    f, g = _both(srv, _call(ACCESS, _access(fh, ACCESS3_ALL), ROOT))
+    assert f is None or f == g
+    status, granted = int.from_bytes(g[24:28], "big"), int.from_bytes(g[-4:], "big")
+    assert status == 0 and granted & 0x1C == 0
+
+
+def test_exports_reload_takes_effect(tree, tmp_path):
+    exports = tmp_path / "exports"
+    exports.write_text("%s 127.0.0.1(rw,no_root_squash)\n" % tree)
+    from fastnfs.exports import load_exports
+    entries, _ = load_exports(str(exports))
+    srv = _server(tree, entries[0], exports_file=str(exports), port=0, bind="127.0.0.1",
+                  portmap=False)
+    srv.bind()   # a reload shares its warnings in the stats directory of the port
+    fast = srv.dispatcher.fast
+    fh = srv.exports[0].root_fh
+    rec = _call(ACCESS, _access(fh, ACCESS3_ALL), ROOT)
+    f, g = _both(srv, rec)
+    assert f == g and int.from_bytes(g[-4:], "big") & 0x04
+    exports.write_text("%s 127.0.0.1(ro)\n" % tree)
+    assert srv.reload_exports()
+    f, g = _both(srv, rec)
+    assert f is None or f == g
+    assert int.from_bytes(g[-4:], "big") & 0x1C == 0
+    _as_server()   # this thread acted as the squashed caller
+    exports.write_text("%s 10.0.0.1(rw)\n" % tree)
+    assert srv.reload_exports()
+    assert fast.answer(rec, LOCAL) is None
+    for _, sock in srv.sockets:
+        sock.close()
+
+
+def _meta(dirpath, name, **kv):
+    d = dirpath / ".virtfs_metadata"
+    d.mkdir(exist_ok=True)
+    (d / name).write_text("".join("virtfs.%s=%d\n" % kv_ for kv_ in kv.items()))
+
+
+def _virtfs_tree(root):
+    """A rootfs as ptxdist leaves it: owners, modes and device nodes in metadata."""
+    _tree(root)
+    (root / ".virtfs_metadata_root").write_text("virtfs.uid=0\nvirtfs.gid=0\n"
+                                                "virtfs.mode=16877\n")
+    _meta(root, "etc", uid=0, gid=0, mode=0o40755)
+    _meta(root, "usr", uid=0, gid=0, mode=0o40700)
+    _meta(root / "etc", "shadow", uid=0, gid=42, mode=0o100640)
+    (root / "dev").mkdir()
+    _meta(root, "dev", uid=0, gid=0, mode=0o40755)
+    (root / "dev/console").write_bytes(b"")
+    _meta(root / "dev", "console", uid=0, gid=5, mode=0o20620, rdev=(5 << 8) | 1)
+    (root / "dev/sda").write_bytes(b"")
+    _meta(root / "dev", "sda", uid=0, gid=6, mode=0o60660, rdev=(8 << 8))
+    (root / "dev/initctl").write_bytes(b"")
+    _meta(root / "dev", "initctl", mode=0o10600)
+    (root / "dev/sh").write_bytes(b"/bin/busybox")
+    _meta(root / "dev", "sh", mode=0o120777)
+    (root / "dev/broken").write_bytes(b"")
+    (root / "dev/.virtfs_metadata/broken").write_text("virtfs.uid=oops\n")
+
+
+VIRTFS_PATHS = [b"etc", b"etc/passwd", b"etc/shadow", b"usr", b"usr/lib", b"dev",
+                b"dev/console", b"dev/sda", b"dev/initctl", b"dev/sh", b"dev/broken"]
+
+
+@pytest.mark.parametrize("cred", [ROOT, USER, OTHER], ids=["root", "user", "other"])
+def test_virtfs_same_bytes(tmp_path, cred):
+    root = tmp_path / "root"
+    _virtfs_tree(root)
+    srv = _server(root, virtfs=True)
+    fast = srv.dispatcher.fast
+    handles = {b"": srv.exports[0].root_fh}
+    for path in VIRTFS_PATHS:
+        f, g = None, None
+        fh = srv.exports[0].root_fh
+        for name in path.split(b"/"):
+            f, g = _both(srv, _call(LOOKUP, _dirop(fh, name), ROOT))
+            assert f is None or f == g, path
+            fh = g[32:32 + int.from_bytes(g[28:32], "big")]
+        handles[path] = fh
+    before = fast.answered
+    for path, fh in handles.items():
+        for rec in (_call(GETATTR, _fh(fh), cred),
+                    _call(ACCESS, _access(fh, ACCESS3_ALL), cred),
+                    _call(LOOKUP, _dirop(fh, b"console"), cred),
+                    _call(LOOKUP, _dirop(fh, b".virtfs_metadata"), cred),
+                    _call(LOOKUP, _dirop(fh, b".virtfs_metadata_root"), cred),
+                    _call(LOOKUP, _dirop(fh, b"missing"), cred),
+                    _call(READLINK, _fh(fh), cred),
+                    _call(READ, _read(fh, 0, 4096), cred)):
+            f, g = _both(srv, rec)
+            assert f is None or f == g, (path, rec[20:24])
+    assert fast.answered - before > 2 * len(handles)
+    # a symlink kept as a file: its target is the file's content, the general path's job
+    rec = _call(READLINK, _fh(handles[b"dev/sh"]), ROOT)
+    assert fast.answer(rec, LOCAL) is None
+    assert _general(srv, rec, LOCAL).endswith(b"/bin/busybox")
+    # the served type and device numbers are the metadata's
+    f, _ = _both(srv, _call(GETATTR, _fh(handles[b"dev/sda"]), ROOT))
+    assert int.from_bytes(f[28:32], "big") == 3            # NF3BLK
+    # fattr3: type mode nlink uid gid (4 bytes each), size used (8), rdev major minor
+    assert (int.from_bytes(f[64:68], "big"), int.from_bytes(f[68:72], "big")) == (8, 0)
+    assert (int.from_bytes(f[32:36], "big"), int.from_bytes(f[40:44], "big"),
+            int.from_bytes(f[44:48], "big")) == (0o660, 0, 6)
+
+
+def test_virtfs_metadata_change_is_seen(tmp_path):
+    root = tmp_path / "root"
+    _virtfs_tree(root)
+    srv = _server(root, virtfs=True)
+    fh = _walk(srv, b"etc/shadow")
+    rec = _call(GETATTR, _fh(fh), ROOT)
+    f, g = _both(srv, rec)
+    assert f == g
+    _meta(root / "etc", "shadow", uid=7, gid=42, mode=0o100600)
+    # the stamp of the metadata file changed: the lane declines until re-read
+    assert srv.dispatcher.fast.answer(rec, LOCAL) is None
+    f, g = _both(srv, rec)
+    assert f == g and int.from_bytes(f[40:44], "big") == 7
+
+
+def test_virtfs_hidden_names_never_answered(tmp_path):
+    root = tmp_path / "root"
+    _virtfs_tree(root)
+    srv = _server(root, virtfs=True)
+    for dfh in (srv.exports[0].root_fh, _walk(srv, b"dev")):
+        for name in (b".virtfs_metadata", b".virtfs_metadata_root"):
+            rec = _call(LOOKUP, _dirop(dfh, name), ROOT)
+            assert srv.dispatcher.fast.answer(rec, LOCAL) is None
+            g = _general(srv, rec, LOCAL)
+            assert int.from_bytes(g[24:28], "big") == 2    # NFS3ERR_NOENT
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching credentials needs root")
+def test_caller_credentials_decide(tree):
+    """Running as root, the lane answers only when the thread already acts as
+    the caller, so the kernel's permission checks are the caller's."""
+    os.chmod(tree / "etc", 0o700)
+    srv = _server(tree)
+    fh = _walk(srv, b"etc")
+    rec = _call(LOOKUP, _dirop(fh, b"passwd"), OTHER)
+    f, g = _both(srv, rec)
+    assert f is None or f == g
+    assert int.from_bytes(g[24:28], "big") == 13   # NFS3ERR_ACCES: not searchable by 2000
+    # after a root call the thread is root again: the lane declines for OTHER
+    _general(srv, _call(GETATTR, _fh(fh), ROOT), LOCAL)
+    assert srv.dispatcher.fast.answer(rec, LOCAL) is None
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_calls_never_differ(tree, data):
+    """Flip, cut or extend ordinary calls: the lane declines or agrees."""
+    srv = _cached_server(tree)
+    fh = srv._fh_etc
+    base = data.draw(st.sampled_from([
+        _call(GETATTR, _fh(fh), USER), _call(ACCESS, _access(fh, 0x3F), ROOT),
+        _call(LOOKUP, _dirop(fh, b"passwd"), ROOT), _call(LOOKUP, _dirop(fh, b"x"), USER)]))
+    rec = bytearray(base)
+    for _ in range(data.draw(st.integers(0, 3))):
+        i = data.draw(st.integers(0, len(rec) - 1))
+        rec[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(rec)))
+    rec = bytes(rec[:cut]) + data.draw(st.binary(max_size=8))
+    f = srv.dispatcher.fast.answer(rec, LOCAL)
+    if f is not None:
+        assert f == _general(srv, rec, LOCAL)
+
+
+_SERVERS: dict = {}
+
+
+def _cached_server(tree):
+    srv = _SERVERS.get(str(tree))
+    if srv is None:
+        _SERVERS.clear()
+        srv = _SERVERS[str(tree)] = _server(tree)
+        srv._fh_etc = _walk(srv, b"etc")
+    return srv
+
+
+def test_ftypes_match(tree):
+    srv = _server(tree)
+    for path in (b"etc", b"etc/passwd", b"etc/lib", b"etc/initctl"):
+        fh = _walk(srv, path)
+        f, g = _both(srv, _call(GETATTR, _fh(fh), ROOT))
+        assert f == g
+        ftype = int.from_bytes(f[28:32], "big")
+        mode = os.lstat(tree / path.decode()).st_mode
+        assert ftype == {stat.S_IFDIR: 2, stat.S_IFREG: 1, stat.S_IFLNK: 5,
+                         stat.S_IFIFO: 7}[stat.S_IFMT(mode)]
