@@ -181,9 +181,19 @@ def test_counts_calls_in_stats(tree):
     fh = srv.exports[0].root_fh
     for _ in range(3):
         assert srv.dispatcher.fast.answer(_call(GETATTR, _fh(fh), ROOT), LOCAL) is not None
-    row = srv.stats.procs[(NFS_PROGRAM, GETATTR)]
-    assert row[0] == 3 and row[1] == 0
-    assert srv.stats.clients["127.0.0.1"][0] == 3
+    # kept in C until a snapshot (every second in a server) brings them in
+    snap = srv.stats.snapshot()
+    assert snap["procs"]["nfs.GETATTR"]["calls"] == 3
+    assert snap["procs"]["nfs.GETATTR"]["errors"] == 0
+    assert sum(snap["procs"]["nfs.GETATTR"]["buckets"]) == 3
+    assert snap["clients"]["127.0.0.1"]["calls"] == 3
+    # a LOOKUP of a missing name counts as an error; flushing twice adds nothing
+    fast = srv.dispatcher.fast
+    assert fast.answer(_call(LOOKUP, _dirop(fh, b"missing"), ROOT), LOCAL) is not None
+    srv.stats.flush()
+    srv.stats.flush()
+    assert srv.stats.procs[(NFS_PROGRAM, LOOKUP)][:2] == [1, 1]
+    assert srv.stats.clients["127.0.0.1"][0] == 4
 
 
 @pytest.mark.parametrize("name", [b".", b"..", b"a/b", b"a\0b", b"", b"x" * 256])
@@ -216,6 +226,7 @@ def test_read_and_readlink_same_bytes(tree, cred):
     assert fast.answer(rec, LOCAL, 0, True)[4:] == g
     # more than the inline limit: the general path (and its thread pool) reads
     assert fast.answer(_call(READ, _read(fh, 0, 65537), cred), LOCAL, 0, True) is None
+    srv.stats.flush()
     assert srv.stats.bytes_read > 0
 
 

@@ -1,7 +1,7 @@
 # C-level interface of fastnfs._fastpath (see the .pyx for what each holds).
 
 cimport cython
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastnfs._fhcache cimport FHCache
 from fastnfs._fsstat cimport statx
@@ -31,12 +31,29 @@ cdef class _Caller:
     cdef bint read_only
 
 
+@cython.final
+cdef class _ProcRow:
+    cdef uint64_t calls, errors
+    cdef int64_t sum_ns
+    cdef uint64_t buckets[17]       # stats.BUCKETS and the overflow
+
+
+@cython.final
+cdef class _ClientRow:
+    cdef uint64_t calls, nin, nout
+
+
 cdef class FastPath:
     cdef object state
     cdef object stats
     cdef object by_id_seen          # state._by_id when the tables below were made
     cdef dict exports               # export id -> _Export
-    cdef dict callers               # (export id, host, privileged, cred body) -> _Caller
+    cdef dict admitted              # (export id, host, privileged, cred body) -> _Caller
+    cdef list procs                 # _ProcRow per procedure number
+    cdef dict clients               # host -> _ClientRow
+    cdef uint64_t bytes_read
+    cdef Packer out                 # the reply is built here, then copied out
+    cdef int64_t bounds[16]         # stats.BUCKETS in ns
     cdef object current_creds       # creds.current, when the server switches credentials
     cdef Py_ssize_t tcp_maxdata, udp_maxdata, read_inline_max
     cdef public Py_ssize_t answered
@@ -45,8 +62,10 @@ cdef class FastPath:
     cdef _Export _export(self, uint32_t eid)
     cdef _Caller _caller(self, _Export x, peer, const unsigned char* body, Py_ssize_t n)
     cdef object _answer(self, const unsigned char* d, Py_ssize_t n, peer, Py_ssize_t maxdata)
+    cdef int _count(self, uint32_t proc, bint ok, int64_t ns, host, Py_ssize_t nin,
+                    Py_ssize_t nout) except -1
     cdef int _readlink(self, Packer p, _Export x, bytes path, statx* sx) except -2
-    cdef int _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
-                   Py_ssize_t count) except -2
+    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
+                      Py_ssize_t count)
     cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
                            const unsigned char* dir_fh, uint32_t dir_nanc) except -1

@@ -23,7 +23,8 @@ metadata's own names are never looked up.
 
 cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memset
+from posix.types cimport off_t
 from posix.fcntl cimport openat
 from posix.unistd cimport close
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
@@ -39,6 +40,7 @@ from fastnfs.virtfs._meta cimport MetaCache
 from fastnfs import creds as _creds_mod
 from fastnfs.fs import NFSError
 from fastnfs.rpc import AUTH_SYS, Cred
+from fastnfs.stats import _BUCKETS_NS
 
 cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
@@ -56,6 +58,10 @@ cdef extern from "<sys/sysmacros.h>" nogil:
 
 cdef extern from "<sys/uio.h>" nogil:
     int RWF_NOWAIT
+    struct iovec:
+        void* iov_base
+        size_t iov_len
+    ssize_t preadv2(int fd, const iovec* iov, int iovcnt, off_t offset, int flags)
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t readlinkat(int dirfd, const char* path, char* buf, size_t size)
@@ -80,6 +86,8 @@ cdef enum:
     MAX_AUTH = 400
     MAXNAMLEN = 255
     MAXLINK = 4096
+    NPROCS = 7             # counters for procedures 0..6
+    NBUCKETS = 16          # stats.BUCKETS
     S_IFMT = 0o170000
     S_IFDIR = 0o040000
     S_IFREG = 0o100000
@@ -134,6 +142,14 @@ cdef class _Export:
 
 cdef class _Caller:
     """An admitted caller on one export: squashed ids and whether it may write."""
+
+
+cdef class _ProcRow:
+    """One procedure's counts since the last flush."""
+
+
+cdef class _ClientRow:
+    """One client host's counts since the last flush."""
 
 
 cdef class _Probe:
@@ -282,16 +298,25 @@ cdef class FastPath:
         self.stats = stats
         self.by_id_seen = None
         self.exports = {}
-        self.callers = {}
+        self.admitted = {}
         self.current_creds = _creds_mod.current if state.switch_creds else None
         self.answered = 0
         self.declined = 0
+        self.out = Packer()
+        self.procs = [_ProcRow() for _ in range(NPROCS)]
+        self.clients = {}
+        self.bytes_read = 0
+        if len(_BUCKETS_NS) != NBUCKETS:
+            raise ValueError("stats buckets changed: %d, not %d" % (len(_BUCKETS_NS), NBUCKETS))
+        for i in range(NBUCKETS):
+            self.bounds[i] = _BUCKETS_NS[i]
+        stats.flushers.append(self.flush)
 
     cdef _Export _export(self, uint32_t eid):
         by_id = self.state._by_id
         if by_id is not self.by_id_seen:      # exports reloaded: start afresh
             self.exports = {}
-            self.callers = {}
+            self.admitted = {}
             self.by_id_seen = by_id
         cdef PyObject* hit = PyDict_GetItemWithError(self.exports, eid)
         if hit != NULL:
@@ -322,7 +347,7 @@ cdef class FastPath:
         cdef bint priv = peer[1] < 1024
         cred_bytes = PyBytes_FromStringAndSize(<const char*>body, n)
         key = (x.export_id, peer[0], priv, cred_bytes)
-        cdef PyObject* hit = PyDict_GetItemWithError(self.callers, key)
+        cdef PyObject* hit = PyDict_GetItemWithError(self.admitted, key)
         if hit != NULL:
             return <_Caller>hit
         # authsys_parms after the stamp (RFC 5531 appendix A): machine, uid, gid, gids
@@ -355,9 +380,9 @@ cdef class FastPath:
         c.gids = u.gids
         c.want = (u.uid, u.gid, u.gids)
         c.read_only = opts is None or not opts.rw
-        if len(self.callers) >= 65536:
-            self.callers.clear()
-        self.callers[key] = c
+        if len(self.admitted) >= 65536:
+            self.admitted.clear()
+        self.admitted[key] = c
         return c
 
     def answer(self, record, peer, Py_ssize_t offset=0, bint mark=False):
@@ -370,19 +395,22 @@ cdef class FastPath:
             return None
         if offset < 0 or offset >= view.shape[0]:
             return None
-        p = self._answer(&view[offset], view.shape[0] - offset, peer,
+        r = self._answer(&view[offset], view.shape[0] - offset, peer,
                          self.tcp_maxdata if mark else self.udp_maxdata)
-        if p is None:
+        if r is None:
             self.declined += 1
             return None
         self.answered += 1
-        cdef Packer r = <Packer>p
+        # r holds 4 bytes for the record mark, then the reply; nobody else has it yet
+        cdef char* w = PyBytes_AS_STRING(r)
+        cdef Py_ssize_t size = len(r)
         if mark:
-            _w32(r._data, 0x80000000 | <uint32_t>(r._len - 4))
-            return PyBytes_FromStringAndSize(<const char*>r._data, r._len)
-        return PyBytes_FromStringAndSize(<const char*>r._data + 4, r._len - 4)
+            _w32(<unsigned char*>w, 0x80000000 | <uint32_t>(size - 4))
+            return r
+        return PyBytes_FromStringAndSize(w + 4, size - 4)
 
     cdef object _answer(self, const unsigned char* d, Py_ssize_t n, peer, Py_ssize_t maxdata):
+        """The reply (4 bytes left for the record mark first) as a new bytes, or None."""
         cdef timespec t0, t1
         clock_gettime(CLOCK_MONOTONIC, &t0)
         # call header: xid, CALL, rpcvers 2, prog, vers, proc, cred, verf (RFC 5531 section 9)
@@ -475,7 +503,9 @@ cdef class FastPath:
             real_mode = sx.stx_mode
             if _overlay(x, bpath, &sx) < 0:
                 return None
-        cdef Packer p = Packer.__new__(Packer)
+        cdef Packer p = self.out       # reused: the reply leaves as a copy, below
+        p._len = 0
+        out = None
         cdef unsigned char* w = p.extend(28)
         _w32(w, 0)
         memcpy(w + 4, d, 4)                           # xid
@@ -505,7 +535,8 @@ cdef class FastPath:
             if x.meta is not None and c.uid != sx.stx_uid \
                     and not _allowed(c, &sx, X_OK) and not _allowed(c, &sx, R_OK):
                 return None   # (nfs3.state.check_io) the general path refuses it
-            if self._read(p, x, bpath, &sx, roff, count) < 0:
+            out = self._read(p, x, bpath, &sx, roff, count)
+            if out is None:
                 return None
         else:
             # LOOKUP: the directory, opened without following a symlink and
@@ -552,11 +583,62 @@ cdef class FastPath:
                 _fattr3(p, &sx, x.fsid)
                 p.write_u32(1)
                 _fattr3(p, &dsx, x.fsid)
+        if out is None:
+            out = PyBytes_FromStringAndSize(<const char*>p._data, p._len)
         clock_gettime(CLOCK_MONOTONIC, &t1)
-        self.stats.call(NFS_PROGRAM, proc, status == NFS3_OK,
-                        (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec),
-                        peer[0], n, p._len - 4)
-        return p
+        self._count(proc, status == NFS3_OK,
+                    (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec),
+                    peer[0], n, len(out) - 4)
+        return out
+
+    cdef int _count(self, uint32_t proc, bint ok, int64_t ns, host, Py_ssize_t nin,
+                    Py_ssize_t nout) except -1:
+        """Statistics of one answered call, kept in C until flush() (stats.Stats.call)."""
+        cdef _ProcRow r = self.procs[proc]
+        cdef int b = 0
+        r.calls += 1
+        if not ok:
+            r.errors += 1
+        r.sum_ns += ns
+        while b < NBUCKETS and ns > self.bounds[b]:
+            b += 1
+        r.buckets[b] += 1
+        cdef PyObject* hit = PyDict_GetItemWithError(self.clients, host)
+        cdef _ClientRow c
+        if hit == NULL:
+            c = _ClientRow.__new__(_ClientRow)
+            self.clients[host] = c
+        else:
+            c = <_ClientRow>hit
+        c.calls += 1
+        c.nin += nin
+        c.nout += nout
+        return 0
+
+    def flush(self, stats):
+        """Add the counts kept since the last flush to a stats.Stats and start afresh."""
+        cdef _ProcRow r
+        cdef int b
+        for proc in range(1, NPROCS):
+            r = self.procs[proc]
+            if not r.calls:
+                continue
+            row = stats.proc_row(NFS_PROGRAM, proc)
+            row[0] += r.calls
+            row[1] += r.errors
+            row[2] += r.sum_ns
+            buckets = row[3]
+            for b in range(NBUCKETS + 1):
+                buckets[b] += r.buckets[b]
+            self.procs[proc] = _ProcRow()
+        for host, c in self.clients.items():
+            row = stats.client_row(host)
+            row[0] += (<_ClientRow>c).calls
+            row[1] += (<_ClientRow>c).nin
+            row[2] += (<_ClientRow>c).nout
+        self.clients = {}
+        stats.bytes_read += self.bytes_read
+        self.bytes_read = 0
 
     cdef int _readlink(self, Packer p, _Export x, bytes path, statx* sx) except -2:
         """READLINK3resok (RFC 1813 section 3.3.5), or -1 to decline."""
@@ -570,40 +652,52 @@ cdef class FastPath:
         p.write_opaque(<const unsigned char*>buf, k)
         return 0
 
-    cdef int _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
-                   Py_ssize_t count) except -2:
-        """READ3resok from the page cache only (RFC 1813 section 3.3.6), or -1
-        to decline: a read that would wait for the disk goes to the pool."""
+    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
+                      Py_ssize_t count):
+        """The whole READ reply from the page cache only (RFC 1813 section 3.3.6):
+        the header from p, the data read by the kernel straight into the bytes
+        that leave.  None to decline: a read that would wait for the disk goes
+        to the general path and its pool."""
         cdef statx fsx
         cdef int fd = openat(x.root_fd, PyBytes_AS_STRING(path), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         if fd < 0:
-            return -1
+            return None
         # the object the handle named (fs.Export.open_obj), seen as clients see it
         if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &fsx) != 0 \
                 or fsx.stx_ino != sx.stx_ino or _btime(&fsx) != _btime(sx) \
                 or _overlay(x, path, &fsx) < 0:
             close(fd)
-            return -1
-        cdef Py_ssize_t start = p._len
-        cdef Py_ssize_t got = 0
+            return None
         p.write_u32(NFS3_OK)
         p.write_u32(1)
         _fattr3(p, &fsx, x.fsid)
-        cdef Py_ssize_t at = p._len
         p.write_u64(0)                       # count and eof, known after the read
+        p.write_u32(0)                       # the data's length
+        cdef Py_ssize_t head = p._len
+        cdef Py_ssize_t got = 0
+        cdef iovec iov
         if count == 0 or offset > 0x7FFFFFFFFFFFFFFF:
-            p.write_u32(0)                   # nothing to read, or past any off_t: eof
-        else:
-            got = p.write_pread(fd, count, <long long>offset, RWF_NOWAIT)
+            count = 0                        # nothing to read, or past any off_t: eof
+        out = PyBytes_FromStringAndSize(NULL, head + ((count + 3) & ~3))
+        cdef unsigned char* w = <unsigned char*>PyBytes_AS_STRING(out)
+        if count:
+            iov.iov_base = w + head
+            iov.iov_len = <size_t>count
+            got = preadv2(fd, &iov, 1, <off_t>offset, RWF_NOWAIT)
             if got < 0 or (got < count and offset + got < fsx.stx_size):
                 close(fd)                    # not (all) in the page cache
-                p._len = start
-                return -1
+                return None
         close(fd)
-        _w32(p._data + at, <uint32_t>got)
-        _w32(p._data + at + 4, 1 if offset + got >= fsx.stx_size else 0)
-        self.stats.bytes_read += got
-        return 0
+        if got < count:                      # the end of the file: a shorter reply
+            out = PyBytes_FromStringAndSize(<const char*>w, head + ((got + 3) & ~3))
+            w = <unsigned char*>PyBytes_AS_STRING(out)
+        memcpy(w, p._data, head)
+        _w32(w + head - 12, <uint32_t>got)
+        _w32(w + head - 8, 1 if offset + got >= fsx.stx_size else 0)
+        _w32(w + head - 4, <uint32_t>got)
+        memset(w + head + got, 0, <size_t>((-got) & 3))
+        self.bytes_read += got
+        return out
 
     cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
                            const unsigned char* dir_fh, uint32_t dir_nanc) except -1:

@@ -57,18 +57,31 @@ class Stats:
         self.connections_refused = 0
         self.rpc_rejects = 0
         self.caches: dict = {}   # name -> callable returning (hits, misses, size)
+        self.flushers: list = []  # callables adding counts kept elsewhere (the fast lane)
         self.started = time.time()
 
     def call(self, prog: int, proc: int, ok: bool, ns: int, host, nin: int, nout: int) -> None:
-        key = (prog, proc)
-        row = self.procs.get(key)
-        if row is None:
-            row = self.procs[key] = [0, 0, 0, [0] * (len(BUCKETS) + 1)]
+        row = self.proc_row(prog, proc)
         row[0] += 1
         if not ok:
             row[1] += 1
         row[2] += ns
         row[3][bisect_left(_BUCKETS_NS, ns)] += 1
+        c = self.client_row(host)
+        c[0] += 1
+        c[1] += nin
+        c[2] += nout
+
+    def proc_row(self, prog: int, proc: int) -> list:
+        """[calls, errors, sum_ns, [bucket counts...]] of one procedure."""
+        key = (prog, proc)
+        row = self.procs.get(key)
+        if row is None:
+            row = self.procs[key] = [0, 0, 0, [0] * (len(BUCKETS) + 1)]
+        return row
+
+    def client_row(self, host) -> list:
+        """[calls, bytes_in, bytes_out] of one client host (past MAX_CLIENTS: "other")."""
         c = self.clients.get(host)
         if c is None:
             if len(self.clients) >= MAX_CLIENTS:
@@ -76,11 +89,15 @@ class Stats:
                 c = self.clients.get(host)
             if c is None:
                 c = self.clients[host] = [0, 0, 0]
-        c[0] += 1
-        c[1] += nin
-        c[2] += nout
+        return c
+
+    def flush(self) -> None:
+        """Bring in the counts kept elsewhere (the fast lane counts in C)."""
+        for f in self.flushers:
+            f(self)
 
     def snapshot(self) -> dict:
+        self.flush()
         caches = {}
         for name, fn in self.caches.items():
             try:
