@@ -20,6 +20,7 @@ cdef class _Export:
     cdef bint plain             # no single-user view (that one needs the caller per call)
     cdef MetaCache meta         # virtfs: the metadata cache; None on a plain export
     cdef object no_meta         # virtfs: the cached "this file says nothing" marker
+    cdef object meta_type       # virtfs: virtfs.store.Meta
 
 
 @cython.final

@@ -35,7 +35,7 @@ from fastnfs._fhcache cimport FHCache
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                               STATX_BTIME, c_statx, generation, makedev, statx)
 from fastnfs._xdr cimport Packer
-from fastnfs.virtfs._meta cimport MetaCache
+from fastnfs.virtfs._meta cimport MetaCache, parse_meta
 
 from fastnfs import creds as _creds_mod
 from fastnfs.fs import NFSError
@@ -48,6 +48,8 @@ cdef extern from "Python.h":
 cdef extern from "<fcntl.h>" nogil:
     int O_PATH
     int O_RDONLY
+    int O_NONBLOCK
+    int O_NOCTTY
     int O_NOFOLLOW
     int O_DIRECTORY
     int O_CLOEXEC
@@ -65,6 +67,18 @@ cdef extern from "<sys/uio.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t readlinkat(int dirfd, const char* path, char* buf, size_t size)
+
+cdef extern from "<sys/syscall.h>" nogil:
+    long SYS_openat2
+    long syscall(long number, ...)
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t c_read "read"(int fd, void* buf, size_t count)
+
+cdef struct open_how:              # <linux/openat2.h>
+    uint64_t flags
+    uint64_t mode
+    uint64_t resolve
 
 cdef extern from "<errno.h>" nogil:
     int errno
@@ -87,6 +101,10 @@ cdef enum:
     MAXNAMLEN = 255
     MAXLINK = 4096
     NPROCS = 7             # counters for procedures 0..6
+    MAX_META_SIZE = 4096   # virtfs.store.MAX_META_SIZE
+    RESOLVE_NO_MAGICLINKS = 0x02
+    RESOLVE_NO_SYMLINKS = 0x04
+    RESOLVE_BENEATH = 0x08
     NBUCKETS = 16          # stats.BUCKETS
     S_IFMT = 0o170000
     S_IFDIR = 0o040000
@@ -197,6 +215,38 @@ cdef bytes _meta_path(bytes path):
     return path[:i] + b"/.virtfs_metadata" + path[i:]
 
 
+cdef object _read_meta(_Export x, bytes mp, statx* ms, key, stamp):
+    """Read, parse and cache the metadata file at mp (what Virtfs.meta does on a
+    miss), or None to leave it to the general path: a file with any flaw
+    (it warns once), a symlink anywhere on the way, no openat2(2) here."""
+    if (ms.stx_mode & S_IFMT) != S_IFREG or ms.stx_size > MAX_META_SIZE:
+        return None
+    cdef open_how how
+    memset(&how, 0, sizeof(how))
+    how.flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+    cdef int fd = <int>syscall(SYS_openat2, x.root_fd, PyBytes_AS_STRING(mp), &how, sizeof(how))
+    if fd < 0:
+        return None
+    cdef statx fs
+    cdef char buf[MAX_META_SIZE + 1]
+    cdef ssize_t k = -1
+    if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &fs) == 0 and fs.stx_ino == ms.stx_ino:
+        k = c_read(fd, buf, MAX_META_SIZE + 1)
+    close(fd)
+    if k < 0 or k > MAX_META_SIZE:
+        return None
+    uid, gid, mode, rdev, problems = parse_meta(PyBytes_FromStringAndSize(buf, k))
+    if problems:
+        return None
+    if uid < 0 and gid < 0 and mode < 0 and rdev < 0:
+        m = x.no_meta
+    else:
+        m = x.meta_type(uid, gid, mode, rdev)
+    x.meta.store(key, (stamp, m))
+    return m
+
+
 cdef int _overlay(_Export x, bytes path, statx* sx) except -2:
     """virtfs.overlay.Virtfs.view on a statx result, from the metadata cache
     only: 0 when sx is now what clients see, -1 when the general path must
@@ -212,7 +262,9 @@ cdef int _overlay(_Export x, bytes path, statx* sx) except -2:
              ms.stx_ctime.tv_sec * 1000000000 + ms.stx_ctime.tv_nsec)
     m = x.meta.lookup_stamped(key, stamp)
     if m is None:
-        return -1
+        m = _read_meta(x, mp, &ms, key, stamp)
+        if m is None:
+            return -1
     if m is x.no_meta:
         return 0
     cdef long long uid = m[0], gid = m[1], mode = m[2], rdev = m[3]
@@ -337,8 +389,12 @@ cdef class FastPath:
             if not isinstance(e.virtfs.cache, MetaCache):
                 return None
             from fastnfs.virtfs.overlay import _NONE
+            from fastnfs.virtfs.store import MAX_META_SIZE as max_meta, Meta
+            if max_meta != MAX_META_SIZE:
+                return None
             x.meta = e.virtfs.cache
             x.no_meta = _NONE
+            x.meta_type = Meta
         self.exports[eid] = x
         return x
 
