@@ -11,6 +11,7 @@ Workloads (each prints one JSON object on stdout; bench/run.py drives them):
   getattr    one connection, one outstanding GETATTR at a time (blocking socket)
   getattr-all  the same, but over every filehandle of the tree in a shuffled order
   bootstorm  C clients, one TCP connection each, walking the tree like a booting board
+             (--engine c: the same walk done by bench/bootgen.c, compiled)
   stream     one connection, D outstanding READs or WRITEs of the largest size offered
 
 Every result carries the generator's own CPU time (getrusage), so the
@@ -586,13 +587,18 @@ def client_paths(paths: list, client: int, clients: int, per_client: int) -> lis
     return [paths[(start + k) % n] for k in range(min(per_client, n))]
 
 
-async def _bootstorm(a) -> dict:
+def _boot_setup(a) -> tuple:
+    """What every bootstorm engine starts from: the root handle (MNT), the READ
+    size (capped by FSINFO's rtmax) and the tree's paths."""
     setup = SyncConn(a.host, a.port)
     root = setup.mount(a.export.encode())
     info = setup.fsinfo(root)
     setup.close()
-    rsize = min(a.rsize, info["rtmax"])
-    paths = tree_paths(a.tree)
+    return root, min(a.rsize, info["rtmax"]), tree_paths(a.tree)
+
+
+async def _bootstorm(a) -> dict:
+    root, rsize, paths = _boot_setup(a)
     ids = range(a.first, a.first + a.count)
     conns = [await AsyncConn.open(a.host, a.port) for _ in ids]
     lat = array("q")
@@ -625,6 +631,37 @@ async def _bootstorm(a) -> dict:
              slowest_client_s=max(ends) if ends else 0.0)
     r.update(_pcts(lat))
     return r
+
+
+def bootstorm_c(a) -> str:
+    """The bootstorm walked by bench/bootgen.c (--engine c): the same setup (MNT,
+    FSINFO, the same paths per client) here, the storm in C; returns its JSON line."""
+    import subprocess
+    import tempfile
+    bootgen = a.bootgen or os.path.join(tempfile.gettempdir(), "fastnfs-bench", "bootgen")
+    if not os.access(bootgen, os.X_OK):
+        raise SystemExit("loadgen: no bootgen binary at %s (build it with "
+                         "cc -O2 -pthread -o %s bench/bootgen.c, or pass --bootgen)"
+                         % (bootgen, bootgen))
+    root, rsize, paths = _boot_setup(a)
+    fd, work = tempfile.mkstemp(prefix="bootgen-", suffix=".work")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(root.hex().encode() + b"\n")
+            for i in range(a.first, a.first + a.count):
+                w = client_paths(paths, i, a.clients, a.per_client)
+                if any(b"\n" in p for p in w):   # one path a line in the work file
+                    raise SystemExit("loadgen: --engine c cannot walk a name with a newline")
+                f.write(b"C %d\n" % len(w))
+                f.writelines(p + b"\n" for p in w)
+        out = subprocess.run([bootgen, a.host, str(a.port), work, str(rsize),
+                              repr(a.start_at), a.lat_out or "-"],
+                             stdout=subprocess.PIPE, stderr=sys.stderr)
+    finally:
+        os.unlink(work)
+    if out.returncode != 0:
+        raise SystemExit("loadgen: %s exited with %d" % (bootgen, out.returncode))
+    return out.stdout.decode()
 
 
 async def _stream(a) -> dict:
@@ -725,6 +762,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rsize", type=int, default=65536, help="bootstorm: READ size")
     ap.add_argument("--start-at", type=float, default=0.0, help="bootstorm: epoch time to start")
     ap.add_argument("--lat-out", help="bootstorm: write the latencies (ns, int64) here")
+    ap.add_argument("--engine", choices=["python", "c"], default="python",
+                    help="bootstorm: walk with this client (c: the bootgen binary)")
+    ap.add_argument("--bootgen", metavar="PATH",
+                    help="bootstorm --engine c: the compiled bench/bootgen.c "
+                         "(default /tmp/fastnfs-bench/bootgen)")
     ap.add_argument("--mode", choices=["read", "write"], default="read", help="stream")
     ap.add_argument("--size", type=int, default=256 << 20, help="stream: bytes")
     ap.add_argument("--depth", type=int, default=4, help="stream: outstanding requests")
@@ -736,6 +778,9 @@ def main(argv=None) -> int:
         r = run_getattr(a)
     elif a.workload == "getattr-all":
         r = run_getattr_all(a)
+    elif a.workload == "bootstorm" and a.engine == "c":
+        sys.stdout.write(bootstorm_c(a))   # bootgen's JSON line, as it is
+        return 0
     elif a.workload == "bootstorm":
         r = _loop_run(_bootstorm(a))
     else:

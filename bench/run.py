@@ -12,7 +12,9 @@
 Each workload starts the servers itself on free loopback ports, alternating
 them (fastnfs, unfsd, fastnfs, unfsd, ...) for --rounds rounds, and prints a
 markdown table of the medians with the ratio fastnfs/unfsd.  Without --unfsd
-it measures fastnfs alone.  See bench/README.md.
+it measures fastnfs alone.  The bootstorm, memory and virtfs workloads walk
+with bench/bootgen.c (compiled here into WORKDIR; --generator python for the
+Python client of loadgen.py).  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from array import array
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADGEN = os.path.join(HERE, "loadgen.py")
+BOOTGEN_SRC = os.path.join(HERE, "bootgen.c")
+BOOTSTORM_WORKLOADS = ("bootstorm", "memory", "virtfs")   # those that use the bootstorm client
 sys.path.insert(0, HERE)
 import mktree  # noqa: E402
 import loadgen as lg  # noqa: E402
@@ -231,6 +235,32 @@ def loadgen_parallel(arglists: list, cpu: int | None = None, timeout: float = 60
     return res
 
 
+def build_bootgen(workdir: str) -> str | None:
+    """WORKDIR/bootgen compiled from bench/bootgen.c (again if the source is newer);
+    None, after saying why on stderr, if it does not compile."""
+    exe = os.path.join(workdir, "bootgen")
+    if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(BOOTGEN_SRC):
+        return exe
+    # built under another name, then renamed: a concurrent run never runs half a binary
+    tmp = "%s.tmp-%d" % (exe, os.getpid())
+    cmd = ["cc", "-O2", "-pthread", "-o", tmp, BOOTGEN_SRC]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        ok = out.returncode == 0
+        why = out.stderr.strip()[-2000:] or "exit status %d" % out.returncode
+    except OSError as e:
+        ok, why = False, str(e)
+    if not ok:
+        print("# %s failed, using the python generator: %s" % (" ".join(cmd), why),
+              file=sys.stderr, flush=True)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        return None
+    os.replace(tmp, exe)
+    print("# compiled %s" % exe, file=sys.stderr, flush=True)
+    return exe
+
+
 def servers_for(a) -> list:
     return ["fastnfs", "unfsd"] if a.unfsd else ["fastnfs"]
 
@@ -392,7 +422,9 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
             arglists.append(["bootstorm", "--port", s.port, "--export", s.tree, "--tree", s.tree,
                              "--clients", nclients, "--first", first, "--count", count,
                              "--per-client", per_client, "--rsize", a.rsize,
-                             "--start-at", start_at, "--lat-out", lf])
+                             "--start-at", start_at, "--lat-out", lf]
+                            + (["--engine", "c", "--bootgen", a.bootgen]
+                               if a.generator == "c" else []))
         if a.py_spy and kind.startswith("fastnfs"):
             out = os.path.join(a.workdir, "py-spy-%s-%d.%s" % (
                 kind, nclients, "txt" if a.py_spy_format == "raw" else "svg"))
@@ -626,6 +658,9 @@ def main(argv=None) -> int:
                     help="bootstorm: record fastnfs with py-spy into WORKDIR")
     ap.add_argument("--py-spy-format", default="flamegraph", choices=["flamegraph", "raw",
                                                                       "speedscope"])
+    ap.add_argument("--generator", choices=["c", "python"], default="c",
+                    help="bootstorm/memory/virtfs clients: bench/bootgen.c, compiled into "
+                         "WORKDIR (default), or the Python client of loadgen.py")
     ap.add_argument("--json", metavar="FILE", help="also write every round's figures here")
     a = ap.parse_args(argv)
     a.clients = [int(c) for c in a.clients.split(",")]
@@ -636,8 +671,19 @@ def main(argv=None) -> int:
     if a.unfsd:
         a.unfsd = os.path.abspath(a.unfsd)
     todo = ["getattr", "bootstorm", "stream"] if a.workload == "all" else [a.workload]
-    print("<!-- %s; unfsd %s; %d CPUs; fastnfs extra args %s -->" % (
-        describe_fastnfs(), a.unfsd or "not measured", os.cpu_count(), a.fastnfs_arg or "none"))
+    a.bootgen = None
+    if a.generator == "c" and any(w in BOOTSTORM_WORKLOADS for w in todo):
+        a.bootgen = build_bootgen(a.workdir)
+    if a.bootgen is None:
+        a.generator = "python"
+        gen = "loadgen.py (python)"
+    elif todo == [a.workload] and a.workload in BOOTSTORM_WORKLOADS:
+        gen = "bootgen (C, %s)" % a.bootgen
+    else:
+        gen = "bootgen (C, %s) for the bootstorm, loadgen.py for the rest" % a.bootgen
+    print("<!-- %s; unfsd %s; %d CPUs; fastnfs extra args %s; generator %s -->" % (
+        describe_fastnfs(), a.unfsd or "not measured", os.cpu_count(), a.fastnfs_arg or "none",
+        gen))
     allres = {}
     for w in todo:
         t0 = time.monotonic()
