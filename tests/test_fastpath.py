@@ -535,3 +535,43 @@ def test_ftypes_match(tree):
         mode = os.lstat(tree / path.decode()).st_mode
         assert ftype == {stat.S_IFDIR: 2, stat.S_IFREG: 1, stat.S_IFLNK: 5,
                          stat.S_IFIFO: 7}[stat.S_IFMT(mode)]
+
+
+@pytest.mark.parametrize("virtfs", [False, True], ids=["plain", "virtfs"])
+@pytest.mark.parametrize("budget,dirbudget", [(100000, 100000), (1000, 100000), (100000, 90),
+                                              (300, 40), (0, 0)])
+def test_readdirplus_entries_twins(tmp_path, virtfs, budget, dirbudget):
+    """READDIRPLUS entries: the Cython loop gives the Python loop's bytes."""
+    from fastnfs.nfs3 import readdir
+    from fastnfs.xdr import Packer as XPacker
+    root = tmp_path / "root"
+    _virtfs_tree(root)
+    for i in range(30):
+        (root / "dev" / ("n%02d" % i)).write_bytes(b"x" * i)
+    os.symlink("gone", root / "dev/dangling")
+    srv = _server(root, virtfs=virtfs)
+    e = srv.exports[0]
+    for path in (b"", b"dev", b"etc/init.d"):
+        d = e.resolve(_walk(srv, path) if path else e.root_fh)
+        cookies, names, inos = e.listing(d)
+        names = list(names) + [b"vanished"]          # listed, then removed: no attributes
+        cookies = list(cookies) + [cookies[-1] + 1 if cookies else 3]
+        inos = list(inos) + [12345]
+        dfd = e.open_dir(d)
+        try:
+            out = []
+            for fn in (readdir.py_put_entries_plus, _cx.put_entries_plus):
+                if virtfs:
+                    e.virtfs.cache.clear()
+                p = XPacker() if fn is readdir.py_put_entries_plus else _cxdr_packer()
+                r = fn(p, e, dfd, d.path, d.child_anc(), cookies, names, inos, 0, budget,
+                       dirbudget, 0)
+                out.append((r, bytes(p.getbuffer())))
+        finally:
+            e.close_fd(dfd)
+        assert out[0] == out[1], path
+
+
+def _cxdr_packer():
+    from fastnfs._xdr import Packer as CPacker
+    return CPacker()

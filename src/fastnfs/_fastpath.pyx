@@ -337,6 +337,110 @@ cdef uint32_t _access3(_Caller c, statx* sx, uint32_t requested) noexcept:
     return granted
 
 
+cdef _Export _make_export(e):
+    """The fast lane's view of an fs.Export, or None when its caches are not the
+    Cython ones (FASTNFS_PURE) or its metadata limit is not this module's."""
+    if not isinstance(e.cache, FHCache):
+        return None
+    cdef _Export x = _Export.__new__(_Export)
+    x.export = e
+    x.cache = e.cache
+    x.root_fd = e.root_fd
+    x.root_ino = e.root_ino
+    x.fsid = e.fsid
+    x.export_id = e.export_id
+    x.plain = e.single_user is None
+    x.meta = None
+    if e.virtfs is not None:
+        if not isinstance(e.virtfs.cache, MetaCache):
+            return None
+        from fastnfs.virtfs.overlay import _NONE
+        from fastnfs.virtfs.store import MAX_META_SIZE as max_meta, Meta
+        if max_meta != MAX_META_SIZE:
+            return None
+        x.meta = e.virtfs.cache
+        x.no_meta = _NONE
+        x.meta_type = Meta
+    return x
+
+
+def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies, list names,
+                     list inos, Py_ssize_t start, Py_ssize_t budget, Py_ssize_t dirbudget,
+                     Py_ssize_t sent):
+    """Cython twin of nfs3.readdir.put_entries_plus (READDIRPLUS3resok entries,
+    RFC 1813 section 3.3.17): returns (entries sent in all, eof)."""
+    cdef _Export x = _make_export(e)
+    if x is None:
+        from fastnfs.nfs3.readdir import py_put_entries_plus
+        return py_put_entries_plus(p, e, dfd, dpath, anc, cookies, names, inos, start,
+                                   budget, dirbudget, sent)
+    cdef uint32_t nanc = len(anc)
+    if nanc > MAX_ANC or len(names) != len(cookies) or len(inos) != len(cookies):
+        raise ValueError("bad listing or ancestors")
+    cdef unsigned char anc_be[8 * MAX_ANC]
+    cdef uint32_t k
+    for k in range(nanc):
+        _w64(anc_be + 8 * k, anc[k])
+    cdef bint root = dpath == b"."
+    cdef Py_ssize_t i, size, dsize, pad
+    cdef Py_ssize_t n = len(cookies)
+    cdef statx sx
+    cdef bytes name
+    for i in range(start, n):
+        name = <bytes?>names[i]
+        pad = (len(name) + 3) & ~3
+        size = 24 + pad + 88 + 8 + 24 + 8 * nanc
+        dsize = 20 + pad
+        if size > budget or (dsize > dirbudget and sent):
+            return sent, False
+        budget -= size
+        dirbudget -= dsize
+        p.write_u32(1)
+        if _stat(dfd, PyBytes_AS_STRING(name), AT_SYMLINK_NOFOLLOW, &sx) != 0:
+            p.write_u64(inos[i])
+            p.write_opaque(<const unsigned char*>PyBytes_AS_STRING(name), len(name))
+            p.write_u64(cookies[i])
+            p.write_u32(0)
+            p.write_u32(0)
+        else:
+            epath = name if root else dpath + b"/" + name
+            x.cache.store(sx.stx_ino, epath)
+            if x.meta is not None and _overlay(x, epath, &sx) < 0:
+                # a metadata file the lane leaves alone: Virtfs.meta reads it
+                # (and warns once), then the cache has whatever it decided
+                e.virtfs.meta(epath)
+                _overlay(x, epath, &sx)
+            p.write_u64(sx.stx_ino)
+            p.write_opaque(<const unsigned char*>PyBytes_AS_STRING(name), len(name))
+            p.write_u64(cookies[i])
+            p.write_u32(1)
+            _fattr3(p, &sx, x.fsid)
+            p.write_u32(1)
+            _put_fh(p, x, &sx, anc_be, nanc)
+        sent += 1
+    return sent, True
+
+
+cdef int _put_fh(Packer p, _Export x, statx* sx, const unsigned char* anc_be,
+                 uint32_t nanc) except -1:
+    """nfs_fh3 of an object (the layout in fs.py): its inode, device and
+    generation from sx, then nanc ancestor inodes, big-endian."""
+    cdef uint32_t size = FH_HEAD + 8 * nanc
+    cdef unsigned char* w = p.extend(4 + size)
+    _w32(w, size)
+    w[4] = 1
+    w[5] = nanc
+    w[6] = 0
+    w[7] = 0
+    _w32(w + 8, x.export_id)
+    _w64(w + 12, sx.stx_ino)
+    _w32(w + 20, <uint32_t>(makedev(sx.stx_dev_major, sx.stx_dev_minor) & 0xFFFFFFFF))
+    _w32(w + 24, generation(_btime(sx)))
+    if nanc:
+        memcpy(w + 28, anc_be, 8 * nanc)
+    return 0
+
+
 cdef class FastPath:
     """Answers ordinary GETATTR/ACCESS/LOOKUP calls for an NFS3State, or declines."""
 
@@ -374,27 +478,11 @@ cdef class FastPath:
         if hit != NULL:
             return <_Export>hit
         e = by_id.get(eid)
-        if e is None or not isinstance(e.cache, FHCache):
+        if e is None:
             return None
-        cdef _Export x = _Export.__new__(_Export)
-        x.export = e
-        x.cache = e.cache
-        x.root_fd = e.root_fd
-        x.root_ino = e.root_ino
-        x.fsid = e.fsid
-        x.export_id = eid
-        x.plain = e.single_user is None
-        x.meta = None
-        if e.virtfs is not None:
-            if not isinstance(e.virtfs.cache, MetaCache):
-                return None
-            from fastnfs.virtfs.overlay import _NONE
-            from fastnfs.virtfs.store import MAX_META_SIZE as max_meta, Meta
-            if max_meta != MAX_META_SIZE:
-                return None
-            x.meta = e.virtfs.cache
-            x.no_meta = _NONE
-            x.meta_type = Meta
+        cdef _Export x = _make_export(e)
+        if x is None:
+            return None
         self.exports[eid] = x
         return x
 
@@ -760,18 +848,8 @@ cdef class FastPath:
         """nfs_fh3 of a directory's child: its ancestors are the directory and
         the directory's own first ones (fs.Obj.child_anc)."""
         cdef uint32_t nanc = dir_nanc + 1 if dir_nanc < MAX_ANC else MAX_ANC
-        cdef uint32_t size = FH_HEAD + 8 * nanc
-        cdef unsigned char* w = p.extend(4 + size)
-        _w32(w, size)
-        w[4] = 1
-        w[5] = nanc
-        w[6] = 0
-        w[7] = 0
-        _w32(w + 8, x.export_id)
-        _w64(w + 12, sx.stx_ino)
-        _w32(w + 20, <uint32_t>(makedev(sx.stx_dev_major, sx.stx_dev_minor) & 0xFFFFFFFF))
-        _w32(w + 24, generation(_btime(sx)))
-        _w64(w + 28, dir_ino)
+        cdef unsigned char anc_be[8 * MAX_ANC]
+        _w64(anc_be, dir_ino)
         if nanc > 1:
-            memcpy(w + 36, dir_fh + FH_HEAD, 8 * (nanc - 1))
-        return 0
+            memcpy(anc_be + 8, dir_fh + FH_HEAD, 8 * (nanc - 1))
+        return _put_fh(p, x, sx, anc_be, nanc)
