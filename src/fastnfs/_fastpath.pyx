@@ -205,17 +205,27 @@ cdef inline int _stat(int dirfd, const char* path, int flags, statx* sx) noexcep
     return c_statx(dirfd, path, flags, STATX_BASIC_STATS | STATX_BTIME, sx)
 
 
-cdef bytes _meta_path(bytes path):
-    """virtfs.overlay.meta_path: DIR/.virtfs_metadata/NAME, or the root's file."""
-    if path == b".":
-        return b".virtfs_metadata_root"
-    cdef Py_ssize_t i = path.rfind(b"/")
-    if i < 0:
-        return b".virtfs_metadata/" + path
-    return path[:i] + b"/.virtfs_metadata" + path[i:]
+cdef Py_ssize_t _meta_path(bytes path, char* out, Py_ssize_t cap) noexcept:
+    """virtfs.overlay.meta_path into out (NUL-terminated): DIR/.virtfs_metadata/NAME,
+    or the root's file; its length, or -1 when it does not fit."""
+    cdef const char* s = PyBytes_AS_STRING(path)
+    cdef Py_ssize_t n = len(path), i = n - 1, k
+    if n == 1 and s[0] == b'.':
+        memcpy(out, b".virtfs_metadata_root", 22)
+        return 21
+    if n + 18 >= cap:
+        return -1
+    while i >= 0 and s[i] != b'/':
+        i -= 1
+    k = i + 1                          # the directory part with its slash
+    memcpy(out, s, k)
+    memcpy(out + k, b".virtfs_metadata/", 17)
+    memcpy(out + k + 17, s + k, n - k)
+    out[n + 17] = 0
+    return n + 17
 
 
-cdef object _read_meta(_Export x, bytes mp, statx* ms, key, stamp):
+cdef object _read_meta(_Export x, int dirfd, bytes mp, statx* ms, key, stamp):
     """Read, parse and cache the metadata file at mp (what Virtfs.meta does on a
     miss), or None to leave it to the general path: a file with any flaw
     (it warns once), a symlink anywhere on the way, no openat2(2) here."""
@@ -225,7 +235,7 @@ cdef object _read_meta(_Export x, bytes mp, statx* ms, key, stamp):
     memset(&how, 0, sizeof(how))
     how.flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC
     how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
-    cdef int fd = <int>syscall(SYS_openat2, x.root_fd, PyBytes_AS_STRING(mp), &how, sizeof(how))
+    cdef int fd = <int>syscall(SYS_openat2, dirfd, PyBytes_AS_STRING(mp), &how, sizeof(how))
     if fd < 0:
         return None
     cdef statx fs
@@ -248,26 +258,51 @@ cdef object _read_meta(_Export x, bytes mp, statx* ms, key, stamp):
 
 
 cdef int _overlay(_Export x, bytes path, statx* sx) except -2:
-    """virtfs.overlay.Virtfs.view on a statx result, from the metadata cache
-    only: 0 when sx is now what clients see, -1 when the general path must
-    read the metadata file (a cache miss or a changed file)."""
+    """virtfs.overlay.Virtfs.view on a statx result, with the metadata from the
+    cache or read here: 0 when sx is now what clients see, -1 when the general
+    path must read the metadata file (one with a flaw)."""
     if x.meta is None:
         return 0
+    cdef char mp[4200]
+    cdef Py_ssize_t mlen = _meta_path(path, mp, sizeof(mp))
+    if mlen < 0:
+        return -1
+    return _overlay_at(x, x.root_fd, mp, mlen, sx)
+
+
+cdef int _overlay_child(_Export x, int dirfd, const unsigned char* name, uint32_t n,
+                        statx* sx) except -2:
+    """_overlay for the entry name of the directory open at dirfd: its
+    metadata is .virtfs_metadata/NAME beneath that directory."""
+    if x.meta is None:
+        return 0
+    cdef char mp[17 + MAXNAMLEN + 1]
+    memcpy(mp, b".virtfs_metadata/", 17)
+    memcpy(mp + 17, name, n)
+    mp[17 + n] = 0
+    return _overlay_at(x, dirfd, mp, 17 + n, sx)
+
+
+cdef int _overlay_at(_Export x, int dirfd, const char* mp, Py_ssize_t mlen,
+                     statx* sx) except -2:
     cdef statx ms
-    mp = _meta_path(path)
-    if _stat(x.root_fd, PyBytes_AS_STRING(mp), AT_SYMLINK_NOFOLLOW, &ms) != 0:
+    if _stat(dirfd, mp, AT_SYMLINK_NOFOLLOW, &ms) != 0:
         return 0                    # no metadata file: the disk's attributes
     key = (makedev(ms.stx_dev_major, ms.stx_dev_minor), ms.stx_ino)
-    stamp = (ms.stx_size, ms.stx_mtime.tv_sec * 1000000000 + ms.stx_mtime.tv_nsec,
-             ms.stx_ctime.tv_sec * 1000000000 + ms.stx_ctime.tv_nsec)
-    m = x.meta.lookup_stamped(key, stamp)
+    cdef long long mtime = ms.stx_mtime.tv_sec * 1000000000 + ms.stx_mtime.tv_nsec
+    cdef long long ctime = ms.stx_ctime.tv_sec * 1000000000 + ms.stx_ctime.tv_nsec
+    m = x.meta.lookup_stamp3(key, ms.stx_size, mtime, ctime)
     if m is None:
-        m = _read_meta(x, mp, &ms, key, stamp)
+        m = _read_meta(x, dirfd, PyBytes_FromStringAndSize(mp, mlen), &ms, key,
+                       (ms.stx_size, mtime, ctime))
         if m is None:
             return -1
     if m is x.no_meta:
         return 0
-    cdef long long uid = m[0], gid = m[1], mode = m[2], rdev = m[3]
+    if not isinstance(m, tuple) or len(m) != 4:    # a virtfs.store.Meta
+        return -1
+    cdef tuple t = <tuple>m
+    cdef long long uid = t[0], gid = t[1], mode = t[2], rdev = t[3]
     cdef uint32_t real = sx.stx_mode, vfmt, rfmt
     if uid >= 0:
         sx.stx_uid = <uint32_t>uid
@@ -405,7 +440,8 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
         else:
             epath = name if root else dpath + b"/" + name
             x.cache.store(sx.stx_ino, epath)
-            if x.meta is not None and _overlay(x, epath, &sx) < 0:
+            if x.meta is not None and _overlay_child(x, dfd, <const unsigned char*>PyBytes_AS_STRING(name),
+                                                     len(name), &sx) < 0:
                 # a metadata file the lane leaves alone: Virtfs.meta reads it
                 # (and warns once), then the cache has whatever it decided
                 e.virtfs.meta(epath)
@@ -707,6 +743,8 @@ cdef class FastPath:
             rc = _stat(fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW, &sx)
             if rc != 0:
                 rc = errno
+            elif _overlay_child(x, fd, name, namelen, &sx) < 0:
+                rc = -1
             if fd != x.root_fd:
                 close(fd)
             if rc == ENOENT:
@@ -719,8 +757,6 @@ cdef class FastPath:
             else:
                 child = bname if ino == x.root_ino else bpath + b"/" + bname
                 x.cache.store(sx.stx_ino, child)
-                if _overlay(x, child, &sx) < 0:
-                    return None
                 p.write_u32(NFS3_OK)
                 self._put_child_fh(p, x, &sx, ino, fh, nanc)
                 p.write_u32(1)

@@ -188,6 +188,22 @@ cdef class MetaCache(FHCache):
             raise TypeError("MetaCache values must not be None")
         self.store(key, (stamp, value))
 
+    cdef object lookup_stamp3(self, object key, long long a, long long b, long long c):
+        """lookup_stamped with a stamp of three integers given in C (no tuple made)."""
+        cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
+        if p == NULL:
+            self.misses += 1
+            return None
+        entry = (<_Node>p).value
+        old = (<tuple>entry)[0]
+        if not (type(old) is tuple and len(<tuple>old) == 3
+                and <long long>(<tuple>old)[0] == a and <long long>(<tuple>old)[1] == b
+                and <long long>(<tuple>old)[2] == c):
+            self.discard(key)   # stale: the file changed
+            self.misses += 1
+            return None
+        return (<tuple>self.lookup(key))[1]   # refreshes the entry and counts the hit
+
     cdef object lookup_stamped(self, object key, object stamp):
         cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
         cdef tuple entry
