@@ -133,3 +133,56 @@ def test_fhcache_get_hit(benchmark, impl):
     get = c.get
     r = benchmark(get, 1234)
     assert r == b"usr/lib/1234" and c.hits >= 1
+
+
+# ------------------------- a whole GETATTR: the fast lane against the general path
+
+_cl, _why_l = cython_twin("fastnfs._fastpath")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A server object (no sockets) on a small tree and a GETATTR record for a file."""
+    from fastnfs.exports import single_export
+    from fastnfs.server import Config, Server
+    root = tmp_path_factory.mktemp("bench-tree")
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_bytes(b"root:x:0:0::/root:/bin/sh\n")
+    srv = Server(Config(exports=[single_export(str(root))]))
+    e = srv.exports[0]
+    obj = e.lookup(e.lookup(e.resolve(e.root_fh), b"etc"), b"passwd")
+    fh = e.fh(obj)
+    cred = PyPacker()
+    cred.u32(0)
+    cred.string(b"board")
+    for v in (os.getuid(), os.getgid(), 0):
+        cred.u32(v)
+    p = PyPacker()
+    for v in (7, 0, 2, 100003, 3, 1, 1):
+        p.u32(v)
+    p.opaque(cred.getvalue())
+    p.u32(0)
+    p.u32(0)
+    p.opaque(fh)
+    yield srv, p.getvalue()
+    from fastnfs import creds
+    if creds.ENABLED:
+        creds.become_server()
+
+
+@bench("whole GETATTR call")
+@pytest.mark.parametrize("lane", [
+    pytest.param("general", id="python"),
+    pytest.param("fast", id="cython", marks=pytest.mark.skipif(_cl is None, reason=_why_l or "")),
+])
+def test_answer_getattr(benchmark, served, lane):
+    """Record in, reply out: dispatch.Dispatcher (the reference) or _fastpath."""
+    srv, rec = served
+    peer = ("127.0.0.1", 800)
+    if lane == "fast":
+        fast = srv.dispatcher.fast
+        srv.dispatcher.dispatch(rec, peer, "tcp")   # the caller is admitted, creds in place
+        assert fast.answer(rec, peer) is not None
+        benchmark(fast.answer, rec, peer)
+    else:
+        benchmark(srv.dispatcher.dispatch, rec, peer, "tcp")
