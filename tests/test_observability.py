@@ -147,6 +147,13 @@ def test_stats_show_what_was_sent(export_dir, tmp_path):
         assert s["bytes_written"] == 3000 and s["bytes_read"] == 500 * 2
         assert s["connections"] == 1 and s["connections_total"] == 1
         assert s["connections_refused"] == 0 and s["rpc_rejects"] == 0
+        # the Cython fast lane answered the ordinary calls (none with FASTNFS_PURE=1)
+        lane = s["fast_lane"]
+        assert lane["answered"] + lane["declined"] <= total
+        if os.environ.get("FASTNFS_PURE"):
+            assert lane["answered"] == 0
+        else:
+            assert lane["answered"] >= 20
         fc = s["caches"]["filehandle"]
         assert fc["hits"] > 0 and fc["size"] >= 2
         assert list(s["clients"]) == ["127.0.0.1"]
@@ -162,6 +169,8 @@ def test_stats_show_what_was_sent(export_dir, tmp_path):
         assert re.search(r"^nfs\.LOOKUP\s+5\s+3\s", out, re.M), out
         assert "bytes: 1000 read, 3000 written" in out
         assert "connections: 1 open, 1 accepted, 0 refused" in out
+        assert re.search(r"^fast lane: %d answered, %d declined to the general path"
+                         % (lane["answered"], lane["declined"]), out, re.M), out
         assert re.search(r"^filehandle\s+\d+\s+\d+\s+[\d.]+\s+\d+", out, re.M), out
         assert re.search(r"^127\.0\.0\.1\s+%d\s" % total, out, re.M), out
         t["client"].close()
@@ -235,6 +244,10 @@ def check_metrics(mport: int, getattrs: int) -> str:
     assert metric(text, "fastnfs_call_duration_seconds_count",
                   '{procedure="nfs.GETATTR"}') == getattrs, text
     assert metric(text, "fastnfs_cache_hits_total", '{cache="filehandle"}') is not None, text
+    answered = metric(text, "fastnfs_fast_lane_calls_total", '{outcome="answered"}')
+    declined = metric(text, "fastnfs_fast_lane_calls_total", '{outcome="declined"}')
+    assert answered is not None and declined is not None, text
+    assert answered + declined <= 37
     assert "# TYPE fastnfs_calls_total counter" in text
     return text
 

@@ -56,6 +56,8 @@ class Stats:
         self.connections_total = 0
         self.connections_refused = 0
         self.rpc_rejects = 0
+        self.fast_answered = 0   # calls the Cython fast lane answered
+        self.fast_declined = 0   # calls it handed to the general path
         self.caches: dict = {}   # name -> callable returning (hits, misses, size)
         self.flushers: list = []  # callables adding counts kept elsewhere (the fast lane)
         self.started = time.time()
@@ -119,6 +121,7 @@ class Stats:
             "connections_total": self.connections_total,
             "connections_refused": self.connections_refused,
             "rpc_rejects": self.rpc_rejects,
+            "fast_lane": {"answered": self.fast_answered, "declined": self.fast_declined},
             "caches": caches,
         }
 
@@ -217,6 +220,8 @@ def _add(a: dict, b: dict) -> dict:
         for f in ("hits", "misses", "size"):
             c[f] += v[f]
     out["caches"] = caches
+    la, lb = a.get("fast_lane", {}), b.get("fast_lane", {})
+    out["fast_lane"] = {k: la.get(k, 0) + lb.get(k, 0) for k in ("answered", "declined")}
     out["workers"] = a.get("workers", 1) + 1
     return out
 
@@ -242,6 +247,9 @@ def format_table(s: dict) -> str:
     lines.append("connections: %d open, %d accepted, %d refused; RPC rejects: %d" % (
         s["connections"], s["connections_total"], s["connections_refused"], s["rpc_rejects"]))
     lines.append("bytes: %d read, %d written" % (s["bytes_read"], s["bytes_written"]))
+    lane = s.get("fast_lane", {})
+    lines.append("fast lane: %d answered, %d declined to the general path" % (
+        lane.get("answered", 0), lane.get("declined", 0)))
     lines.append("")
     lines.append("%-20s %10s %8s %10s %10s" % ("procedure", "calls", "errors", "p50", "p99"))
     for name in sorted(s["procs"], key=lambda n: -s["procs"][n]["calls"]):
@@ -311,6 +319,12 @@ class Collector:
                                   value=s["connections_refused"])
         yield CounterMetricFamily("fastnfs_rpc_rejects", "calls rejected at the RPC layer",
                                   value=s["rpc_rejects"])
+        lane = CounterMetricFamily("fastnfs_fast_lane_calls",
+                                   "calls the Cython fast lane answered or declined",
+                                   labels=["outcome"])
+        for k, v in sorted(s.get("fast_lane", {}).items()):
+            lane.add_metric([k], v)
+        yield lane
         hits = CounterMetricFamily("fastnfs_cache_hits", "cache hits", labels=["cache"])
         misses = CounterMetricFamily("fastnfs_cache_misses", "cache misses", labels=["cache"])
         for n, c in sorted(s["caches"].items()):
