@@ -575,3 +575,42 @@ def test_readdirplus_entries_twins(tmp_path, virtfs, budget, dirbudget):
 def _cxdr_packer():
     from fastnfs._xdr import Packer as CPacker
     return CPacker()
+
+
+@pytest.mark.parametrize("plus", [False, True], ids=["READDIR", "READDIRPLUS"])
+def test_big_directory_first_listed_off_the_loop(tmp_path, plus):
+    """The first listing of a big directory runs in the pool; a small one, or
+    one already listed, inline (offload.scan_inline)."""
+    import asyncio
+    from fastnfs import offload
+    root = tmp_path / "root"
+    (root / "big").mkdir(parents=True)
+    (root / "small").mkdir()
+    for i in range(1500):
+        (root / "big" / ("entry-with-a-longish-name-%05d" % i)).write_bytes(b"")
+    assert os.stat(root / "big").st_size >= offload.BIG_DIR
+    srv = _server(root)
+    p = Packer()
+    p.pack_uhyper(0)
+    p.pack_fopaque(8, b"\0" * 8)
+    p.pack_uint(8192)
+    if plus:
+        p.pack_uint(32768)
+    args = p.get_buffer()
+    proc = 17 if plus else 16
+    loop = asyncio.new_event_loop()
+    from concurrent.futures import ThreadPoolExecutor
+    srv.dispatcher.executor = ThreadPoolExecutor(max_workers=2)
+    try:
+        for name, later in ((b"big", True), (b"big", False), (b"small", False)):
+            rec = _call(proc, _fh(_walk(srv, name)) + args, ROOT)
+            r = srv.dispatcher.dispatch(rec, LOCAL, "tcp")
+            assert asyncio.iscoroutine(r) == later, name
+            if later:
+                r = loop.run_until_complete(r)
+            reply = bytes(r.getbuffer()[4:])
+            assert int.from_bytes(reply[24:28], "big") == 0
+            _as_server()
+    finally:
+        srv.dispatcher.executor.shutdown()
+        loop.close()

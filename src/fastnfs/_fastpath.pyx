@@ -421,6 +421,8 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
     cdef Py_ssize_t n = len(cookies)
     cdef statx sx
     cdef bytes name
+    cdef const char* cname
+    cdef int rc
     for i in range(start, n):
         name = <bytes?>names[i]
         pad = (len(name) + 3) & ~3
@@ -431,7 +433,10 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
         budget -= size
         dirbudget -= dsize
         p.write_u32(1)
-        if _stat(dfd, PyBytes_AS_STRING(name), AT_SYMLINK_NOFOLLOW, &sx) != 0:
+        cname = PyBytes_AS_STRING(name)
+        with nogil:    # off the loop, in the pool, a cold inode must not hold the GIL
+            rc = _stat(dfd, cname, AT_SYMLINK_NOFOLLOW, &sx)
+        if rc != 0:
             p.write_u64(inos[i])
             p.write_opaque(<const unsigned char*>PyBytes_AS_STRING(name), len(name))
             p.write_u64(cookies[i])

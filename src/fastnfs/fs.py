@@ -464,11 +464,19 @@ class Export:
         self.cache.put(st.st_ino, path)
         return Obj(st.st_ino, path, self.view(path, st), dirobj.child_anc())
 
+    @staticmethod
+    def _listing_version(st) -> tuple:
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_nlink)
+
+    def listing_cached(self, dirobj: Obj) -> bool:
+        """Is this version of the directory's listing cached (listing() is cheap)?"""
+        hit = self._dircache.get(dirobj.ino)
+        return hit is not None and hit[0] == self._listing_version(dirobj.st)
+
     def listing(self, dirobj: Obj):
         """(cookies, names, inodes) sorted by cookie, cached per directory version."""
-        st = dirobj.st
         key = dirobj.ino
-        version = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_nlink)
+        version = self._listing_version(dirobj.st)
         hit = self._dircache.get(key)
         if hit is not None and hit[0] == version:
             self._dircache.move_to_end(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ..fsstat import lstatat
-from .. import perm
+from .. import offload, perm
 from ..fs import NFSError, status_of, dirname, join
 from . import const as C
 from .types import get_fh3, put_fattr3, put_post_op_attr
@@ -61,35 +61,48 @@ def READDIR(s, call, u, p):
     count = u.u32()
     e, d = _begin(s, call, fh, p)
     if e is None:
-        return
-    mark = len(p)
-    try:
-        it = _entries(e, d, cookie)
-        p.u32(C.NFS3_OK)
-        put_post_op_attr(p, d.st, e.fsid)
-        p.fixed(COOKIEVERF)
-        budget = min(count, call.maxdata) - _RESOK_FIXED
-        sent = 0
-        eof = True
-        for c, name, ino in it:
-            size = 24 + ((len(name) + 3) & ~3)
-            if size > budget:
-                eof = False
-                break
-            budget -= size
-            p.u32(1)
-            p.u64(ino)
-            p.string(name)
-            p.u64(c)
-            sent += 1
-        if not eof and sent == 0:
-            raise NFSError(C.NFS3ERR_TOOSMALL)
-        p.u32(0)
-        p.boolean(eof)
-    except NFSError as err:
-        p.truncate(mark)
-        p.u32(err.status)
-        put_post_op_attr(p, d.st, e.fsid)
+        return None
+
+    def work():
+        mark = len(p)
+        try:
+            it = _entries(e, d, cookie)
+            p.u32(C.NFS3_OK)
+            put_post_op_attr(p, d.st, e.fsid)
+            p.fixed(COOKIEVERF)
+            budget = min(count, call.maxdata) - _RESOK_FIXED
+            sent = 0
+            eof = True
+            for c, name, ino in it:
+                size = 24 + ((len(name) + 3) & ~3)
+                if size > budget:
+                    eof = False
+                    break
+                budget -= size
+                p.u32(1)
+                p.u64(ino)
+                p.string(name)
+                p.u64(c)
+                sent += 1
+            if not eof and sent == 0:
+                raise NFSError(C.NFS3ERR_TOOSMALL)
+            p.u32(0)
+            p.boolean(eof)
+        except NFSError as err:
+            p.truncate(mark)
+            p.u32(err.status)
+            put_post_op_attr(p, d.st, e.fsid)
+
+    return _run(s, call, e, d, work)
+
+
+def _run(s, call, e, d, work):
+    """Run work inline, or in the pool when it must first read a big directory
+    (the scan and the hashing of thousands of names would stall the loop)."""
+    if offload.scan_inline(e.listing_cached(d), d.st.st_size):
+        work()
+        return None
+    return s.in_caller_creds(call, work)
 
 
 def _entry_plus_size(name: bytes, nanc: int) -> tuple:
@@ -155,7 +168,15 @@ def READDIRPLUS(s, call, u, p):
     maxcount = u.u32()
     e, d = _begin(s, call, fh, p)
     if e is None:
-        return
+        return None
+
+    def work():
+        _readdirplus(s, call, e, d, cookie, dircount, maxcount, p)
+
+    return _run(s, call, e, d, work)
+
+
+def _readdirplus(s, call, e, d, cookie: int, dircount: int, maxcount: int, p) -> None:
     mark = len(p)
     dfd = -1
     try:
