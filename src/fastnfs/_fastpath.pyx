@@ -1,24 +1,29 @@
 # cython: language_level=3
-"""The fast lane: GETATTR, ACCESS and LOOKUP answered in C from bytes to reply.
+"""The fast lane: the commonest NFSv3 calls answered in C from bytes to reply.
 
-A booting board sends mostly these three calls (RFC 1813 sections 3.3.1,
-3.3.3, 3.3.4), and for them the general path (dispatch.py -> nfs3/*.py) spends
-most of its time building Python objects.  ``FastPath.answer`` takes the
-record, and when everything about the call is ordinary (NFSv3 with AUTH_SYS,
-a well-formed handle the filehandle cache places, a caller admitted before,
-the thread already holding the caller's credentials, virtfs metadata already
-in its cache) it builds the reply itself with statx(2) straight into the
-reply buffer.  Anything else (an error other than a missing name, a cache
-miss, an unknown caller, unfsd's -s view) returns None, and the general path
-answers; it is the reference, and tests/test_fastpath.py and the fuzzer's
-dispatch target hold the two to the same bytes.
+A booting board sends mostly LOOKUP, GETATTR, ACCESS, READLINK and READ (RFC
+1813 sections 3.3.1-3.3.6), and for them the general path (dispatch.py ->
+nfs3/*.py) spends most of its time building Python objects.
+``FastPath.answer`` takes the record, and when everything about the call is
+ordinary (NFSv3 with AUTH_SYS, a well-formed handle the filehandle cache
+places, a caller admitted before, the thread already holding the caller's
+credentials, a READ of at most 64 KiB the page cache holds, well-formed
+virtfs metadata) it builds the reply itself: statx(2) straight into the
+reply buffer, READ data by preadv2(RWF_NOWAIT) into the bytes that are sent.
+Anything else (an error other than a missing name, a cache miss, an unknown
+caller, a flawed metadata file, unfsd's -s view) returns None, and the
+general path answers; it is the reference, and tests/test_fastpath.py and the
+fuzzer's dispatch target hold the two to the same bytes.
 
 The checks are the general path's (nfs3/state.py, fs.py): the export admits
 the host and port with the squashed credentials, a handle's inode, device and
 generation must match what its cached path reaches, a name is one component,
-and a LOOKUP opens the directory O_PATH|O_NOFOLLOW and verifies its inode;
-with virtfs the directory must grant search by its metadata and the
-metadata's own names are never looked up.
+a LOOKUP opens the directory O_PATH|O_NOFOLLOW and verifies its inode, a READ
+opens the file O_NOFOLLOW and verifies inode and birth time; with virtfs the
+directory must grant search by its metadata, the metadata's own names are
+never looked up, and a metadata file is opened with no symlink on the way.
+
+Also here: put_entries_plus, the Cython twin of nfs3.readdir.put_entries_plus.
 """
 
 cimport cython
@@ -98,6 +103,7 @@ cdef enum:
     MAX_MACHINE = 255
     MAX_GIDS = 16
     MAX_AUTH = 400
+    MAX_ADMITTED = 4096    # (export, host, port class, credential) pairs remembered
     MAXNAMLEN = 255
     MAXLINK = 4096
     NPROCS = 7             # counters for procedures 0..6
@@ -567,7 +573,7 @@ cdef class FastPath:
         c.gids = u.gids
         c.want = (u.uid, u.gid, u.gids)
         c.read_only = opts is None or not opts.rw
-        if len(self.admitted) >= 65536:
+        if len(self.admitted) >= MAX_ADMITTED:    # bounded whatever callers claim to be
             self.admitted.clear()
         self.admitted[key] = c
         return c
