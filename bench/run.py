@@ -540,6 +540,7 @@ def virtfs_tree(a, tree: str) -> str:
         subprocess.run([sys.executable, "-m", "fastnfs", "virtfs", "import", "--quiet",
                         tree, vtree], check=True)
         os.mkdir(os.path.join(vtree, ".fastnfs-bench-done"))
+    warm_tree(a, vtree)
     return vtree
 
 
@@ -577,7 +578,29 @@ def ensure_tree(a, entries: int | None = None) -> str:
     t0 = time.monotonic()
     n = mktree.make_tree(path, entries)
     log(a, "tree %s: %d entries (%.1f s)" % (path, n, time.monotonic() - t0))
+    warm_tree(a, path)
     return os.path.realpath(path)
+
+
+def warm_tree(a, path: str) -> None:
+    """Read every file of a tree once, so that a tree made by an earlier run is in
+    the page cache like a tree just written: servers compared on the same tree, or
+    fastnfs on a tree and its virtfs copy, must not meet different cache states."""
+    t0 = time.monotonic()
+    nbytes = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                    while True:
+                        chunk = f.read(1 << 20)
+                        if not chunk:
+                            break
+                        nbytes += len(chunk)
+            except OSError:
+                pass
+    log(a, "tree %s read into the page cache: %d MB (%.1f s)"
+        % (path, nbytes >> 20, time.monotonic() - t0))
 
 
 def log(a, msg: str) -> None:
