@@ -9,6 +9,7 @@ EXTENSIONS = [
     Extension("fastnfs._creds", ["src/fastnfs/_creds.pyx"]),
     Extension("fastnfs._rpc", ["src/fastnfs/_rpc.pyx"]),
     Extension("fastnfs._fastpath", ["src/fastnfs/_fastpath.pyx"]),
+    Extension("fastnfs._listing", ["src/fastnfs/_listing.pyx"]),
     Extension("fastnfs.virtfs._meta", ["src/fastnfs/virtfs/_meta.pyx"]),
 ]
 

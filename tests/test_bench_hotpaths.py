@@ -214,3 +214,25 @@ def test_readdirplus_entries(benchmark, tmp_path, impl):
 
     assert page() == (90, True)
     benchmark(page)
+
+
+_cs, _why_s = cython_twin("fastnfs._listing")
+
+
+@bench("directory listing of 800 names")
+@pytest.mark.parametrize("impl", [
+    pytest.param("python", id="python"),
+    pytest.param("cython", id="cython", marks=pytest.mark.skipif(_cs is None, reason=_why_s or "")),
+])
+def test_scan_listing(benchmark, tmp_path, impl):
+    """fs.py_scan_listing (os.scandir) and _listing.scan_listing: names, cookies, sort."""
+    from fastnfs import fs
+    for i in range(800):
+        (tmp_path / ("bin%04d" % i)).write_bytes(b"")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fn = fs.py_scan_listing if impl == "python" else _cs.scan_listing
+    try:
+        assert len(fn(fd, frozenset())[0]) == 800
+        benchmark(fn, fd, frozenset())
+    finally:
+        os.close(fd)

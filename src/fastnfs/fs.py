@@ -124,6 +124,28 @@ def name_cookie(name: bytes) -> int:
     return c if c > 2 else c + 3
 
 
+def py_scan_listing(fd: int, hidden) -> tuple:
+    """(cookies, names, inodes) of the directory open at fd, sorted by cookie,
+    without the names in hidden; fd stays open.  Cython twin: _listing.scan_listing."""
+    items = []
+    with os.scandir(fd) as it:
+        for e in it:
+            name = os.fsencode(e.name)
+            if name in hidden:
+                continue
+            items.append((name_cookie(name), name, e.inode()))
+    items.sort()
+    return [c for c, _n, _i in items], [n for _c, n, _i in items], [i for _c, _n, i in items]
+
+
+scan_listing = py_scan_listing
+if not os.environ.get("FASTNFS_PURE"):
+    try:
+        from ._listing import scan_listing  # noqa: F811  (Cython twin)
+    except ImportError:  # pragma: no cover
+        pass
+
+
 class Obj:
     """A resolved object: where it is now, its attributes, its ancestors."""
 
@@ -492,20 +514,11 @@ class Export:
                 os.close(fd)
                 raise NFSError(C.NFS3ERR_STALE)
         try:
-            with os.scandir(fd) as it:
-                items = []
-                hidden = self.hidden
-                for e in it:
-                    name = os.fsencode(e.name)
-                    if name in hidden:
-                        continue
-                    items.append((name_cookie(name), name, e.inode()))
+            result = scan_listing(fd, self.hidden)
         except OSError as e:
             raise NFSError(nfsstat_of(e))
         finally:
             os.close(fd)
-        items.sort()
-        result = ([c for c, _n, _i in items], [n for _c, n, _i in items], [i for _c, _n, i in items])
         self._dircache[key] = (version, result)
         if len(self._dircache) > self._dircache_size:
             self._dircache.popitem(last=False)
