@@ -204,3 +204,21 @@ def test_mount_list_is_bounded():
     finally:
         t.close()
     assert len(reply) <= 65507, "DUMP reply of %d bytes for one client and one export" % len(reply)
+
+
+def test_scratch_tree_reset_after_root_left_000():
+    """The dispatch target's reset empties the export even when fuzzed SETATTRs
+    left the export root and a directory mode 000 (os.walk then lists nothing).
+    Found by a CI fuzzing run: the next reset failed with FileExistsError.  Run
+    as the fuzz workers run (nobody, when root), where modes are enforced."""
+    code = ("import os, sys, tempfile; sys.path.insert(0, %r); import harness as H\n"
+            "H.drop_privileges()\n"
+            "from pathlib import Path\n"
+            "root = Path(tempfile.mkdtemp()) / 'export'; root.mkdir(); H._populate(root)\n"
+            "os.chmod(root / 'dir', 0); os.chmod(root, 0)\n"
+            "H._wipe(root); H._populate(root)\n"
+            "print(sorted(os.listdir(root)))\n" % str(FUZZ))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == "['dir', 'empty', 'fifo', 'file', 'link']"

@@ -613,8 +613,17 @@ def _populate(root: Path) -> None:
     os.link(root / "file", d / "hard")
 
 
+def _as_server() -> None:
+    from fastnfs import creds
+    if creds.ENABLED:
+        creds.become_server()
+
+
 def _wipe(root: Path) -> None:
     """Empty root whatever modes the fuzzer left (we own everything in it)."""
+    # the root first: a fuzzed SETATTR may have left it 000, and os.walk then
+    # silently lists nothing, so no directory below would be made removable
+    os.chmod(root, 0o755)
     for dirpath, dirnames, filenames in os.walk(root, topdown=True, onerror=None):
         for n in dirnames:
             p = os.path.join(dirpath, n)
@@ -670,6 +679,7 @@ class DispatchTarget:
         self.reset()
 
     def close(self):
+        _as_server()
         self.disp.executor.shutdown(wait=True)
         self.loop.close()
         for e in self.server.exports:
@@ -678,6 +688,9 @@ class DispatchTarget:
 
     # -- scratch tree ---------------------------------------------------------
     def reset(self) -> None:
+        # the general path leaves this thread acting as the last caller (a fuzzed
+        # uid, when run as root): wipe and repopulate as the server itself
+        _as_server()
         _wipe(self.root)
         _populate(self.root)
         e = self.export
