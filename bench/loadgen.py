@@ -312,6 +312,24 @@ def _pcts(lat) -> dict:
 
 
 # ---------------------------------------------------------------- workloads
+def _round_trip(sock, req: bytearray, xid: int, buf: bytearray, view) -> int:
+    """Send the pre-built call req with xid patched in, read the whole reply into
+    buf (one recv_into, usually); the round trip in ns."""
+    struct.pack_into(">I", req, 4, xid)
+    s = time.perf_counter_ns()
+    sock.sendall(req)
+    got = sock.recv_into(buf)
+    need = 4 + (int.from_bytes(buf[:4], "big") & 0x7FFFFFFF) if got >= 4 else 1 << 30
+    while got < need:  # rare: a reply in pieces
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise ConnectionError("closed")
+        got += k
+        if got >= 4:
+            need = 4 + (int.from_bytes(buf[:4], "big") & 0x7FFFFFFF)
+    return time.perf_counter_ns() - s
+
+
 def run_getattr(a) -> dict:
     """One outstanding GETATTR on one connection: the round-trip cost of the server."""
     c = SyncConn(a.host, a.port)
@@ -323,7 +341,6 @@ def run_getattr(a) -> dict:
     buf = c.buf
     view = c.view
     lat = array("q")
-    pc = time.perf_counter_ns
     xid = c.xid
     for _ in range(200):  # warm-up
         xid = (xid + 1) & 0xFFFFFFFF
@@ -336,19 +353,7 @@ def run_getattr(a) -> dict:
     n = 0
     while True:
         xid = (xid + 1) & 0xFFFFFFFF
-        struct.pack_into(">I", req, 4, xid)
-        s = pc()
-        sock.sendall(req)
-        got = sock.recv_into(buf)
-        need = 4 + (int.from_bytes(buf[:4], "big") & 0x7FFFFFFF) if got >= 4 else 1 << 30
-        while got < need:  # rare: a reply in pieces
-            k = sock.recv_into(view[got:])
-            if not k:
-                raise ConnectionError("closed")
-            got += k
-            if got >= 4:
-                need = 4 + (int.from_bytes(buf[:4], "big") & 0x7FFFFFFF)
-        lat.append(pc() - s)
+        lat.append(_round_trip(sock, req, xid, buf, view))
         # xid, then accept_stat and nfsstat3 (AUTH_NONE verifier: fixed offsets)
         if int.from_bytes(buf[4:8], "big") != xid or buf[24:32] != ZERO8:
             raise RpcError("unexpected reply to GETATTR")
@@ -436,7 +441,6 @@ def run_getattr_all(a) -> dict:
     buf = c.buf
     view = c.view
     lat = array("q")
-    pc = time.perf_counter_ns
     xid = c.xid
     errors = 0
     nreq = len(reqs)
@@ -447,19 +451,7 @@ def run_getattr_all(a) -> dict:
     while True:
         req = reqs[n % nreq]
         xid = (xid + 1) & 0xFFFFFFFF
-        struct.pack_into(">I", req, 4, xid)
-        s = pc()
-        sock.sendall(req)
-        got = sock.recv_into(buf)
-        need = 4 + (int.from_bytes(buf[:4], "big") & 0x7FFFFFFF) if got >= 4 else 1 << 30
-        while got < need:  # rare: a reply in pieces
-            k = sock.recv_into(view[got:])
-            if not k:
-                raise ConnectionError("closed")
-            got += k
-            if got >= 4:
-                need = 4 + (int.from_bytes(buf[:4], "big") & 0x7FFFFFFF)
-        lat.append(pc() - s)
+        lat.append(_round_trip(sock, req, xid, buf, view))
         if int.from_bytes(buf[4:8], "big") != xid or buf[24:28] != ZERO8[:4]:
             raise RpcError("unexpected reply to GETATTR")
         if buf[28:32] != ZERO8[:4]:
