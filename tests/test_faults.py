@@ -112,11 +112,9 @@ def lookup_fh(n: Nfs3, root_fh: bytes, rel: str) -> bytes:
 
 
 @pytest.fixture
-def server(export_dir):
-    srv = FastnfsProcess(export_dir).start()
-    yield srv
-    srv.stop()
-    no_traceback(srv)
+def server(fastnfs):
+    """conftest's fastnfs (one worker; a logged traceback fails the test)."""
+    return fastnfs
 
 
 # ---------------------------------------------------------------- clients that vanish
