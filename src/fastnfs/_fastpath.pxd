@@ -59,7 +59,6 @@ cdef class FastPath:
     cdef Py_ssize_t tcp_maxdata, udp_maxdata, read_inline_max
     cdef public Py_ssize_t answered
     cdef public Py_ssize_t declined
-    cdef Py_ssize_t answered_flushed, declined_flushed
 
     cdef _Export _export(self, uint32_t eid)
     cdef _Caller _caller(self, _Export x, peer, const unsigned char* body, Py_ssize_t n)
