@@ -597,6 +597,25 @@ class _SourceUnavailable(VMError):
     pass
 
 
+def _extract_member(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: str) -> int:
+    """Write one regular file or directory of a streamed tar below dest; 1 for a file.
+
+    By hand rather than TarFile.extract(filter=...): that keyword needs Python
+    3.11.4, and Debian 12 ships 3.11.2.  Only plain relative names are taken."""
+    parts = m.name.split("/")
+    if m.name.startswith("/") or ".." in parts:
+        raise VMError("unsafe name in kernel source archive: %r" % m.name)
+    path = os.path.join(dest, *[p for p in parts if p not in ("", ".")])
+    if m.isdir():
+        os.makedirs(path, exist_ok=True)
+        return 0
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    src = tar.extractfile(m)
+    with open(path, "wb") as out:
+        shutil.copyfileobj(src, out)
+    return 1
+
+
 def _extract_nfs_source(src_deb: str, series: str, dest: str) -> str:
     """Stream fs/nfs (and fs/internal.h) out of the linux-source .deb."""
     inner_name = "usr/src/linux-source-%s.tar.xz" % series
@@ -613,8 +632,7 @@ def _extract_nfs_source(src_deb: str, series: str, dest: str) -> str:
                         tarfile.open(fileobj=xz, mode="r|") as inner:
                     for m in inner:
                         if m.name.startswith(wanted) and (m.isfile() or m.isdir()):
-                            inner.extract(m, dest, set_attrs=False, filter="data")
-                            found += m.isfile()
+                            found += _extract_member(inner, m, dest)
                 break
     finally:
         dpkg.stdout.close()
