@@ -94,8 +94,19 @@ def fastnfs(export_dir):
         pytest.fail("the server logged a traceback:\n" + srv.log()[-4000:])
 
 
+def pytest_sessionstart(session):
+    """Under FASTNFS_REQUIRE_ALL=1 (CI) a Cython extension that does not import is an
+    error, not a quiet run of the pure-Python twins (FASTNFS_PURE=1 asks for those)."""
+    from fastnfs import _accel
+    gone = _accel.missing()
+    if gone and os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
+        pytest.exit("Cython extensions do not import (FASTNFS_REQUIRE_ALL=1): %s"
+                    % "; ".join("%s: %s" % kv for kv in sorted(gone.items())), returncode=3)
+
+
 def cython_twin(name: str):
-    """(module, None) for a built Cython twin, or (None, why) to skip its tests."""
+    """(module, None) for a built Cython twin, or (None, why) to skip its tests
+    (never skipped under FASTNFS_REQUIRE_ALL=1: the session refuses to start)."""
     import importlib
     if os.environ.get("FASTNFS_PURE"):
         return None, "FASTNFS_PURE=1"

@@ -162,6 +162,10 @@ def serve(args, base: bytes = b"") -> int:
     from .server import Config, Server, banner, run
 
     setup_logging(args.log_level, args.log_format)
+    from . import _accel
+    slow = _accel.warning()
+    if slow:
+        logging.getLogger("fastnfs").warning("%s", slow)
     from .exports import ExportsError
     try:
         entries, exports_file = exports_for(args)

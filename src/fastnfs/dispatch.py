@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
+from ._accel import load
 from . import rpc
 from .rpc import RpcReject
 from .stats import Stats
@@ -203,14 +203,11 @@ class Dispatcher:
 def use_fast_path(dispatcher: Dispatcher, nfs_state) -> bool:
     """Answer ordinary GETATTR/LOOKUP/ACCESS/READLINK/READ calls through fastnfs._fastpath
     (not with FASTNFS_PURE=1, where the general path is the only one)."""
-    if os.environ.get("FASTNFS_PURE"):
-        return False
-    try:
-        from ._fastpath import FastPath
-    except ImportError:  # pragma: no cover  (not built)
+    cx = load("_fastpath")
+    if cx is None:
         return False
     from .offload import INLINE_IO_MAX
-    dispatcher.fast = FastPath(nfs_state, dispatcher.stats, dispatcher.maxdata["tcp"],
+    dispatcher.fast = cx.FastPath(nfs_state, dispatcher.stats, dispatcher.maxdata["tcp"],
                                dispatcher.maxdata["udp"], INLINE_IO_MAX)
     return True
 

@@ -34,6 +34,7 @@ import zlib
 from bisect import bisect_right
 from collections import OrderedDict
 
+from ._accel import load
 from .fhcache import FHCache
 from .fsstat import fstat, lstatat
 from .nfs3 import const as C
@@ -139,11 +140,9 @@ def py_scan_listing(fd: int, hidden) -> tuple:
 
 
 scan_listing = py_scan_listing
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from ._listing import scan_listing  # noqa: F811  (Cython twin)
-    except ImportError:  # pragma: no cover
-        pass
+_cx = load("_listing")
+if _cx is not None:  # the Cython twin
+    scan_listing = _cx.scan_listing
 
 
 class Obj:

@@ -20,6 +20,7 @@ from .nfs3.program import nfs3_program
 from .nfs3.state import NFS3State
 from .stats import Stats, serve_metrics, stats_dir
 from .transport import Connections, RpcDatagramProtocol, RpcStreamProtocol
+from .workers import supervise
 
 log = logging.getLogger("fastnfs")
 
@@ -329,10 +330,9 @@ def run(server: Server) -> int:
     raise_fd_limit()
     try:
         if c.workers > 1:
-            from .workers import supervise
             if c.metrics:
                 server._start_metrics(stats_dir(server.port))
-            return supervise(server, c.workers)
+            return supervise(server, c.workers, serve_in_this_process)
         serve_in_this_process(server)
     finally:
         if c.pid_file:

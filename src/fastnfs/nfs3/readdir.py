@@ -7,8 +7,8 @@ the cookie verifier never has to invalidate a client's cookie.
 
 from __future__ import annotations
 
-import os
 
+from .._accel import load
 from ..fsstat import lstatat
 from .. import offload, perm
 from ..fs import NFSError, status_of, dirname, join
@@ -153,11 +153,9 @@ def put_entries_plus(p, e, dfd: int, dpath: bytes, anc: tuple, cookies: list, na
 
 
 py_put_entries_plus = put_entries_plus
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from .._fastpath import put_entries_plus  # noqa: F811  (Cython twin)
-    except ImportError:  # pragma: no cover
-        pass
+_cx = load("_fastpath")
+if _cx is not None:  # the Cython twin
+    put_entries_plus = _cx.put_entries_plus
 
 
 def READDIRPLUS(s, call, u, p):
