@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-t", "--tcp-only", action="store_true", help="do not serve UDP")
     s.add_argument("-p", "--no-portmap", action="store_true",
                    help="do not register with rpcbind (clients then need port= and mountport=)")
+    s.add_argument("--detach", action="store_true",
+                   help="detach into the background once the ports are bound, as unfsd does; "
+                        "log lines are then discarded (default: stay in the foreground, log "
+                        "to stderr, stop with Ctrl-C or SIGTERM)")
     s.add_argument("-d", "--foreground", action="store_true",
-                   help="stay in the foreground and log to stderr (default: detach)")
+                   help="stay in the foreground (the default; accepted for unfsd's -d)")
     s.add_argument("-i", "--pid-file", metavar="FILE", help="write the server's pid to FILE")
     s.add_argument("--ro", action="store_true", help="export PATH read-only")
     s.add_argument("--root-squash", action="store_true",
@@ -177,7 +181,7 @@ def serve(args, base: bytes = b"") -> int:
         exports=entries, exports_file=exports_file, base=base,
         port=args.port, mount_port=args.mount_port,
         bind=args.bind, tcp_only=args.tcp_only, portmap=not args.no_portmap,
-        foreground=args.foreground, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
+        foreground=not args.detach, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
         metacache_size=args.metacache_size,
         single_user=args.single_user, virtfs=args.virtfs, workers=max(1, args.workers),
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
