@@ -134,7 +134,7 @@ class Dispatcher:
             if prog.auth_sys_required and h.proc != 0 and h.cred.flavor != rpc.AUTH_SYS:
                 raise RpcReject("auth", rpc.AUTH_TOOWEAK)
         except RpcReject as e:
-            encode_reject_logged(p, xid, e, peer)
+            self._reject(p, xid, e, peer)
             self.stats.rpc_rejects += 1
             return p
         except XdrError:
@@ -164,7 +164,7 @@ class Dispatcher:
             later = None
         except RpcReject as e:
             p.truncate(mark)
-            encode_reject_logged(p, xid, e, peer)
+            self._reject(p, xid, e, peer)
             later = None
         except Exception:
             log.exception("procedure %s.%d.%d failed", prog.name, h.vers, h.proc)
@@ -177,6 +177,12 @@ class Dispatcher:
             self._count(h, p, mark, t0, peer, len(data))
             return p
         return self._finish_later(later, p, mark, xid, prog, h, drc_key, t0, peer, len(data))
+
+    def _reject(self, p: Packer, xid: int, e: RpcReject, peer) -> None:
+        if e.kind == "auth":
+            self.stats.refusals.note(log, logging.INFO, peer[0], "auth error",
+                                     "refused call from %s: auth_stat %d", peer[0], e.values[0])
+        rpc.encode_reject(p, xid, e)
 
     def _count(self, h, p, mark: int, t0: int, peer, nin: int) -> None:
         """Statistics of one answered call; the status is the first word of the result."""
@@ -212,7 +218,4 @@ def use_fast_path(dispatcher: Dispatcher, nfs_state) -> bool:
     return True
 
 
-def encode_reject_logged(p: Packer, xid: int, e: RpcReject, peer) -> None:
-    if e.kind == "auth":
-        log.info("refused call from %s: auth_stat %d", peer[0], e.values[0])
-    rpc.encode_reject(p, xid, e)
+

@@ -142,8 +142,10 @@ class RpcStreamProtocol(asyncio.Protocol):
             n = mark & 0x7FFFFFFF
             # each fragment costs its header too, so endless empty fragments hit the limit
             if self._fraglen + n + 4 > self.max_record:
-                log.warning("%s: record of %d bytes exceeds the limit of %d; closing",
-                            self.peer[0], self._fraglen + n, self.max_record)
+                self.dispatcher.stats.refusals.note(
+                    log, logging.WARNING, self.peer[0], "record too large",
+                    "%s: record of %d bytes exceeds the limit of %d; closing",
+                    self.peer[0], self._fraglen + n, self.max_record)
                 self._buf = bytearray()
                 self._frags = []
                 self.transport.abort()
