@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class FastnfsProcess:
     """`fastnfs serve` in a child process, as a user would start it."""
 
-    def __init__(self, export: Path, extra_args=(), env=None, log_path: Path | None = None):
+    def __init__(self, export: Path, extra_args=(), env=None, log_path: Path | None = None,
+                 exports_file: Path | None = None):
         self.export = export
+        self.exports_file = exports_file  # serve -e FILE (exporting what it says) instead of PATH
         self.extra_args = list(extra_args)
         self.env = env
         self.port = 0
@@ -32,7 +34,8 @@ class FastnfsProcess:
         env = dict(os.environ)
         env.update(self.env or {})
         workers = [] if "--workers" in self.extra_args else ["--workers", "1"]
-        cmd = [sys.executable, "-m", "fastnfs", "serve", str(self.export), "-n", str(port),
+        what = [str(self.export)] if self.exports_file is None else ["-e", str(self.exports_file)]
+        cmd = [sys.executable, "-m", "fastnfs", "serve", *what, "-n", str(port),
                "-p", "-d", "--log-level", "debug", *workers, *self.extra_args]
         self._log = open(self.log_path, "ab")
         start = self._log.tell()
