@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "serve", help="serve a directory over NFSv3 and MOUNT",
         description="Serve PATH (or the exports of an exports(5) file) over NFS version 3 "
-                    "and MOUNT versions 1 and 3, both programs on one port (TCP and UDP). "
+                    "and MOUNT versions 1 and 3, both programs on one port (TCP and UDP, IPv6 "
+                    "and IPv4). "
                     "PATH alone is exported to every host, read-write unless --ro, with "
                     "client root not squashed and any source port accepted "
                     "(rw,no_root_squash,insecure).")
