@@ -491,3 +491,27 @@ def test_hostname_spec_takes_its_ipv6_addresses_too(monkeypatch):
     for addr in ("fd00::7", "10.0.0.7", "::ffff:10.0.0.7", "fe80::7%eth0"):
         assert e.options_for(addr) is not None, addr
     assert e.options_for("fd00::8") is None
+
+
+@needs_ipv6
+def test_metrics_on_an_ipv6_address(export_dir):
+    import urllib.request
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        mport = s.getsockname()[1]
+    srv = FastnfsProcess(export_dir, ["--metrics", "[::1]:%d" % mport]).start()
+    try:
+        mount_and_getattr(srv.port, "::1", "tcp", export_dir)
+        text = ""
+
+        def fetched():
+            nonlocal text
+            try:
+                with urllib.request.urlopen("http://[::1]:%d/metrics" % mport, timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                return False
+            return 'fastnfs_client_calls_total{client="::1"}' in text
+        assert wait_for(fetched), text
+    finally:
+        stop_clean(srv)
