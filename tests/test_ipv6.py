@@ -278,6 +278,11 @@ def test_registers_tcp6_and_udp6_with_rpcbind(rpcbind, export_dir, bind):
                        for prog, vers in ((100003, 3), (100005, 3), (100005, 1))
                        for netid in ("tcp6", "udp6"))
         assert wait_for(registered), _rpcinfo_dump()
+        # rpcinfo finds the server through rpcbind over IPv6, then calls its NULL procedure
+        for netid, prog, vers in (("tcp6", 100003, 3), ("udp6", 100005, 3), ("tcp6", 100005, 1)):
+            r = subprocess.run(["rpcinfo", "-T", netid, "::1", str(prog), str(vers)],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0 and "ready and waiting" in r.stdout, (netid, r)
         pmap = subprocess.run(["rpcinfo", "-p", "127.0.0.1"], capture_output=True,
                               text=True).stdout
         v4 = any(line.split()[:4] == ["100003", "3", "tcp", str(port)]
