@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -436,7 +437,6 @@ def primary_address() -> str:
 
 def _usable6(text: str) -> bool:
     """A global or unique-local (fc00::/7) unicast IPv6 address."""
-    import ipaddress
     try:
         ip = ipaddress.IPv6Address(text.split("%")[0])
     except ValueError:
@@ -468,7 +468,6 @@ def primary_address6() -> str | None:
         pass
     for a in candidates:
         if _usable6(a):
-            import ipaddress
             return str(ipaddress.IPv6Address(a.split("%")[0]))
     return None
 
