@@ -355,11 +355,14 @@ class Collector:
 
 
 def serve_metrics(addr: str, directory: str):
-    """Start the Prometheus endpoint (a daemon thread) on "HOST:PORT"."""
+    """Start the Prometheus endpoint (a daemon thread) on "HOST:PORT" (an IPv6
+    HOST in brackets: "[::1]:9100")."""
     from prometheus_client import start_http_server
     from prometheus_client.registry import CollectorRegistry
 
     host, _, port = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(directory))
     return start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)

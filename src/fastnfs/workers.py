@@ -49,7 +49,7 @@ def supervise(server, n: int, serve) -> int:
     _clear_warned(server)
     registered = False
     if server.config.portmap:
-        registered = server.registration.register(server.mappings())
+        registered = server.registration.register(server.mappings(), server.mappings6())
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     children: dict = {}
 
