@@ -148,11 +148,12 @@ def kit_udp():
 NOBODY = 65534
 
 
-def start_servers_as_nobody(monkeypatch, tmp_path) -> None:
+def start_servers_as_nobody(monkeypatch, tmp_path, prefix=()) -> None:
     """Make FastnfsProcess start its server as uid/gid 65534: a setpriv wrapper takes
     sys.executable's place. Skips where that is impossible (not root, no setpriv,
     or an interpreter other users cannot read, such as a pyenv under /root;
-    tests/run.sh uses a venv of Debian's /usr/bin/python3 for this)."""
+    tests/run.sh uses a venv of Debian's /usr/bin/python3 for this).  prefix goes
+    between setpriv and the interpreter (["fakeroot", "--"], say)."""
     if os.getuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to start a server as another user")
     ids = ["--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"]
@@ -161,9 +162,21 @@ def start_servers_as_nobody(monkeypatch, tmp_path) -> None:
     if probe.returncode != 0:
         pytest.skip("this Python or its fastnfs is not readable by uid %d" % NOBODY)
     wrapper = tmp_path / "python-as-nobody"
-    wrapper.write_text("#!/bin/sh\nexec setpriv %s %s \"$@\"\n" % (" ".join(ids), sys.executable))
+    wrapper.write_text("#!/bin/sh\nexec setpriv %s %s %s \"$@\"\n"
+                       % (" ".join(ids), " ".join(prefix), sys.executable))
     wrapper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(wrapper))
+
+
+@pytest.fixture
+def public_dir():
+    """A scratch directory under /tmp that other users can reach (pytest's own
+    tmp_path is private to root), removed afterwards."""
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="fastnfs-public-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def have(cmd: str) -> bool:

@@ -46,3 +46,29 @@ def test_under_fakeroot_euid_is_0_but_ids_are_not_switched():
     if r.returncode != 0 and "Permission denied" in r.stderr:
         pytest.skip("this Python is not readable by uid %d" % NOBODY)
     assert r.stdout.split() == ["0", "False"], r.stdout + r.stderr
+
+
+def test_a_server_under_fakeroot_answers_mnt_and_creates(monkeypatch, tmp_path, public_dir):
+    """ptxdist's default nfsroot runs unfsd inside `fakeroot --` as the build user."""
+    if not shutil.which("fakeroot"):
+        if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
+            pytest.fail("fakeroot is not installed (FASTNFS_REQUIRE_ALL=1)")
+        pytest.skip("fakeroot is not installed")
+    from conftest import FastnfsProcess, start_servers_as_nobody
+    from rpcclient import AuthSys, Nfs3
+    start_servers_as_nobody(monkeypatch, tmp_path, prefix=["fakeroot", "--"])
+    export = public_dir / "export"
+    export.mkdir()
+    os.chown(export, NOBODY, NOBODY)
+    srv = FastnfsProcess(export).start()
+    try:
+        n = Nfs3.connect(srv.port, cred=AuthSys(0, 0))
+        st, out = n.mnt(str(export))
+        assert st == 0, "MNT answered %d" % st
+        st, _ = n.create(out["fh"], "made-by-root")
+        assert st == 0
+        n.close()
+    finally:
+        srv.stop()
+    assert (export / "made-by-root").exists()
+    assert "Traceback" not in srv.log()
