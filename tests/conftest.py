@@ -123,16 +123,32 @@ def cython_twin(name: str):
         return None, "%s not built: %s" % (name, e)
 
 
-def require_vm(udp: bool = False):
+def require_vm(udp: bool = False, ipv6: bool = False):
     """The qemu kernel-client kit (tests/vm/guest.py), built or taken from the cache;
-    skip without qemu, but fail under FASTNFS_REQUIRE_ALL=1 (CI)."""
+    skip without qemu, but fail under FASTNFS_REQUIRE_ALL=1 (CI).  ipv6=True also
+    needs the host's ::1, where slirp delivers an IPv6 guest's connections."""
     from vm import guest
     ok, why = guest.available()
+    if ok and ipv6 and not ipv6_loopback():
+        ok, why = False, "no IPv6 loopback (::1) on this host for an IPv6 guest"
     if not ok:
         if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
             pytest.fail("qemu kernel client unavailable: " + why)
         pytest.skip("qemu kernel client unavailable: " + why)
     return guest.prepare(udp=udp)
+
+
+def ipv6_loopback() -> bool:
+    """True if a socket can bind the host's ::1."""
+    import socket
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +159,11 @@ def kit():
 @pytest.fixture(scope="session")
 def kit_udp():
     return require_vm(udp=True)
+
+
+@pytest.fixture(scope="session")
+def kit_ipv6():
+    return require_vm(ipv6=True)
 
 
 NOBODY = 65534
