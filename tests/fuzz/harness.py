@@ -183,7 +183,9 @@ class EchoDispatcher:
     and every record whose first byte is odd later (as an offloaded call)."""
 
     def __init__(self, packer_cls):
+        from fastnfs.stats import Stats
         self.records: list = []
+        self.stats = Stats()          # the transport counts refused records here
         self.Packer = packer_cls
         self.proto = None
         self.over_inflight = 0
