@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then
     AS_ROOT=sudo
 fi
 if { [ "$(id -u)" = 0 ] || [ -n "$AS_ROOT" ]; } && command -v apt-get >/dev/null; then
-    pkgs="python3 python3-venv python3-dev gcc make libnfs-utils qemu-system-x86 busybox-static kmod cpio xz-utils zstd dpkg-dev rpcbind fakeroot util-linux"
+    pkgs="python3 python3-venv python3-dev gcc make libnfs-utils qemu-system-x86 busybox-static kmod cpio xz-utils zstd dpkg-dev rpcbind fakeroot pseudo util-linux"
     missing=""
     for p in $pkgs; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
