@@ -194,10 +194,10 @@ def test_answer_getattr(benchmark, served, lane):
     pytest.param("cython", id="cython", marks=pytest.mark.skipif(_cl is None, reason=_why_l or "")),
 ])
 def test_readdirplus_entries(benchmark, tmp_path, impl):
-    """nfs3.readdir.put_entries_plus and its Cython twin: stat, handle and
+    """backends.plain.py_put_entries_plus and its Cython twin: stat, handle and
     fattr3 of each entry of a page."""
     from fastnfs.exports import single_export
-    from fastnfs.nfs3 import readdir
+    from fastnfs.backends import plain as readdir  # put_entries_plus lives with the plain backend
     from fastnfs.server import Config, Server
     from fastnfs.xdr import Packer
     for i in range(90):

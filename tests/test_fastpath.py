@@ -442,7 +442,7 @@ def test_virtfs_cold_metadata_read_by_the_lane(tmp_path):
     srv = _server(root, virtfs=True)
     fast = srv.dispatcher.fast
     dfh = _walk(srv, b"dev")
-    srv.exports[0].virtfs.cache.clear()
+    srv.exports[0].backend.overlay.cache.clear()
     for name, answered in ((b"console", True), (b"sda", True), (b"broken", False)):
         rec = _call(LOOKUP, _dirop(dfh, name), ROOT)
         f = fast.answer(rec, LOCAL)
@@ -542,7 +542,7 @@ def test_ftypes_match(tree):
                                               (300, 40), (0, 0)])
 def test_readdirplus_entries_twins(tmp_path, virtfs, budget, dirbudget):
     """READDIRPLUS entries: the Cython loop gives the Python loop's bytes."""
-    from fastnfs.nfs3 import readdir
+    from fastnfs.backends import plain as readdir  # put_entries_plus lives with the plain backend
     from fastnfs.xdr import Packer as XPacker
     root = tmp_path / "root"
     _virtfs_tree(root)
@@ -562,7 +562,7 @@ def test_readdirplus_entries_twins(tmp_path, virtfs, budget, dirbudget):
             out = []
             for fn in (readdir.py_put_entries_plus, _cx.put_entries_plus):
                 if virtfs:
-                    e.virtfs.cache.clear()
+                    e.backend.overlay.cache.clear()
                 p = XPacker() if fn is readdir.py_put_entries_plus else _cxdr_packer()
                 r = fn(p, e, dfd, d.path, d.child_anc(), cookies, names, inos, 0, budget,
                        dirbudget, 0)

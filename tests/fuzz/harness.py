@@ -656,7 +656,7 @@ class DispatchTarget:
     def __init__(self, base: str | None = None):
         from fastnfs.exports import single_export
         from fastnfs.server import Config, Server
-        from fastnfs.fs import _FH_VERSION, _MAX_ANCESTORS
+        from fastnfs.handles import _FH_VERSION, _MAX_ANCESTORS
         base = base or os.environ.get("FASTNFS_FUZZ_SCRATCH") or (
             "/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.tmp = Path(tempfile.mkdtemp(prefix="fastnfs-fuzz-", dir=base))
