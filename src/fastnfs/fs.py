@@ -112,7 +112,7 @@ def py_scan_listing(fd: int, hidden) -> tuple:
 scan_listing = py_scan_listing
 if not os.environ.get("FASTNFS_PURE"):
     try:
-        from ._listing import scan_listing  # noqa: F811  (Cython twin)
+        from ._listing import scan_listing  # noqa: F401,F811  (Cython twin)
     except ImportError:  # pragma: no cover
         pass
 

@@ -1,8 +1,9 @@
 """Unix permission arithmetic on (uid, gid, mode) against a caller's credentials.
 
-Used for ACCESS (RFC 1813 section 3.3.4) and, with virtfs, for every
-procedure: the rules are those of a local filesystem (POSIX.1 section 2.3,
-"file access permissions").
+Used by the backends: for ACCESS (RFC 1813 section 3.3.4) by every one, and
+for every call by those that check permissions themselves (virtfs, where the
+kernel cannot know the virtual owners): the rules are those of a local
+filesystem (POSIX.1 section 2.3, "file access permissions").
 """
 
 from __future__ import annotations

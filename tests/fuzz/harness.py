@@ -708,7 +708,9 @@ class DispatchTarget:
     # -- structure-aware rewriting -------------------------------------------
     def fixup(self, data: bytes) -> bytes:
         """Map foreign filehandles and capture-export paths onto this export."""
-        return rewrite(data, self.handles, self.export_name, self.export.owns)
+        eid = self.export.export_id
+        return rewrite(data, self.handles, self.export_name,
+                       lambda fh: len(fh) >= 8 and int.from_bytes(fh[4:8], "big") == eid)
 
     # -- one input ------------------------------------------------------------
     def __call__(self, data: bytes, fix: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""virtfs bookkeeping for the procedures that create, change and remove entries.
+"""virtfs bookkeeping for the backend's creates, changes and removals of entries.
 
 Ownership and modes live only in the metadata files; the files on disk keep
 modes that let the (unprivileged) server read and write them.
@@ -65,7 +65,8 @@ def changed_meta(cred, st, uid, gid, mode) -> Meta:
 
 
 def write_obj_meta(e, obj, meta: Meta) -> None:
-    """Store meta for an existing object, found again through its parent directory."""
+    """Store meta for an existing object, found again through its parent directory
+    (e: the backend, for its export root fd)."""
     if obj.path == b".":
         write_root_meta(e.root_fd, meta)
         return
