@@ -413,12 +413,12 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
                      list inos, Py_ssize_t start, Py_ssize_t budget, Py_ssize_t dirbudget,
                      Py_ssize_t sent):
     """Cython twin of backends.plain.py_put_entries_plus (READDIRPLUS3resok
-    entries, RFC 1813 section 3.3.17): returns (entries sent in all, eof)."""
+    entries, RFC 1813 section 3.3.17): returns (entries sent in all, eof), or
+    None when the export's backend is not one the lane knows (the caller then
+    uses the Python loop)."""
     cdef _Export x = _make_export(e)
     if x is None:
-        from fastnfs.backends.plain import py_put_entries_plus
-        return py_put_entries_plus(p, e, dfd, dpath, anc, cookies, names, inos, start,
-                                   budget, dirbudget, sent)
+        return None
     cdef uint32_t nanc = len(anc)
     if nanc > MAX_ANC or len(names) != len(cookies) or len(inos) != len(cookies):
         raise ValueError("bad listing or ancestors")

@@ -125,16 +125,21 @@ def entry_plus_size(name: bytes, nanc: int) -> tuple:
 put_entries_plus = py_put_entries_plus
 if not os.environ.get("FASTNFS_PURE"):
     try:
-        from .._fastpath import put_entries_plus  # noqa: F811  (Cython twin)
+        from .._fastpath import put_entries_plus as _c_put_entries_plus
     except ImportError:  # pragma: no cover
         pass
+    else:
+        def put_entries_plus(p, e, *args):  # noqa: F811
+            """The Cython twin where it serves e, else the Python loop."""
+            r = _c_put_entries_plus(p, e, *args)
+            return py_put_entries_plus(p, e, *args) if r is None else r
 
 
 class PlainBackend(HostPaths, Backend):
     """The host filesystem, with the kernel's permission checks."""
 
     lane = True
-    overlays = False       # does view() change what the disk says?
+    overlays = False       # does view() apply to READDIRPLUS entries too?
 
     def __init__(self, path, *, fhcache_size: int = 262144, dircache_size: int = 64,
                  switch_creds: bool | None = None):

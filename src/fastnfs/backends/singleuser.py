@@ -20,7 +20,10 @@ CALLER = threading.local()  # .ids = (uid, gid) of the call being served on this
 class SingleUserBackend(PlainBackend):
     """PlainBackend with unfsd -s ownership."""
 
-    overlays = True
+    # READDIRPLUS entries carry the disk's owners, as they always did here
+    # (and as the fast lane's twin of that loop does): only the virtfs view
+    # is applied to them
+    overlays = False
     lane = True   # the lane declines these exports' calls itself (per_caller_view)
     per_caller_view = True
 
