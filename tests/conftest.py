@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class FastnfsProcess:
     """`fastnfs serve` in a child process, as a user would start it."""
 
-    def __init__(self, export: Path, extra_args=(), env=None, log_path: Path | None = None):
+    def __init__(self, export: Path, extra_args=(), env=None, log_path: Path | None = None,
+                 exports_file: Path | None = None):
         self.export = export
+        self.exports_file = exports_file   # serve -e FILE instead of the export path
         self.extra_args = list(extra_args)
         self.env = env
         self.port = 0
@@ -32,7 +34,8 @@ class FastnfsProcess:
         env = dict(os.environ)
         env.update(self.env or {})
         workers = [] if "--workers" in self.extra_args else ["--workers", "1"]
-        cmd = [sys.executable, "-m", "fastnfs", "serve", str(self.export), "-n", str(port),
+        what = ["-e", str(self.exports_file)] if self.exports_file else [str(self.export)]
+        cmd = [sys.executable, "-m", "fastnfs", "serve", *what, "-n", str(port),
                "-p", "-d", "--log-level", "debug", *workers, *self.extra_args]
         self._log = open(self.log_path, "ab")
         start = self._log.tell()
@@ -94,8 +97,19 @@ def fastnfs(export_dir):
         pytest.fail("the server logged a traceback:\n" + srv.log()[-4000:])
 
 
+def pytest_sessionstart(session):
+    """Under FASTNFS_REQUIRE_ALL=1 (CI) a Cython extension that does not import is an
+    error, not a quiet run of the pure-Python twins (FASTNFS_PURE=1 asks for those)."""
+    from fastnfs import _accel
+    gone = _accel.missing()
+    if gone and os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
+        pytest.exit("Cython extensions do not import (FASTNFS_REQUIRE_ALL=1): %s"
+                    % "; ".join("%s: %s" % kv for kv in sorted(gone.items())), returncode=3)
+
+
 def cython_twin(name: str):
-    """(module, None) for a built Cython twin, or (None, why) to skip its tests."""
+    """(module, None) for a built Cython twin, or (None, why) to skip its tests
+    (never skipped under FASTNFS_REQUIRE_ALL=1: the session refuses to start)."""
     import importlib
     if os.environ.get("FASTNFS_PURE"):
         return None, "FASTNFS_PURE=1"

@@ -200,18 +200,23 @@ class Reply:
 
 # -- transport ---------------------------------------------------------------
 class RpcClient:
-    """One TCP connection or one UDP socket to host:port."""
+    """One TCP connection or one UDP socket to host:port (from source, an
+    (address, port) pair, if given)."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", proto: str = "tcp",
-                 timeout: float = 5.0, cred="default"):
+                 timeout: float = 5.0, cred="default", source=None):
         self.host, self.port, self.proto, self.timeout = host, port, proto, timeout
         self.cred = default_cred() if cred == "default" else cred
+        # host: a name, an IPv4 literal or an IPv6 literal ("::1", no brackets)
+        family, _, _, _, self.addr = socket.getaddrinfo(
+            host, port, 0, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)[0]
         if proto == "tcp":
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+            self.sock = socket.create_connection((host, port), timeout=timeout,
+                                                 source_address=source)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind(("127.0.0.1", 0))
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+            self.sock.bind(source or ("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
             self.sock.settimeout(timeout)
         self._buf = b""
         self._pending: dict = {}
@@ -230,7 +235,7 @@ class RpcClient:
         if self.proto == "tcp":
             self.sock.sendall(data)
         else:
-            self.sock.sendto(data, (self.host, self.port))
+            self.sock.sendto(data, self.addr)
 
     @staticmethod
     def frame(msg: bytes, sizes=None) -> bytes:

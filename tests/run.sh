@@ -1,12 +1,18 @@
 #!/bin/sh
 # Install what the test suite needs, then run all of it.
 #   tests/run.sh [pytest args...]
-# As root on Debian/Ubuntu it apt-installs the real clients (libnfs-utils, qemu,
-# busybox-static) and build tools; everything Python goes into ./.venv.
+# On Debian/Ubuntu it apt-installs the real clients (libnfs-utils, qemu,
+# busybox-static) and build tools, as root or else through sudo; everything
+# Python goes into ./.venv.  Run as root, every test runs; as another user the
+# few that need root (debootstrap, serving as another uid) skip.
 set -eu
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+AS_ROOT=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then
+    AS_ROOT=sudo
+fi
+if { [ "$(id -u)" = 0 ] || [ -n "$AS_ROOT" ]; } && command -v apt-get >/dev/null; then
     pkgs="python3 python3-venv python3-dev gcc make libnfs-utils qemu-system-x86 busybox-static kmod cpio xz-utils zstd dpkg-dev rpcbind"
     missing=""
     for p in $pkgs; do
@@ -14,8 +20,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     done
     if [ -n "$missing" ]; then
         echo "tests/run.sh: installing$missing"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+        $AS_ROOT apt-get update -qq
+        $AS_ROOT env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     fi
 fi
 

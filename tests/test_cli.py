@@ -78,10 +78,31 @@ def test_separate_mount_port_and_tcp_only(export_dir):
         srv.stop()
 
 
+def test_stays_in_the_foreground_by_default_and_stops_on_ctrl_c(export_dir, tmp_path):
+    pidfile = tmp_path / "fastnfs.pid"
+    port = free_port()
+    p = subprocess.Popen(fastnfs_cmd("serve", str(export_dir), "-n", str(port), "-p",
+                                     "--workers", "2", "-i", str(pidfile)),
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: _answers(port))
+        assert p.poll() is None                       # still ours: not detached
+        assert int(pidfile.read_text()) == p.pid
+        p.send_signal(signal.SIGINT)                  # what Ctrl-C sends
+        assert p.wait(15) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = p.stderr.read()
+    assert "nfsroot=" in err and "Traceback" not in err
+    assert not pidfile.exists()
+
+
 def test_detaches_and_writes_pid_file(export_dir, tmp_path):
     pidfile = tmp_path / "fastnfs.pid"
     port = free_port()
-    r = subprocess.run(fastnfs_cmd("serve", str(export_dir), "-n", str(port), "-p",
+    r = subprocess.run(fastnfs_cmd("serve", str(export_dir), "-n", str(port), "-p", "--detach",
                                    "-i", str(pidfile)), capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert "nfsroot=" in r.stderr

@@ -201,6 +201,7 @@ class BoundRpcClient(RpcClient):
     def __init__(self, port: int, *, src: str = "127.0.0.1", privileged: bool = False,
                  proto: str = "tcp", timeout: float = 5.0, cred=ROOT):
         self.host, self.port, self.proto, self.timeout = "127.0.0.1", port, proto, timeout
+        self.addr = (self.host, port)
         self.cred = cred
         self._buf = b""
         self._pending = {}

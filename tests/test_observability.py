@@ -387,3 +387,63 @@ def test_malformed_metadata_is_logged(export_dir, tmp_path):
     assert len(bad) == 1, recs
     assert bad[0]["level"] == "WARNING"
     assert ".virtfs_metadata/f:2" in bad[0]["message"] and "virtfs.gid" in bad[0]["message"], bad
+
+
+def test_refusals_are_counted_in_full_but_logged_a_line_a_minute(tmp_path):
+    """A client that keeps being refused (a bad flavour, a host the exports refuse, a
+    mount of a path not exported) costs one log line per reason, not one per call;
+    `fastnfs stats` keeps every count."""
+    export = tmp_path / "export"
+    export.mkdir()
+    exports = tmp_path / "exports"
+    exports.write_text("%s 127.0.0.2(rw,no_root_squash,insecure)\n" % export)
+    srv = FastnfsProcess(export, env=stats_env(tmp_path), exports_file=exports).start()
+    n_each = 600
+    try:
+        from rpcclient import RpcClient
+        with RpcClient(srv.port, cred=ROOT) as c:
+            for _ in range(n_each):                # AUTH_DH-like flavour: AUTH_BADCRED
+                c.send_call(MOUNT_PROGRAM, 3, 1, b"\0\0\0\1/\0\0\0", cred=(3, b"x" * 8))
+            for _ in range(n_each):
+                c.recv_reply()
+            for _ in range(n_each):                # MNT of an export this host may not use
+                st, _ = Nfs3(c).mnt(str(export))
+                assert st != MNT3_OK
+        s = wait_stats(srv, tmp_path, lambda s: sum(s.get("refused", {}).values()) >= 3 * n_each)
+        table = run_stats(srv, tmp_path).stdout
+    finally:
+        srv.stop()
+    refused = s["refused"]
+    assert refused.get("auth error") == n_each, refused
+    assert refused.get("mount refused") == n_each, refused
+    assert refused.get("host not allowed") == n_each, refused
+    lines = [ln for ln in srv.log().splitlines() if "refused" in ln]
+    assert 1 <= len(lines) <= 3, lines
+    assert "refused calls:" in table and "auth error %d" % n_each in table
+
+
+def test_refusal_log_line_says_how_many_were_suppressed():
+    import logging
+
+    from fastnfs.refusals import Refusals
+    got = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            got.append(record.getMessage())
+
+    log = logging.getLogger("fastnfs.test-refusals")
+    log.addHandler(Catch())
+    log.setLevel(logging.INFO)
+    r = Refusals(interval=0.2, max_keys=2)
+    for _ in range(50):
+        r.note(log, logging.WARNING, "10.0.0.1", "insecure port", "refused %s", "10.0.0.1")
+    r.note(log, logging.WARNING, "10.0.0.2", "insecure port", "refused %s", "10.0.0.2")
+    assert got == ["refused 10.0.0.1", "refused 10.0.0.2"]
+    time.sleep(0.25)
+    r.note(log, logging.WARNING, "10.0.0.1", "insecure port", "refused %s", "10.0.0.1")
+    assert got[-1].startswith("refused 10.0.0.1 (49 more like it from 10.0.0.1 suppressed")
+    assert r.counts == {"insecure port": 52}
+    for i in range(10):                        # bounded: old clients are forgotten
+        r.note(log, logging.WARNING, "10.0.1.%d" % i, "x", "m")
+    assert len(r._last) == 2

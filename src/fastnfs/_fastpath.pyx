@@ -44,7 +44,7 @@ from fastnfs.virtfs._meta cimport MetaCache, parse_meta
 
 from fastnfs import creds as _creds_mod
 from fastnfs.fs import NFSError
-from fastnfs.rpc import AUTH_SYS, Cred
+from fastnfs.rpc_msg import AUTH_SYS, Cred
 from fastnfs.stats import _BUCKETS_NS
 
 cdef extern from "Python.h":

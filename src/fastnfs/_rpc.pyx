@@ -12,9 +12,9 @@ from libc.stdint cimport uint32_t, uint64_t, int64_t
 
 from fastnfs._xdr cimport Packer, Unpacker
 
-from fastnfs.rpc import CallHeader, Cred, RpcReject, CRED_NONE, AUTH_NONE, AUTH_SYS
-from fastnfs.rpc import AUTH_BADCRED, AUTH_BADVERF, RPC_VERSION, MAX_AUTH_BYTES
-from fastnfs.xdr import XdrError
+from fastnfs.errors import XdrError
+from fastnfs.rpc_msg import CallHeader, Cred, RpcReject, CRED_NONE, AUTH_NONE, AUTH_SYS
+from fastnfs.rpc_msg import AUTH_BADCRED, AUTH_BADVERF, RPC_VERSION, MAX_AUTH_BYTES
 
 cdef extern from "<sys/sysmacros.h>" nogil:
     unsigned int c_major "major"(unsigned long long dev)

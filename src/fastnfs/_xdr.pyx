@@ -30,7 +30,7 @@ from libc.stdint cimport (INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN, UINT32_MAX
 from libc.string cimport memcpy, memset
 
 # circular import is fine: fastnfs.xdr defines XdrError before importing us
-from fastnfs.xdr import XdrError
+from fastnfs.errors import XdrError
 
 cdef extern from "Python.h":
     # Declared noexcept: callers test for the error value themselves.

@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "serve", help="serve a directory over NFSv3 and MOUNT",
         description="Serve PATH (or the exports of an exports(5) file) over NFS version 3 "
-                    "and MOUNT versions 1 and 3, both programs on one port (TCP and UDP). "
+                    "and MOUNT versions 1 and 3, both programs on one port (TCP and UDP, IPv6 "
+                    "and IPv4). "
                     "PATH alone is exported to every host, read-write unless --ro, with "
                     "client root not squashed and any source port accepted "
                     "(rw,no_root_squash,insecure).")
@@ -36,13 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NFS port (default 2049; 0 picks a free port)")
     s.add_argument("-m", "--mount-port", type=_port, default=None,
                    help="MOUNT port (default: the NFS port)")
-    s.add_argument("-l", "--bind", default="0.0.0.0", metavar="ADDR",
-                   help="address to listen on (default: all)")
+    s.add_argument("-l", "--bind", default="", metavar="ADDR",
+                   help="address to listen on: an IPv4 or IPv6 address (::1, [::1]) or a host "
+                        "name (default: every address, IPv6 and IPv4 on one dual-stack socket, "
+                        "or IPv4 only where the host has no IPv6; 0.0.0.0 is every IPv4 "
+                        "address)")
     s.add_argument("-t", "--tcp-only", action="store_true", help="do not serve UDP")
     s.add_argument("-p", "--no-portmap", action="store_true",
                    help="do not register with rpcbind (clients then need port= and mountport=)")
+    s.add_argument("--detach", action="store_true",
+                   help="detach into the background once the ports are bound, as unfsd does; "
+                        "log lines are then discarded (default: stay in the foreground, log "
+                        "to stderr, stop with Ctrl-C or SIGTERM)")
     s.add_argument("-d", "--foreground", action="store_true",
-                   help="stay in the foreground and log to stderr (default: detach)")
+                   help="stay in the foreground (the default; accepted for unfsd's -d)")
     s.add_argument("-i", "--pid-file", metavar="FILE", help="write the server's pid to FILE")
     s.add_argument("--ro", action="store_true", help="export PATH read-only")
     s.add_argument("--root-squash", action="store_true",
@@ -162,6 +170,10 @@ def serve(args, base: bytes = b"") -> int:
     from .server import Config, Server, banner, run
 
     setup_logging(args.log_level, args.log_format)
+    from . import _accel
+    slow = _accel.warning()
+    if slow:
+        logging.getLogger("fastnfs").warning("%s", slow)
     from .exports import ExportsError
     try:
         entries, exports_file = exports_for(args)
@@ -173,7 +185,7 @@ def serve(args, base: bytes = b"") -> int:
         exports=entries, exports_file=exports_file, base=base,
         port=args.port, mount_port=args.mount_port,
         bind=args.bind, tcp_only=args.tcp_only, portmap=not args.no_portmap,
-        foreground=args.foreground, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
+        foreground=not args.detach, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
         metacache_size=args.metacache_size,
         single_user=args.single_user, virtfs=args.virtfs, workers=max(1, args.workers),
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
@@ -189,8 +201,8 @@ def serve(args, base: bytes = b"") -> int:
     try:
         server.bind()
     except OSError as e:
-        print("fastnfs: cannot listen on %s port %s: %s" % (args.bind, args.port, e.strerror),
-              file=sys.stderr)
+        print("fastnfs: cannot listen on %s port %s: %s"
+              % (args.bind or "every address,", args.port, e.strerror or e), file=sys.stderr)
         return 1
     banner(server)
     return run(server)

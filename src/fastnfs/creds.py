@@ -11,6 +11,8 @@ import ctypes
 import os
 import threading
 
+from ._accel import load
+
 __all__ = ["ENABLED", "switch", "become_server", "current"]
 
 ENABLED = os.geteuid() == 0
@@ -62,8 +64,6 @@ def current():
     return getattr(_state, "cur", None) or _server_identity()
 
 
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from ._creds import become_server, current, switch  # noqa: F811  (Cython twin)
-    except ImportError:  # pragma: no cover
-        pass
+_cx = load("_creds")
+if _cx is not None:  # the Cython twin
+    become_server, current, switch = _cx.become_server, _cx.current, _cx.switch

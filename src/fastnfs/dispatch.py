@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
+from ._accel import load
 from . import rpc
 from .rpc import RpcReject
 from .stats import Stats
@@ -131,7 +131,7 @@ class Dispatcher:
             if prog.auth_sys_required and h.proc != 0 and h.cred.flavor != rpc.AUTH_SYS:
                 raise RpcReject("auth", rpc.AUTH_TOOWEAK)
         except RpcReject as e:
-            encode_reject_logged(p, xid, e, peer)
+            self._reject(p, xid, e, peer)
             self.stats.rpc_rejects += 1
             return p
         except XdrError:
@@ -161,7 +161,7 @@ class Dispatcher:
             later = None
         except RpcReject as e:
             p.truncate(mark)
-            encode_reject_logged(p, xid, e, peer)
+            self._reject(p, xid, e, peer)
             later = None
         except Exception:
             log.exception("procedure %s.%d.%d failed", prog.name, h.vers, h.proc)
@@ -174,6 +174,12 @@ class Dispatcher:
             self._count(h, p, mark, t0, peer, len(data))
             return p
         return self._finish_later(later, p, mark, xid, prog, h, drc_key, t0, peer, len(data))
+
+    def _reject(self, p: Packer, xid: int, e: RpcReject, peer) -> None:
+        if e.kind == "auth":
+            self.stats.refusals.note(log, logging.INFO, peer[0], "auth error",
+                                     "refused call from %s: auth_stat %d", peer[0], e.values[0])
+        rpc.encode_reject(p, xid, e)
 
     def _count(self, h, p, mark: int, t0: int, peer, nin: int) -> None:
         """Statistics of one answered call; the status is the first word of the result."""
@@ -200,19 +206,13 @@ class Dispatcher:
 def use_fast_path(dispatcher: Dispatcher, nfs_state) -> bool:
     """Answer ordinary GETATTR/LOOKUP/ACCESS/READLINK/READ calls through fastnfs._fastpath
     (not with FASTNFS_PURE=1, where the general path is the only one)."""
-    if os.environ.get("FASTNFS_PURE"):
-        return False
-    try:
-        from ._fastpath import FastPath
-    except ImportError:  # pragma: no cover  (not built)
+    cx = load("_fastpath")
+    if cx is None:
         return False
     from .offload import INLINE_IO_MAX
-    dispatcher.fast = FastPath(nfs_state, dispatcher.stats, dispatcher.maxdata["tcp"],
+    dispatcher.fast = cx.FastPath(nfs_state, dispatcher.stats, dispatcher.maxdata["tcp"],
                                dispatcher.maxdata["udp"], INLINE_IO_MAX)
     return True
 
 
-def encode_reject_logged(p: Packer, xid: int, e: RpcReject, peer) -> None:
-    if e.kind == "auth":
-        log.info("refused call from %s: auth_stat %d", peer[0], e.values[0])
-    rpc.encode_reject(p, xid, e)
+

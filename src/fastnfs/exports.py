@@ -43,8 +43,9 @@ space, so ``::/0`` matches IPv4 clients too.
 Deliberate deviations from unfsd, each reported by ``fastnfs exports check``:
 
 * unresolvable hostname: a warning and the spec matches nothing (unfsd: the
-  whole file is rejected). All IPv4 addresses of the name are used (unfsd: the
-  first only). Hostnames may contain capitals (unfsd: lowercase only).
+  whole file is rejected). All IPv4 and IPv6 addresses of the name are used
+  (unfsd: the first only). Hostnames may contain capitals (unfsd: lowercase
+  only).
 * ``anonuid=abc`` / ``anonuid=`` / bare ``anonuid``: an error (unfsd atoi()s
   it, silently giving uid 0, or ignores the bare word).
 * ``password=...``: an error. unfsd enforces mount passwords; fastnfs cannot,
@@ -200,16 +201,18 @@ def _parse_ipv4(text: str) -> Optional[ipaddress.IPv4Address]:
 
 
 def _resolve(name: str) -> list[str]:
-    """IPv4 addresses of a hostname (raises OSError). Tests replace this."""
+    """IPv4 and IPv6 addresses of a hostname (raises OSError). Tests replace this."""
     try:
-        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(name, None, socket.AF_UNSPEC, socket.SOCK_STREAM)
     except OSError:
         if name.lower() == "localhost" or name.lower().endswith(".localhost"):
-            return ["127.0.0.1"]
+            return ["127.0.0.1", "::1"]
         raise
     out: list[str] = []
     for info in infos:
-        a = info[4][0]
+        if info[0] not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        a = info[4][0].split("%")[0]  # a link-local address's scope does not matter here
         if a not in out:
             out.append(a)
     return out
@@ -291,10 +294,10 @@ def _client_networks(text: str, cache: Optional[dict] = None) -> tuple[tuple, Op
             addrs, err = [], getattr(e, "strerror", None) or str(e)
         if cache is not None:
             cache[key] = (addrs, err)
-    nets = tuple(ipaddress.IPv4Network(a) for a in addrs)
+    nets = tuple(ipaddress.ip_network(a) for a in addrs)
     if not nets:
         return (), ("cannot resolve hostname '%s' (%s); this client specification matches"
-                    " nothing" % (text, err or "no IPv4 address"))
+                    " nothing" % (text, err or "no address"))
     return nets, None
 
 

@@ -8,8 +8,9 @@ so a stale entry costs a search, never a wrong answer.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
+
+from ._accel import load
 
 __all__ = ["PyFHCache", "FHCache"]
 
@@ -57,8 +58,6 @@ class PyFHCache:
 
 
 FHCache = PyFHCache
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from ._fhcache import FHCache  # noqa: F811  (Cython twin)
-    except ImportError:  # pragma: no cover
-        pass
+_cx = load("_fhcache")
+if _cx is not None:  # the Cython twin
+    FHCache = _cx.FHCache

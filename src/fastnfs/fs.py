@@ -17,6 +17,7 @@ import hashlib
 import os
 import stat as S
 
+from ._accel import load
 from .nfs3 import const as C
 
 MAX_ANCESTORS = 5  # ancestor inodes a handle carries (handles.py)
@@ -110,11 +111,9 @@ def py_scan_listing(fd: int, hidden) -> tuple:
 
 
 scan_listing = py_scan_listing
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from ._listing import scan_listing  # noqa: F401,F811  (Cython twin)
-    except ImportError:  # pragma: no cover
-        pass
+_cx = load("_listing")
+if _cx is not None:  # the Cython twin
+    scan_listing = _cx.scan_listing
 
 
 class Obj:

@@ -10,6 +10,8 @@ import ctypes
 import os
 import struct
 
+from ._accel import load
+
 __all__ = ["Stat", "lstatat", "fstat", "generation"]
 
 _AT_SYMLINK_NOFOLLOW = 0x100
@@ -95,8 +97,6 @@ def fstat(fd: int) -> Stat:
     return _call(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, fd)
 
 
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from ._fsstat import Stat, fstat, generation, lstatat  # noqa: F811  (Cython twin)
-    except ImportError:  # pragma: no cover
-        pass
+_cx = load("_fsstat")
+if _cx is not None:  # the Cython twin
+    Stat, fstat, generation, lstatat = _cx.Stat, _cx.fstat, _cx.generation, _cx.lstatat

@@ -107,7 +107,9 @@ def mount_program(nfs_state) -> Program:
         dirpath = u.string(MNTPATHLEN + 1)
         r = ms.find(call, dirpath)
         if isinstance(r, int):
-            log.info("refused mount of %s by %s: mountstat3 %d", os.fsdecode(dirpath), call.peer[0], r)
+            ms.nfs.stats.refusals.note(log, logging.INFO, call.peer[0], "mount refused",
+                                       "refused mount of %s by %s: mountstat3 %d",
+                                       os.fsdecode(dirpath), call.peer[0], r)
             p.u32(r)
             return
         e, obj = r

@@ -2,80 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
-from .xdr import Packer, Unpacker, XdrError
-
-RPC_VERSION = 2
-
-# msg_type (RFC 5531 section 9)
-CALL = 0
-REPLY = 1
-
-# reply_stat
-MSG_ACCEPTED = 0
-MSG_DENIED = 1
-
-# accept_stat
-SUCCESS = 0
-PROG_UNAVAIL = 1
-PROG_MISMATCH = 2
-PROC_UNAVAIL = 3
-GARBAGE_ARGS = 4
-SYSTEM_ERR = 5
-
-# reject_stat
-RPC_MISMATCH = 0
-AUTH_ERROR = 1
-
-# auth_stat
-AUTH_OK = 0
-AUTH_BADCRED = 1
-AUTH_REJECTEDCRED = 2
-AUTH_BADVERF = 3
-AUTH_REJECTEDVERF = 4
-AUTH_TOOWEAK = 5
-AUTH_INVALIDRESP = 6
-AUTH_FAILED = 7
-
-# auth_flavor
-AUTH_NONE = 0
-AUTH_SYS = 1  # a.k.a. AUTH_UNIX
-AUTH_SHORT = 2
-
-MAX_AUTH_BYTES = 400      # opaque_auth body<400>
-MAX_MACHINE_NAME = 255    # authsys_parms machinename<255>
-MAX_GIDS = 16             # authsys_parms gids<16>
-
-
-class RpcReject(Exception):
-    """A call that is answered with MSG_DENIED or a non-SUCCESS accept_stat."""
-
-    def __init__(self, kind: str, *values: int):
-        super().__init__(kind, *values)
-        self.kind = kind
-        self.values = values
-
-
-class Cred:
-    """The caller's identity after AUTH_NONE / AUTH_SYS decoding."""
-
-    __slots__ = ("flavor", "uid", "gid", "gids", "machine")
-
-    def __init__(self, flavor: int, uid: int = 65534, gid: int = 65534,
-                 gids: tuple = (), machine: bytes = b""):
-        self.flavor = flavor
-        self.uid = uid
-        self.gid = gid
-        self.gids = gids
-        self.machine = machine
-
-    def __repr__(self) -> str:
-        return "Cred(flavor=%d, uid=%d, gid=%d, gids=%r)" % (
-            self.flavor, self.uid, self.gid, self.gids)
-
-
-CRED_NONE = Cred(AUTH_NONE)
+from ._accel import load
+from .errors import XdrError
+from .rpc_msg import (  # noqa: F401  (re-exported: the RPC names live in rpc_msg)
+    RPC_VERSION, CALL, REPLY, MSG_ACCEPTED, MSG_DENIED, SUCCESS, PROG_UNAVAIL,
+    PROG_MISMATCH, PROC_UNAVAIL, GARBAGE_ARGS, SYSTEM_ERR, RPC_MISMATCH,
+    AUTH_ERROR, AUTH_OK, AUTH_BADCRED, AUTH_REJECTEDCRED, AUTH_BADVERF,
+    AUTH_REJECTEDVERF, AUTH_TOOWEAK, AUTH_INVALIDRESP, AUTH_FAILED, AUTH_NONE,
+    AUTH_SYS, AUTH_SHORT, MAX_AUTH_BYTES, MAX_MACHINE_NAME, MAX_GIDS, CRED_NONE,
+    RpcReject, Cred, CallHeader)
+from .xdr import Packer, Unpacker
 
 
 def _decode_authsys(body: bytes) -> Cred:
@@ -95,17 +31,6 @@ def _decode_authsys(body: bytes) -> Cred:
     if u.remaining():
         raise RpcReject("auth", AUTH_BADCRED)
     return Cred(AUTH_SYS, uid, gid, gids, machine)
-
-
-class CallHeader:
-    __slots__ = ("xid", "prog", "vers", "proc", "cred")
-
-    def __init__(self, xid, prog, vers, proc, cred):
-        self.xid = xid
-        self.prog = prog
-        self.vers = vers
-        self.proc = proc
-        self.cred = cred
 
 
 def decode_call(u: Unpacker, xid: int) -> CallHeader:
@@ -191,8 +116,6 @@ def zeros_at(p, off: int, n: int) -> bool:
 
 py_decode_call = decode_call
 py_zeros_at = zeros_at
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from ._rpc import decode_call, zeros_at  # noqa: F811  (Cython twin)
-    except ImportError:  # pragma: no cover
-        pass
+_cx = load("_rpc")
+if _cx is not None:
+    decode_call, zeros_at = _cx.decode_call, _cx.zeros_at  # noqa: F811  (Cython twin)

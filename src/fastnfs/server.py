@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from .nfs3.program import nfs3_program
 from .nfs3.state import NFS3State
 from .stats import Stats, serve_metrics, stats_dir
 from .transport import Connections, RpcDatagramProtocol, RpcStreamProtocol
+from .workers import supervise
 
 log = logging.getLogger("fastnfs")
 
@@ -34,7 +36,7 @@ class Config:
     base: bytes = b""                 # UNFS_BASE: prefix of every export path on disk
     port: int = 2049
     mount_port: int | None = None
-    bind: str = "0.0.0.0"
+    bind: str = ""                    # "": every address, IPv6 and IPv4 (see listen_address)
     tcp_only: bool = False
     portmap: bool = True
     foreground: bool = False
@@ -74,6 +76,7 @@ class Server:
                 e.backend.overlay.cache for e in self.exports
                 if hasattr(e.backend, "overlay"))
         self.sockets: list = []  # (kind, socket)
+        self.listen: tuple = (socket.AF_INET, ("0.0.0.0", 0))  # (family, address): bind() says
         self.registration = portmap.Registration()
         self._stop: asyncio.Event | None = None
         self._servers: list = []
@@ -139,6 +142,7 @@ class Server:
     def bind(self) -> None:
         """Bind every listener; port 0 picks one free port for TCP and UDP both."""
         c = self.config
+        self.listen = listen_address(c.bind)
         nfs_port = self._bind_port(c.port)
         if c.mount_port is not None and c.mount_port != c.port:
             self._bind_port(c.mount_port)
@@ -150,8 +154,11 @@ class Server:
         """Another set of listeners on the same ports (SO_REUSEPORT), for a worker."""
         out = []
         for kind, s in self.sockets:
-            n = socket.socket(socket.AF_INET,
+            n = socket.socket(s.family,
                               socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+            if s.family == socket.AF_INET6:  # dual-stack like its twin, or not
+                n.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                             s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
             n.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             n.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             n.bind(s.getsockname())
@@ -165,21 +172,31 @@ class Server:
 
     def _bind_port(self, port: int) -> int:
         c = self.config
-        for _attempt in range(20):
-            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        family, addr = self.listen
+
+        def new(kind):
+            s = socket.socket(family, kind)
+            if family == socket.AF_INET6 and addr[0] == "::":
+                # one socket for both families, whatever net.ipv6.bindv6only says
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if c.workers > 1:
-                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            t.bind((c.bind, port))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            return s
+
+        for _attempt in range(20):
+            t = new(socket.SOCK_STREAM)
+            try:
+                t.bind((addr[0], port) + addr[2:])
+            except OSError:
+                t.close()
+                raise
             actual = t.getsockname()[1]
             d = None
             if not c.tcp_only:
-                d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                d.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if c.workers > 1:
-                    d.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                d = new(socket.SOCK_DGRAM)
                 try:
-                    d.bind((c.bind, actual))
+                    d.bind((addr[0], actual) + addr[2:])
                 except OSError:
                     d.close()
                     t.close()
@@ -206,7 +223,25 @@ class Server:
         return ports[-1]
 
     def mappings(self) -> list:
-        """(prog, vers, protocol, port) for rpcbind."""
+        """(prog, vers, protocol, port) for rpcbind's IPv4 list (PMAP version 2):
+        none when only IPv6 is served."""
+        if self.listen[0] == socket.AF_INET6 and self.listen[1][0] != "::":
+            return []
+        return self._mappings_of_sockets()
+
+    def mappings6(self) -> list:
+        """(prog, vers, netid, universal address) for rpcbind's tcp6 and udp6
+        transports (RPCBIND version 3): none when only IPv4 is served."""
+        family, addr = self.listen
+        if family != socket.AF_INET6:
+            return []
+        out = []
+        for prog, vers, prot, port in self._mappings_of_sockets():
+            netid = "tcp6" if prot == portmap.IPPROTO_TCP else "udp6"
+            out.append((prog, vers, netid, portmap.universal_address(addr[0], port)))
+        return out
+
+    def _mappings_of_sockets(self) -> list:
         out = []
         for kind, sock in self.sockets:
             prot = portmap.IPPROTO_TCP if kind == "tcp" else portmap.IPPROTO_UDP
@@ -240,7 +275,8 @@ class Server:
         main = register  # False in a worker: the parent serves metrics then
         register = register and self.config.portmap
         if register:
-            await loop.run_in_executor(None, self.registration.register, self.mappings())
+            await loop.run_in_executor(None, self.registration.register, self.mappings(),
+                                       self.mappings6())
         sdir = stats_dir(self.port)
         self._share_warnings(sdir)
         if main and self.config.metrics:  # a single process serves its own metrics
@@ -347,10 +383,9 @@ def run(server: Server) -> int:
     raise_fd_limit()
     try:
         if c.workers > 1:
-            from .workers import supervise
             if c.metrics:
                 server._start_metrics(stats_dir(server.port))
-            return supervise(server, c.workers)
+            return supervise(server, c.workers, serve_in_this_process)
         serve_in_this_process(server)
     finally:
         if c.pid_file:
@@ -375,6 +410,39 @@ def serve_in_this_process(server: Server, register: bool = True) -> None:
         loop.close()
 
 
+def ipv6_available() -> bool:
+    """Whether this host can listen on IPv6 (and IPv4 through the same socket)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0))
+        return True
+    except OSError:
+        return False
+
+
+def listen_address(bind: str) -> tuple:
+    """(family, socket address with port 0) to listen on for ``-l ADDR``.
+
+    "" (the default) is every address: one dual-stack IPv6 socket per protocol
+    (as "::" asks), or 0.0.0.0 where the host has no IPv6.  Otherwise ADDR is
+    an IPv4 or IPv6 literal (brackets allowed, "fe80::1%eth0" for a link-local
+    one) or a host name, whose first address is taken.  A name that does not
+    resolve raises OSError (socket.gaierror)."""
+    if bind.startswith("[") and bind.endswith("]"):
+        bind = bind[1:-1]
+    if bind == "":
+        if ipv6_available():
+            return socket.AF_INET6, ("::", 0, 0, 0)
+        return socket.AF_INET, ("0.0.0.0", 0)
+    infos = socket.getaddrinfo(bind, 0, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                               socket.AI_PASSIVE)
+    family, _type, _proto, _name, addr = infos[0]
+    return family, addr
+
+
 def primary_address() -> str:
     """The address a board would most likely use to reach this host."""
     try:
@@ -385,9 +453,60 @@ def primary_address() -> str:
         return "127.0.0.1"
 
 
+def _usable6(text: str) -> bool:
+    """A global or unique-local (fc00::/7) unicast IPv6 address."""
+    try:
+        ip = ipaddress.IPv6Address(text.split("%")[0])
+    except ValueError:
+        return False
+    if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified \
+            or ip.ipv4_mapped is not None or ip.is_site_local:
+        return False
+    return ip.is_global or ip in ipaddress.IPv6Network("fc00::/7")
+
+
+def primary_address6() -> str | None:
+    """The global or unique-local IPv6 address a board would most likely use to
+    reach this host, or None when it has none."""
+    candidates = []
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.connect(("2001:db8::1", 9))  # the source the routes pick; nothing is sent
+            candidates.append(s.getsockname()[0])
+    except OSError:
+        pass
+    try:  # no route: any usable address of an interface (not tentative, deprecated, failed)
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                hexaddr, _idx, _plen, _scope, flags = line.split()[:5]
+                if int(flags, 16) & 0x68:  # IFA_F_TENTATIVE, _DEPRECATED, _DADFAILED
+                    continue
+                candidates.append(":".join(hexaddr[i:i + 4] for i in range(0, 32, 4)))
+    except (OSError, ValueError):
+        pass
+    for a in candidates:
+        if _usable6(a):
+            return str(ipaddress.IPv6Address(a.split("%")[0]))
+    return None
+
+
+def banner_hosts(server: Server) -> list:
+    """Server addresses for the nfsroot= and mount lines: IPv4 first, an IPv6 one
+    in brackets; a dual-stack server gives both when the host has a global or
+    unique-local IPv6 address."""
+    family, addr = server.listen
+    host = addr[0]
+    if family == socket.AF_INET:
+        return [host if host != "0.0.0.0" else primary_address()]
+    if host != "::":
+        return ["[%s]" % host]
+    v6 = primary_address6()
+    return [primary_address()] + (["[%s]" % v6] if v6 else [])
+
+
 def banner(server: Server, out=sys.stderr) -> None:
     c = server.config
-    host = c.bind if c.bind not in ("0.0.0.0", "") else primary_address()
+    hosts = banner_hosts(server)
     port, mport = server.port, server.mount_port
     protos = "TCP" if c.tcp_only else "TCP and UDP"
     for e in server.exports:
@@ -396,8 +515,12 @@ def banner(server: Server, out=sys.stderr) -> None:
         where = "" if e.name == e.path else " from " + os.fsdecode(e.path)
         print("fastnfs: serving %s%s to %s over %s, NFS port %d, MOUNT port %d"
               % (path, where, rules, protos, port, mport), file=out)
-        print("  board kernel argument:  root=/dev/nfs nfsroot=%s:%s,v3,tcp,port=%d,mountport=%d ip=dhcp"
-              % (host, path, port, mport), file=out)
-        print("  mount from Linux:       mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:%s /mnt"
-              % (port, mport, host, path), file=out)
+        for i, host in enumerate(hosts):
+            v6 = host.startswith("[")
+            labels = (("board kernel argument:", "mount from Linux:") if i == 0
+                      else ("board kernel IPv6:", "mount from IPv6:"))
+            print("  %-22s  root=/dev/nfs nfsroot=%s:%s,v3,tcp,port=%d,mountport=%d ip=dhcp"
+                  % (labels[0], host, path, port, mport), file=out)
+            print("  %-22s  mount -t nfs -o vers=3,proto=%s,port=%d,mountport=%d,nolock %s:%s /mnt"
+                  % (labels[1], "tcp6" if v6 else "tcp", port, mport, host, path), file=out)
     out.flush()

@@ -14,6 +14,8 @@ import tempfile
 import time
 from bisect import bisect_left
 
+from .refusals import Refusals
+
 # latency histogram bucket upper bounds, in seconds (Prometheus "le")
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
            0.5, 1.0, 2.5, 5.0, 10.0)
@@ -56,6 +58,7 @@ class Stats:
         self.connections_total = 0
         self.connections_refused = 0
         self.rpc_rejects = 0
+        self.refusals = Refusals()  # refused calls by reason, and their rate-limited log lines
         self.fast_answered = 0   # calls the Cython fast lane answered
         self.fast_declined = 0   # calls it handed to the general path
         self.caches: dict = {}   # name -> callable returning (hits, misses, size)
@@ -121,6 +124,7 @@ class Stats:
             "connections_total": self.connections_total,
             "connections_refused": self.connections_refused,
             "rpc_rejects": self.rpc_rejects,
+            "refused": dict(self.refusals.counts),
             "fast_lane": {"answered": self.fast_answered, "declined": self.fast_declined},
             "caches": caches,
         }
@@ -220,6 +224,8 @@ def _add(a: dict, b: dict) -> dict:
         for f in ("hits", "misses", "size"):
             c[f] += v[f]
     out["caches"] = caches
+    ra, rb = a.get("refused", {}), b.get("refused", {})
+    out["refused"] = {k: ra.get(k, 0) + rb.get(k, 0) for k in set(ra) | set(rb)}
     la, lb = a.get("fast_lane", {}), b.get("fast_lane", {})
     out["fast_lane"] = {k: la.get(k, 0) + lb.get(k, 0) for k in ("answered", "declined")}
     out["workers"] = a.get("workers", 1) + 1
@@ -246,6 +252,10 @@ def format_table(s: dict) -> str:
         s.get("pid"), workers, "" if workers == 1 else "es", time.time() - s.get("started", 0)))
     lines.append("connections: %d open, %d accepted, %d refused; RPC rejects: %d" % (
         s["connections"], s["connections_total"], s["connections_refused"], s["rpc_rejects"]))
+    refused = s.get("refused", {})
+    if refused:
+        lines.append("refused calls: " + ", ".join(
+            "%s %d" % (k, v) for k, v in sorted(refused.items(), key=lambda kv: -kv[1])))
     lines.append("bytes: %d read, %d written" % (s["bytes_read"], s["bytes_written"]))
     lane = s.get("fast_lane", {})
     lines.append("fast lane: %d answered, %d declined to the general path" % (
@@ -319,6 +329,11 @@ class Collector:
                                   value=s["connections_refused"])
         yield CounterMetricFamily("fastnfs_rpc_rejects", "calls rejected at the RPC layer",
                                   value=s["rpc_rejects"])
+        refused = CounterMetricFamily("fastnfs_refused_calls", "calls and records refused",
+                                      labels=["reason"])
+        for k, v in sorted(s.get("refused", {}).items()):
+            refused.add_metric([k], v)
+        yield refused
         lane = CounterMetricFamily("fastnfs_fast_lane_calls",
                                    "calls the Cython fast lane answered or declined",
                                    labels=["outcome"])
@@ -340,11 +355,14 @@ class Collector:
 
 
 def serve_metrics(addr: str, directory: str):
-    """Start the Prometheus endpoint (a daemon thread) on "HOST:PORT"."""
+    """Start the Prometheus endpoint (a daemon thread) on "HOST:PORT" (an IPv6
+    HOST in brackets: "[::1]:9100")."""
     from prometheus_client import start_http_server
     from prometheus_client.registry import CollectorRegistry
 
     host, _, port = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(directory))
     return start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)

@@ -27,6 +27,16 @@ def _send_size(p) -> int:
     return len(p) - 4
 
 
+def client_host(host: str) -> str:
+    """A peer's address as the rest of the server sees it: an IPv4 client of a
+    dual-stack socket arrives as ``::ffff:a.b.c.d`` and is named ``a.b.c.d``,
+    so exports matching, logs, the duplicate-request cache and per-client
+    statistics treat it as the IPv4 host it is."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
 class Connections:
     """The open TCP connections of one process: a limit and an idle timeout.
 
@@ -96,7 +106,7 @@ class RpcStreamProtocol(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if peer:
-            self.peer = (peer[0], peer[1])
+            self.peer = (client_host(peer[0]), peer[1])  # IPv6 gives (host, port, flow, scope)
         if self.connections is not None and not self.connections.admit(self):
             self.connections = None
             transport.abort()
@@ -142,8 +152,10 @@ class RpcStreamProtocol(asyncio.Protocol):
             n = mark & 0x7FFFFFFF
             # each fragment costs its header too, so endless empty fragments hit the limit
             if self._fraglen + n + 4 > self.max_record:
-                log.warning("%s: record of %d bytes exceeds the limit of %d; closing",
-                            self.peer[0], self._fraglen + n, self.max_record)
+                self.dispatcher.stats.refusals.note(
+                    log, logging.WARNING, self.peer[0], "record too large",
+                    "%s: record of %d bytes exceeds the limit of %d; closing",
+                    self.peer[0], self._fraglen + n, self.max_record)
                 self._buf = bytearray()
                 self._frags = []
                 self.transport.abort()
@@ -251,14 +263,17 @@ class RpcDatagramProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data, addr):
+        # the reply goes to addr as the socket gave it; the server sees the peer as
+        # (host, port), an IPv4-mapped host in its IPv4 form
+        peer = addr if len(addr) == 2 else (client_host(addr[0]), addr[1])
         fast = self.dispatcher.fast
         if fast is not None:
-            r = fast.answer(data, addr)
+            r = fast.answer(data, peer)
             if r is not None:
                 if self.transport is not None and not self.transport.is_closing():
                     self.transport.sendto(r, addr)
                 return
-        r = self.dispatcher.dispatch(data, addr, "udp")
+        r = self.dispatcher.dispatch(data, peer, "udp")
         if r is None:
             return
         if type(r) is CoroutineType:

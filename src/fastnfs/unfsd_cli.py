@@ -65,8 +65,8 @@ def main(argv=None) -> int:
         args += ["-m", o["-m"]]
     if "-p" in o:
         args.append("-p")
-    if "-d" in o:
-        args.append("-d")
+    if "-d" not in o:
+        args.append("--detach")  # unfsd detaches unless told -d; runqemu relies on it
     if "-t" in o:
         args.append("-t")
     if "-l" in o:

@@ -22,9 +22,7 @@ _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 STOP_GRACE = 10.0
 
 
-def _child(server, sets, i) -> None:
-    from .server import serve_in_this_process
-
+def _child(server, sets, i, serve) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     for sig in (signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -36,7 +34,7 @@ def _child(server, sets, i) -> None:
     server.sockets = sets[i]
     code = 0
     try:
-        serve_in_this_process(server, register=False)
+        serve(server, register=False)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
     except BaseException:
@@ -45,19 +43,20 @@ def _child(server, sets, i) -> None:
     os._exit(code)
 
 
-def supervise(server, n: int) -> int:
+def supervise(server, n: int, serve) -> int:
+    """Run serve(server, register=False) in n forked workers and watch over them."""
     sets = [server.sockets] + [server.bind_again() for _ in range(n - 1)]
     _clear_warned(server)
     registered = False
     if server.config.portmap:
-        registered = server.registration.register(server.mappings())
+        registered = server.registration.register(server.mappings(), server.mappings6())
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     children: dict = {}
 
     def spawn(i: int) -> None:
         pid = os.fork()
         if pid == 0:
-            _child(server, sets, i)
+            _child(server, sets, i, serve)
         children[pid] = i
         log.info("worker %d started (pid %d)", i, pid)
 

@@ -19,8 +19,8 @@ import struct
 __all__ = ["XdrError", "Unpacker", "Packer", "PyUnpacker", "PyPacker", "IMPLEMENTATION"]
 
 
-class XdrError(ValueError):
-    """Bytes that do not decode as the expected XDR type (-> GARBAGE_ARGS)."""
+from ._accel import load
+from .errors import XdrError
 
 
 _u32 = struct.Struct(">I")
@@ -210,9 +210,7 @@ Unpacker = PyUnpacker
 Packer = PyPacker
 IMPLEMENTATION = "python"
 
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from ._xdr import Packer, Unpacker  # noqa: F811  (Cython twin)
-        IMPLEMENTATION = "cython"
-    except ImportError:  # pragma: no cover - extension not built
-        pass
+_cx = load("_xdr")
+if _cx is not None:
+    Packer, Unpacker = _cx.Packer, _cx.Unpacker  # noqa: F811  (Cython twin)
+    IMPLEMENTATION = "cython"

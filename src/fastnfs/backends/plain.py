@@ -20,6 +20,7 @@ import stat as S
 import time
 
 from .. import creds, perm
+from .._accel import load
 from ..fs import NFSError, join, nfsstat_of, check_name, scan_listing
 from ..fsstat import fstat, lstatat
 from ..nfs3 import const as C
@@ -123,16 +124,14 @@ def entry_plus_size(name: bytes, nanc: int) -> tuple:
 
 
 put_entries_plus = py_put_entries_plus
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from .._fastpath import put_entries_plus as _c_put_entries_plus
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        def put_entries_plus(p, e, *args):  # noqa: F811
-            """The Cython twin where it serves e, else the Python loop."""
-            r = _c_put_entries_plus(p, e, *args)
-            return py_put_entries_plus(p, e, *args) if r is None else r
+_cx = load("_fastpath")
+if _cx is not None:  # the Cython twin, where it serves the export
+    _c_put_entries_plus = _cx.put_entries_plus
+
+    def put_entries_plus(p, e, *args):  # noqa: F811
+        """The Cython twin where it serves e, else the Python loop."""
+        r = _c_put_entries_plus(p, e, *args)
+        return py_put_entries_plus(p, e, *args) if r is None else r
 
 
 class PlainBackend(HostPaths, Backend):

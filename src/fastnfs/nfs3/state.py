@@ -21,6 +21,7 @@ from ..exports import squash
 from ..fs import NFSError, Obj
 from ..handles import Export
 from ..rpc import Cred
+from ..stats import Stats
 from . import const as C
 
 log = logging.getLogger("fastnfs.access")
@@ -38,9 +39,9 @@ class NFS3State:
         # RFC 1813 section 3.3.7: the verifier changes whenever the server restarts
         self.write_verifier = write_verifier or struct.pack(">Q", time.time_ns())
         self.switch_creds = creds.ENABLED if switch_creds is None else switch_creds
-        self._refusals: dict = {}
         self._admitted: dict = {}
-        self.stats = None  # set by the server: bytes_read / bytes_written are counted here
+        # the server puts its own here: bytes read and written, refusals are counted in it
+        self.stats = Stats()
 
     def set_exports(self, exports: list[Export]) -> None:
         self.exports = list(exports)
@@ -72,10 +73,10 @@ class NFS3State:
             return hit[1]
         opts = e.options_for(host)
         if opts is None:
-            self._refused(host, e, "host not allowed by the exports")
+            self._refused(host, e, "host not allowed", "host not allowed by the exports")
             raise NFSError(C.NFS3ERR_ACCES)
         if opts.secure and port >= 1024:
-            self._refused(host, e, "source port %d is not privileged (export is secure)" % port)
+            self._refused(host, e, "insecure port", "source port %d is not privileged (export is secure)" % port)
             raise NFSError(C.NFS3ERR_ACCES)
         call.opts = opts
         if cred.flavor == rpc.AUTH_SYS:
@@ -96,14 +97,9 @@ class NFS3State:
         self._admitted[key] = (e.entry, opts, call.ucred)
         return opts
 
-    def _refused(self, host: str, e: Export, why: str) -> None:
-        key = (host, e.export_id, why)
-        now = time.monotonic()
-        if now - self._refusals.get(key, -1e9) > 60:  # one line a minute per cause
-            self._refusals[key] = now
-            if len(self._refusals) > 10000:
-                self._refusals.clear()
-            log.warning("refused %s for export %s: %s", host, os.fsdecode(e.name), why)
+    def _refused(self, host: str, e: Export, reason: str, why: str) -> None:
+        self.stats.refusals.note(log, logging.WARNING, host, reason,
+                                 "refused %s for export %s: %s", host, os.fsdecode(e.name), why)
 
     def resolve(self, call, fh: bytes) -> tuple[Export, Obj]:
         """(export, object) for a handle, after the export admitted the caller.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat as S
 
+from .._accel import load
 from ..xdr import XdrError
 from . import const as C
 
@@ -24,11 +25,9 @@ def put_fattr3(p, st, fsid: int) -> None:
 
 
 py_put_fattr3 = put_fattr3
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from .._rpc import put_fattr3  # noqa: F811  (Cython twin)
-    except ImportError:  # pragma: no cover
-        pass
+_cx = load("_rpc")
+if _cx is not None:  # the Cython twin
+    put_fattr3 = _cx.put_fattr3
 
 
 def put_post_op_attr(p, st, fsid: int) -> None:

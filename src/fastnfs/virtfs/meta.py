@@ -55,8 +55,9 @@ recently used); otherwise it is a miss, returns None and drops a stale entry.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
+
+from .._accel import load
 
 __all__ = ["parse_meta", "MetaCache", "py_parse_meta", "PyMetaCache", "KEYS", "LIMITS",
            "MAX_PROBLEMS", "IMPLEMENTATION"]
@@ -180,9 +181,7 @@ class PyMetaCache:
 parse_meta = py_parse_meta
 MetaCache = PyMetaCache
 IMPLEMENTATION = "python"
-if not os.environ.get("FASTNFS_PURE"):
-    try:
-        from ._meta import MetaCache, parse_meta  # noqa: F811  (Cython twin)
-        IMPLEMENTATION = "cython"
-    except ImportError:  # pragma: no cover - extension not built
-        pass
+_cx = load("virtfs._meta")
+if _cx is not None:  # the Cython twin
+    MetaCache, parse_meta = _cx.MetaCache, _cx.parse_meta
+    IMPLEMENTATION = "cython"
