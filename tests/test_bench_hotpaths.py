@@ -205,11 +205,11 @@ def test_readdirplus_entries(benchmark, tmp_path, impl):
     srv = Server(Config(exports=[single_export(str(tmp_path))]))
     e = srv.exports[0]
     d = e.resolve(e.root_fh)
-    cookies, names, inos = e.listing(d)
+    cookies, names, inos = e.backend.listing(d)
     fn = readdir.py_put_entries_plus if impl == "python" else _cl.put_entries_plus
 
     def page():
-        return fn(Packer(), e, e.root_fd, d.path, d.child_anc(), cookies, names, inos, 0,
+        return fn(Packer(), e, e.backend.root_fd, d.path, d.child_anc(), cookies, names, inos, 0,
                   1 << 20, 1 << 20, 0)
 
     assert page() == (90, True)

@@ -128,30 +128,3 @@ class Export:
     def lookup(self, dirobj, name: bytes):
         """One name in a directory with the server's rights (MOUNT's walk)."""
         return self.backend.walk(dirobj, name)
-
-    # -- what tests and the fast lane read of the host backends --------------
-    @property
-    def root_fd(self) -> int:
-        return self.backend.root_fd
-
-    @property
-    def root_ino(self) -> int:
-        return self.backend.root_ino
-
-    @property
-    def cache(self):
-        return self.backend.cache
-
-    @property
-    def virtfs(self):
-        """The virtfs overlay (metadata reader and cache) of a virtfs export, else None."""
-        return getattr(self.backend, "overlay", None)
-
-    def listing(self, dirobj):
-        return self.backend.listing(dirobj)
-
-    def open_dir(self, dirobj) -> int:
-        return self.backend.open_dir(dirobj)
-
-    def close_fd(self, fd: int) -> None:
-        self.backend.close_fd(fd)
