@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from rpcclient import (FILE_SYNC, GUARDED, NF3DIR, NF3LNK, NF3REG, NFS3_OK, NFS3ERR_EXIST,
-                       NFS3ERR_NOENT, NFS3ERR_NOTEMPTY, NFS3ERR_ACCES, AuthSys, Nfs3)
+from rpcclient import (ACCESS3_MODIFY, ACCESS3_READ, EXCLUSIVE, FILE_SYNC, GUARDED, NF3DIR,
+                       NF3FIFO, NF3LNK, NF3REG, NFS3_OK, NFS3ERR_ACCES, NFS3ERR_EXIST,
+                       NFS3ERR_ISDIR, NFS3ERR_NOENT, NFS3ERR_NOTEMPTY, AuthSys, Nfs3)
 
 HERE = Path(__file__).resolve().parent
 
@@ -129,6 +130,23 @@ def test_permissions_are_the_backends(memserver, nfs):
         assert other.create(d, "mem-intruder", how=GUARDED)[0] == NFS3ERR_ACCES
     finally:
         other.close()
+
+
+def test_link_mknod_access_commit(nfs):
+    fh = nfs.create(nfs.root, "mem-orig", how=GUARDED, mode=0o644)[1]["fh"]
+    assert nfs.link(fh, nfs.root, "mem-hard")[0] == NFS3_OK
+    assert nfs.getattr(fh)[1]["attrs"]["nlink"] == 2
+    assert nfs.link(nfs.root, nfs.root, "mem-dirlink")[0] == NFS3ERR_ISDIR
+    st, r = nfs.mknod(nfs.root, "mem-fifo", NF3FIFO, mode=0o600)
+    assert st == NFS3_OK and r["attrs"]["type"] == NF3FIFO
+    st, a = nfs.access(fh, ACCESS3_READ | ACCESS3_MODIFY)
+    assert st == NFS3_OK and a["access"] == ACCESS3_READ | ACCESS3_MODIFY
+    assert nfs.commit(fh)[0] == NFS3_OK
+    verf = b"12345678"
+    st, r = nfs.create(nfs.root, "mem-excl", how=EXCLUSIVE, verf=verf)
+    assert st == NFS3_OK
+    st, again = nfs.create(nfs.root, "mem-excl", how=EXCLUSIVE, verf=verf)   # a retransmission
+    assert st == NFS3_OK and again["fh"] == r["fh"]
 
 
 def test_filesystem_info(nfs):
