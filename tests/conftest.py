@@ -66,6 +66,10 @@ class FastnfsProcess:
         rc = self.proc.returncode
         self.proc = None
         self._log.close()
+        if os.environ.get("FASTNFS_SHADOW") == "1":
+            from fastnfs.shadow import MARK
+            bad = [ln for ln in self.log().splitlines() if MARK in ln]
+            assert not bad, "the fast lane and the general path differ:\n" + "\n".join(bad[:5])
         return rc
 
     def restart(self) -> "FastnfsProcess":
@@ -119,16 +123,32 @@ def cython_twin(name: str):
         return None, "%s not built: %s" % (name, e)
 
 
-def require_vm(udp: bool = False):
+def require_vm(udp: bool = False, ipv6: bool = False):
     """The qemu kernel-client kit (tests/vm/guest.py), built or taken from the cache;
-    skip without qemu, but fail under FASTNFS_REQUIRE_ALL=1 (CI)."""
+    skip without qemu, but fail under FASTNFS_REQUIRE_ALL=1 (CI).  ipv6=True also
+    needs the host's ::1, where slirp delivers an IPv6 guest's connections."""
     from vm import guest
     ok, why = guest.available()
+    if ok and ipv6 and not ipv6_loopback():
+        ok, why = False, "no IPv6 loopback (::1) on this host for an IPv6 guest"
     if not ok:
         if os.environ.get("FASTNFS_REQUIRE_ALL") == "1":
             pytest.fail("qemu kernel client unavailable: " + why)
         pytest.skip("qemu kernel client unavailable: " + why)
     return guest.prepare(udp=udp)
+
+
+def ipv6_loopback() -> bool:
+    """True if a socket can bind the host's ::1."""
+    import socket
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
@@ -141,14 +161,20 @@ def kit_udp():
     return require_vm(udp=True)
 
 
+@pytest.fixture(scope="session")
+def kit_ipv6():
+    return require_vm(ipv6=True)
+
+
 NOBODY = 65534
 
 
-def start_servers_as_nobody(monkeypatch, tmp_path) -> None:
+def start_servers_as_nobody(monkeypatch, tmp_path, prefix=()) -> None:
     """Make FastnfsProcess start its server as uid/gid 65534: a setpriv wrapper takes
     sys.executable's place. Skips where that is impossible (not root, no setpriv,
     or an interpreter other users cannot read, such as a pyenv under /root;
-    tests/run.sh uses a venv of Debian's /usr/bin/python3 for this)."""
+    tests/run.sh uses a venv of Debian's /usr/bin/python3 for this).  prefix goes
+    between setpriv and the interpreter (["fakeroot", "--"], say)."""
     if os.getuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to start a server as another user")
     ids = ["--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"]
@@ -157,9 +183,21 @@ def start_servers_as_nobody(monkeypatch, tmp_path) -> None:
     if probe.returncode != 0:
         pytest.skip("this Python or its fastnfs is not readable by uid %d" % NOBODY)
     wrapper = tmp_path / "python-as-nobody"
-    wrapper.write_text("#!/bin/sh\nexec setpriv %s %s \"$@\"\n" % (" ".join(ids), sys.executable))
+    wrapper.write_text("#!/bin/sh\nexec setpriv %s %s %s \"$@\"\n"
+                       % (" ".join(ids), " ".join(prefix), sys.executable))
     wrapper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(wrapper))
+
+
+@pytest.fixture
+def public_dir():
+    """A scratch directory under /tmp that other users can reach (pytest's own
+    tmp_path is private to root), removed afterwards."""
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="fastnfs-public-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def have(cmd: str) -> bool:

@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then
     AS_ROOT=sudo
 fi
 if { [ "$(id -u)" = 0 ] || [ -n "$AS_ROOT" ]; } && command -v apt-get >/dev/null; then
-    pkgs="python3 python3-venv python3-dev gcc make libnfs-utils qemu-system-x86 busybox-static kmod cpio xz-utils zstd dpkg-dev rpcbind"
+    pkgs="python3 python3-venv python3-dev gcc make libnfs-utils qemu-system-x86 busybox-static kmod cpio xz-utils zstd dpkg-dev rpcbind fakeroot util-linux"
     missing=""
     for p in $pkgs; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -35,6 +35,10 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 
 # The whole suite on the Cython hot paths, then the fast tests again on the
-# pure-Python twins (FASTNFS_PURE=1), as msgpack and aiohttp do.
+# pure-Python twins (FASTNFS_PURE=1), as msgpack and aiohttp do, then the
+# end-to-end suites with every fast-lane answer checked against the general
+# path (FASTNFS_SHADOW=1).
 .venv/bin/python -m pytest "$@"
 FASTNFS_PURE=1 .venv/bin/python -m pytest -m "not vm and not libnfs" -q -p no:cacheprovider --benchmark-disable "$@"
+FASTNFS_SHADOW=1 .venv/bin/python -m pytest -q -p no:cacheprovider --benchmark-disable \
+    tests/test_libnfs.py tests/test_kernel_client.py tests/test_virtfs_e2e.py "$@"

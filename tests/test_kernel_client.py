@@ -2,11 +2,13 @@
 
 Each test boots Debian's kernel with a busybox initramfs (tests/vm/guest.py),
 mounts the server over slirp (the guest reaches the host's loopback as
-10.0.2.2) and runs a shell script as guest root; the server runs as root here.
+10.0.2.2, or with ipv6=True the host's ::1 as fec0::2) and runs a shell script
+as guest root; the server runs as root here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -32,9 +34,9 @@ def fastnfs(export_dir):
     assert "Traceback" not in srv.log(), srv.log()[-4000:]
 
 
-def run_guest(srv, script, *, proto="tcp", opts="", timeout=600, mem=384):
+def run_guest(srv, script, *, proto="tcp", opts="", timeout=600, mem=384, ipv6=False):
     res = guest.run(script, nfs_port=srv.port, export=str(srv.export), proto=proto,
-                    mount_opts=opts, timeout=timeout, mem=mem)
+                    mount_opts=opts, timeout=timeout, mem=mem, ipv6=ipv6)
     return res
 
 
@@ -109,13 +111,18 @@ def test_basic_operations_tcp(kit, fastnfs):
     assert lane["answered"] > 0 and lane["declined"] > 0, lane
 
 
-def _fast_lane(srv) -> dict:
-    """The server's fast-lane counts from `fastnfs stats --json` (published each second)."""
+def _stats(srv) -> dict:
+    """`fastnfs stats --json` of the server's processes (published each second)."""
     time.sleep(1.5)
     r = subprocess.run([sys.executable, "-m", "fastnfs", "stats", "-n", str(srv.port), "--json"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["fast_lane"]
+    return json.loads(r.stdout)
+
+
+def _fast_lane(srv) -> dict:
+    """The server's fast-lane counts from `fastnfs stats --json`."""
+    return _stats(srv)["fast_lane"]
 
 
 def test_basic_operations_udp(kit_udp, fastnfs):
@@ -245,3 +252,81 @@ def test_server_killed_and_restarted_while_mounted(kit, fastnfs):
     t.join(5)
     check_lines(res)
     assert (e / "keep" / "sub" / "file2").read_text() == "after\n"
+
+
+# ---------------------------------------------------------------------------
+# IPv6: an IPv6-only guest (fec0::15, no IPv4 at all) mounts [fec0::2]:EXPORT
+# with proto=tcp6,mountproto=tcp6; slirp opens those connections from the
+# host's ::1, so the server must accept IPv6 (its dual-stack default bind).
+
+IPV6_RW = CHECK_FN + r"""
+grep ' /mnt ' /proc/mounts
+echo "ipv4 addresses: $(ip -4 addr show dev eth0 | grep -c inet)"
+check test "$(cat pre/hello.txt)" = "hello from the host"
+dd if=/dev/urandom of=/tmp/src bs=64k count=32 2>/dev/null
+src=$(md5sum < /tmp/src | cut -d' ' -f1)
+check mkdir v6dir
+check cp /tmp/src v6dir/data
+echo "written over IPv6" > v6dir/note
+sync
+echo 3 > /proc/sys/vm/drop_caches
+got=$(md5sum < v6dir/data | cut -d' ' -f1)
+echo "md5 $src $got"
+check test "$src" = "$got"
+ls -ln v6dir
+check test "$(ls v6dir | tr '\n' ' ')" = "data note "
+echo "failures: $fails"
+exit $fails
+"""
+
+
+def _check_ipv6_mount(res, srv) -> str:
+    """The guest's checks passed over an IPv6 mount; returns the md5 it wrote."""
+    check_lines(res)
+    mounts = res.lines[0].split()
+    assert mounts[0] == "[fec0::2]:%s" % srv.export, res.describe()
+    opts = mounts[3].split(",")
+    for want in ("proto=tcp6", "mountproto=tcp6", "addr=fec0::2", "mountaddr=fec0::2"):
+        assert want in opts, res.describe()
+    assert "ipv4 addresses: 0" in res.lines, res.describe()
+    src = [line.split()[1] for line in res.lines if line.startswith("md5 ")][0]
+    data = srv.export / "v6dir" / "data"
+    assert data.stat().st_size == 32 * 65536
+    assert hashlib.md5(data.read_bytes()).hexdigest() == src
+    assert (srv.export / "v6dir" / "note").read_text() == "written over IPv6\n"
+    return src
+
+
+def _hello(export_dir) -> None:
+    (export_dir / "pre").mkdir()
+    (export_dir / "pre" / "hello.txt").write_text("hello from the host")
+
+
+def test_ipv6_guest_mounts_dual_stack_default(kit_ipv6, fastnfs):
+    _hello(fastnfs.export)
+    res = run_guest(fastnfs, IPV6_RW, ipv6=True)
+    _check_ipv6_mount(res, fastnfs)
+    # slirp connects from the host's ::1: the server saw an IPv6 client (not the
+    # ::ffff:127.0.0.1 of an IPv4 one), in its log and in its per-client counts
+    assert "::1 mounted %s" % fastnfs.export in fastnfs.log()
+    clients = _stats(fastnfs)["clients"]
+    assert set(clients) == {"::1"} and clients["::1"]["calls"] > 0, clients
+
+
+def test_ipv6_guest_admitted_by_ipv6_only_export(kit_ipv6, tmp_path, export_dir):
+    """An exports file that lets in ::1/128 alone admits the IPv6 guest."""
+    _hello(export_dir)
+    os.chmod(export_dir, 0o777)          # root_squash: the guest's root is nobody
+    exports = tmp_path / "exports"
+    exports.write_text("%s ::1/128(rw,insecure)\n" % export_dir)
+    srv = FastnfsProcess(export_dir, ["--workers", "2"], exports_file=exports).start()
+    try:
+        res = run_guest(srv, IPV6_RW, ipv6=True)
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log(), srv.log()[-4000:]
+    _check_ipv6_mount(res, srv)
+    assert "::1 mounted %s" % export_dir in srv.log()
+    assert "refused mount" not in srv.log(), srv.log()[-4000:]
+    if os.geteuid() == 0:
+        assert (export_dir / "v6dir" / "data").stat().st_uid == 65534

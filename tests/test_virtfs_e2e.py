@@ -911,18 +911,13 @@ def test_malformed_root_metadata_warns_once(tmp_path):
 
 
 @pytest.fixture
-def as_nobody(monkeypatch, tmp_path):
+def as_nobody(monkeypatch, tmp_path, public_dir):
     """Make FastnfsProcess start the server as uid/gid 65534 (as ptxdist runs unfsd:
     an ordinary user), through a wrapper in place of sys.executable."""
-    import shutil
-    import tempfile
     start_servers_as_nobody(monkeypatch, tmp_path)
-    base = Path(tempfile.mkdtemp(prefix="fastnfs-virtfs-nobody-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    export = base / "export"
+    export = public_dir / "export"
     export.mkdir()
-    yield export
-    shutil.rmtree(base, ignore_errors=True)
+    return export
 
 
 def test_unprivileged_server(as_nobody):

@@ -2,7 +2,7 @@
 
 Plain-Python twin of ``fastnfs._creds`` through ctypes.  The raw syscalls
 change only the calling thread; glibc's wrappers would change every thread.
-Only meaningful when the server runs as root (``ENABLED``).
+Only meaningful when the process may act as any user (``ENABLED``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,32 @@ from ._accel import load
 
 __all__ = ["ENABLED", "switch", "become_server", "current"]
 
-ENABLED = os.geteuid() == 0
+# capability bits (linux/capability.h) that switching to a caller's ids needs
+CAP_DAC_OVERRIDE, CAP_SETGID, CAP_SETUID = 1, 6, 7
+_NEEDED = (1 << CAP_DAC_OVERRIDE) | (1 << CAP_SETGID) | (1 << CAP_SETUID)
+
+
+def effective_capabilities(status: str = "/proc/self/status") -> int:
+    """The effective capability set of this process (0 if it cannot be read)."""
+    try:
+        with open(status, "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def privileged(caps: int | None = None) -> bool:
+    """May this process take a caller's ids?  Decided by the effective capabilities,
+    never by geteuid(): under fakeroot or pseudo's preload geteuid() says 0 while
+    the process has no capability, and the raw setfsuid would fail."""
+    caps = effective_capabilities() if caps is None else caps
+    return caps & _NEEDED == _NEEDED
+
+
+ENABLED = privileged()
 
 # x86_64 and aarch64 syscall numbers, from <asm/unistd.h>
 _NR = {"x86_64": (122, 123, 116), "aarch64": (151, 152, 159)}

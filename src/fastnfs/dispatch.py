@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import zlib
 from collections import OrderedDict
@@ -212,6 +213,12 @@ def use_fast_path(dispatcher: Dispatcher, nfs_state) -> bool:
     from .offload import INLINE_IO_MAX
     dispatcher.fast = cx.FastPath(nfs_state, dispatcher.stats, dispatcher.maxdata["tcp"],
                                dispatcher.maxdata["udp"], INLINE_IO_MAX)
+    if os.environ.get("FASTNFS_SHADOW") == "1":
+        from .shadow import ShadowLane
+        general = Dispatcher(list(dispatcher.programs.values()), executor=dispatcher.executor,
+                             udp_maxdata=dispatcher.maxdata["udp"],
+                             tcp_maxdata=dispatcher.maxdata["tcp"])
+        dispatcher.fast = ShadowLane(dispatcher.fast, general, dispatcher)
     return True
 
 

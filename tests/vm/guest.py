@@ -4,10 +4,11 @@
 The host running the tests has no usable NFS client of its own, so this
 module boots a stock Debian kernel in qemu with a small busybox initramfs.
 The guest mounts ``10.0.2.2:<export>`` (qemu's user-mode network maps that
-address to the host's 127.0.0.1), runs a shell script in the mount and
-powers off.  Everything the guest needs (kernel package, initramfs, an
-optional UDP-capable nfs.ko) is fetched with apt and built on demand into a
-cache directory.
+address to the host's 127.0.0.1; with ipv6=True an IPv6-only guest mounts
+``[fec0::2]:<export>``, which slirp maps to the host's ::1), runs a shell
+script in the mount and powers off.  Everything the guest needs (kernel
+package, initramfs, an optional UDP-capable nfs.ko) is fetched with apt and
+built on demand into a cache directory.
 
 Library use (with tests/ on sys.path, as pytest arranges for test files
 directly under tests/)::
@@ -60,6 +61,11 @@ RC_BOOT_FAILED = 126
 
 GUEST_ADDR = "10.0.2.15"
 SERVER_ADDR = "10.0.2.2"          # slirp's alias for the host's loopback
+
+# run(ipv6=True): slirp's default IPv6 prefix; its host address is the host's ::1
+IPV6_NET = "fec0::/64"
+GUEST_ADDR6 = "fec0::15"
+SERVER_ADDR6 = "fec0::2"
 
 DEFAULT_CACHE = "/var/cache/fastnfs-tests/vm"
 KEEP_LOGS = 50
@@ -853,15 +859,32 @@ until [ -e /sys/class/net/eth0 ]; do
     sleep 0.05
 done
 ip link set lo up
-ip link set eth0 up
 # The guest reaches exactly one address: the server, i.e. the host's
 # loopback behind slirp.  No subnet route, no default route, no DNS.
-ip addr add "$FNFS_GUEST/32" dev eth0
-ip route add "$FNFS_SERVER/32" dev eth0 || give_up 126 "cannot route to $FNFS_SERVER"
+if [ "$FNFS_IPV6" = 1 ]; then
+    # IPv6 only (slirp has no IPv4 side): a static address, no SLAAC, and
+    # router advertisements ignored, so no prefix or default route either.
+    # DAD is off: nobody else is on this link, and it would cost 1-2 s.
+    c=/proc/sys/net/ipv6/conf/eth0
+    for k in accept_ra autoconf accept_dad; do echo 0 > $c/$k; done
+    ip link set eth0 up
+    ip -6 addr add "$FNFS_GUEST6/128" dev eth0 || give_up 126 "cannot add $FNFS_GUEST6"
+    ip -6 route add "$FNFS_SERVER6/128" dev eth0 || give_up 126 "cannot route to $FNFS_SERVER6"
+    n=0
+    while ip -6 addr show dev eth0 | grep -q tentative; do
+        n=$((n + 1))
+        [ $n -gt 200 ] && give_up 126 "IPv6 address still tentative after 10 s"
+        sleep 0.05
+    done
+else
+    ip link set eth0 up
+    ip addr add "$FNFS_GUEST/32" dev eth0
+    ip route add "$FNFS_SERVER/32" dev eth0 || give_up 126 "cannot route to $FNFS_SERVER"
+fi
 marker "NET t=$(uptime_s)"
 
 dmesg_base=$(dmesg | wc -l)
-mount -t nfs -o "$FNFS_OPTS" "$FNFS_SERVER:$FNFS_EXPORT" "$FNFS_TARGET" 2>/tmp/mount.err
+mount -t nfs -o "$FNFS_OPTS" "$FNFS_SOURCE" "$FNFS_TARGET" 2>/tmp/mount.err
 mrc=$?
 if [ $mrc -ne 0 ]; then
     tagged "$FNFS_TAG| " </tmp/mount.err
@@ -1036,9 +1059,21 @@ def _accel() -> str:
         return "tcg"
 
 
-def _mount_options(proto: str, nfs_port: int, mount_port: int, extra: str) -> str:
-    opts = ["vers=3", "proto=%s" % proto, "port=%d" % nfs_port,
-            "mountport=%d" % mount_port, "nolock", "addr=%s" % SERVER_ADDR]
+def _mount_options(proto: str, nfs_port: int, mount_port: int, extra: str,
+                   ipv6: bool = False) -> str:
+    if ipv6:
+        # tcp6/udp6 make the kernel insist on an IPv6 address for both the
+        # NFS and the MOUNT server: no silent fallback to IPv4
+        opts = ["vers=3", "proto=%s6" % proto, "mountproto=%s6" % proto,
+                "port=%d" % nfs_port, "mountport=%d" % mount_port, "nolock",
+                "addr=%s" % SERVER_ADDR6, "mountaddr=%s" % SERVER_ADDR6]
+        if proto == "udp":
+            # slirp drops IPv6 fragments (its ip6_input knows no fragment
+            # header), so every UDP datagram must fit the 1500-byte MTU
+            opts.append("rsize=1024,wsize=1024")
+    else:
+        opts = ["vers=3", "proto=%s" % proto, "port=%d" % nfs_port,
+                "mountport=%d" % mount_port, "nolock", "addr=%s" % SERVER_ADDR]
     extra = extra.strip().strip(",")
     if extra:
         opts.append(extra)
@@ -1098,7 +1133,7 @@ class _Guest:
     def __init__(self, kit: Kit, cache: str, *, script: str, mode: str, vm_id: int,
                  opts: str, export: str, mem: int, cpus: int, kernel_args: str,
                  files: Optional[dict], echo: Optional[Callable[[str], None]],
-                 until=None):
+                 until=None, ipv6: bool = False):
         self.tag = secrets.token_hex(5)
         #: a console pattern (str: substring, or compiled regex) that ends the run
         self.until = until
@@ -1121,7 +1156,11 @@ class _Guest:
         env = {"FNFS_TAG": self.tag, "FNFS_VM_ID": vm_id, "FNFS_MODE": mode,
                "FNFS_OPTS": opts, "FNFS_EXPORT": export,
                "FNFS_TARGET": "/newroot" if mode == "nfsroot" else "/mnt",
-               "FNFS_GUEST": GUEST_ADDR, "FNFS_SERVER": SERVER_ADDR}
+               "FNFS_GUEST": GUEST_ADDR, "FNFS_SERVER": SERVER_ADDR,
+               "FNFS_IPV6": int(ipv6), "FNFS_GUEST6": GUEST_ADDR6,
+               "FNFS_SERVER6": SERVER_ADDR6,
+               "FNFS_SOURCE": "%s:%s" % ("[%s]" % SERVER_ADDR6 if ipv6 else SERVER_ADDR,
+                                         export)}
         fd, self.initrd = tempfile.mkstemp(prefix="initrd-vm%d-" % vm_id, suffix=".cpio",
                                            dir=tmpdir)
         with os.fdopen(fd, "wb") as out:
@@ -1131,9 +1170,17 @@ class _Guest:
                 shutil.copyfileobj(base, out)
         accel = _accel()
         # mitigations/tsc/watchdog: a little less work for the emulated CPU
-        append = ("console=ttyS0 panic=-1 quiet ipv6.disable=1 rdinit=/init "
+        append = ("console=ttyS0 panic=-1 quiet %srdinit=/init "
                   "mitigations=off tsc=reliable no_timer_check nowatchdog "
-                  "fnfs.vm=%d %s" % (vm_id, kernel_args)).strip()
+                  "fnfs.vm=%d %s" % ("" if ipv6 else "ipv6.disable=1 ", vm_id,
+                                     kernel_args)).strip()
+        if ipv6:
+            # slirp forwards the guest's connections to SERVER_ADDR6 to the
+            # host's ::1; the guest gets no IPv4 at all
+            netdev = "user,id=n0,ipv4=off,ipv6=on,ipv6-net=%s,ipv6-host=%s" % (
+                IPV6_NET, SERVER_ADDR6)
+        else:
+            netdev = "user,id=n0,ipv6=off,net=10.0.2.0/24,host=%s" % SERVER_ADDR
         global _prefix_memo
         if _prefix_memo is None:
             _prefix_memo = _pdeathsig_prefix()
@@ -1144,7 +1191,7 @@ class _Guest:
             "-nographic", "-nodefaults", "-no-user-config", "-monitor", "none",
             "-serial", "stdio", "-no-reboot",
             "-kernel", kit.kernel.image, "-initrd", self.initrd, "-append", append,
-            "-netdev", "user,id=n0,ipv6=off,net=10.0.2.0/24,host=%s" % SERVER_ADDR,
+            "-netdev", netdev,
             "-device", "virtio-net-pci,netdev=n0,romfile="]
         logdir = os.path.join(cache, "logs")
         os.makedirs(logdir, exist_ok=True)
@@ -1295,17 +1342,17 @@ class _Guest:
 def _start_guest(script: str, *, nfs_port: int, mount_port: Optional[int], export: str,
                  proto: str, mount_opts: str, mem: int, files: Optional[dict], mode: str,
                  vm_id: int, cpus: int, kernel_args: str, echo, cache: Optional[str],
-                 kit: Optional[Kit] = None, until=None) -> _Guest:
+                 kit: Optional[Kit] = None, until=None, ipv6: bool = False) -> _Guest:
     if mode not in ("mount", "nfsroot"):
         raise ValueError("mode must be 'mount' or 'nfsroot'")
     if proto not in ("tcp", "udp"):
         raise ValueError("proto must be 'tcp' or 'udp'")
     cache = cache or cache_dir()
     kit = kit or prepare(udp=(proto == "udp"), cache=cache)
-    opts = _mount_options(proto, nfs_port, mount_port or nfs_port, mount_opts)
+    opts = _mount_options(proto, nfs_port, mount_port or nfs_port, mount_opts, ipv6)
     g = _Guest(kit, cache, script=script, mode=mode, vm_id=vm_id, opts=opts, export=export,
                mem=mem, cpus=cpus, kernel_args=kernel_args, files=files, echo=echo,
-               until=until)
+               until=until, ipv6=ipv6)
     g.start()
     return g
 
@@ -1314,7 +1361,7 @@ def run(script: str = "true", *, nfs_port: int, mount_port: Optional[int] = None
         export: str = "/", proto: str = "tcp", mount_opts: str = "", timeout: float = 300,
         mem: int = 256, files: Optional[dict] = None, mode: str = "mount", vm_id: int = 0,
         cpus: int = 1, kernel_args: str = "", echo: Optional[Callable[[str], None]] = None,
-        cache: Optional[str] = None, until=None) -> Result:
+        cache: Optional[str] = None, until=None, ipv6: bool = False) -> Result:
     """Boot a guest, mount the export and run `script`; returns a Result.
 
     mode="mount": the export is mounted on /mnt and `script` runs there under
@@ -1329,11 +1376,15 @@ def run(script: str = "true", *, nfs_port: int, mount_port: Optional[int] = None
     killed and rc is 0.  Use it for guests that never exit by themselves,
     e.g. nfsroot with script "exec /sbin/init" (a real init system).  If the
     guest ends first, the usual rc/failure apply.
+    ipv6=True: the guest has IPv6 only (fec0::15, slirp with ipv4=off) and
+    mounts [fec0::2]:export with proto=tcp6 (udp6), mountproto=tcp6 (udp6);
+    slirp forwards those connections to the host's ::1, so the server must
+    listen on IPv6 (fastnfs's dual-stack default does).
     """
     g = _start_guest(script, nfs_port=nfs_port, mount_port=mount_port, export=export,
                      proto=proto, mount_opts=mount_opts, mem=mem, files=files, mode=mode,
                      vm_id=vm_id, cpus=cpus, kernel_args=kernel_args, echo=echo, cache=cache,
-                     until=until)
+                     until=until, ipv6=ipv6)
     return g.wait(timeout)
 
 
@@ -1377,7 +1428,7 @@ def run_many(n: int, script: str = "true", *, max_parallel: Optional[int] = None
 def _run_defaults(kw: dict) -> dict:
     out = dict(nfs_port=None, mount_port=None, export="/", proto="tcp", mount_opts="",
                mem=256, files=None, mode="mount", cpus=1, kernel_args="", echo=None,
-               until=None)
+               until=None, ipv6=False)
     unknown = set(kw) - set(out)
     if unknown:
         raise TypeError("unexpected arguments: %s" % ", ".join(sorted(unknown)))
@@ -1404,6 +1455,9 @@ def _cli(argv=None) -> int:
     p_run.add_argument("--mount-port", type=int)
     p_run.add_argument("--export", default="/")
     p_run.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
+    p_run.add_argument("-6", "--ipv6", action="store_true",
+                       help="IPv6-only guest: mount [fec0::2]:EXPORT over tcp6/udp6 "
+                            "(the server must listen on the host's ::1)")
     p_run.add_argument("-o", "--mount-opts", default="",
                        help="extra mount options, e.g. actimeo=0,ro or mountproto=udp")
     p_run.add_argument("--mode", choices=("mount", "nfsroot"), default="mount")
@@ -1458,7 +1512,7 @@ def _cli(argv=None) -> int:
     kw = dict(nfs_port=a.nfs_port, mount_port=a.mount_port, export=a.export,
               proto=a.proto, mount_opts=a.mount_opts, mem=a.mem, files=files,
               mode=a.mode, cpus=a.cpus, kernel_args=a.kernel_args, echo=echo,
-              until=a.until)
+              until=a.until, ipv6=a.ipv6)
 
     def stop(signum, _frame):
         _kill_live_guests()

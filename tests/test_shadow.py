@@ -1,0 +1,86 @@
+"""FASTNFS_SHADOW=1: the fast lane's answers checked against the general path on
+live traffic (the end-to-end suites run once in this mode: tests/run.sh)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+import xdrlib3
+
+from conftest import FastnfsProcess, cython_twin
+from rpcclient import ACCESS3_ALL, AuthSys, Nfs3, call_header, GETATTR, NFS_PROGRAM, NFS_V3
+
+from fastnfs.exports import single_export
+from fastnfs.server import Config, Server
+from fastnfs.shadow import MARK, ShadowLane
+
+_cx, _why = cython_twin("fastnfs._fastpath")
+pytestmark = pytest.mark.skipif(_cx is None, reason=_why or "")
+
+ROOT = AuthSys(0, 0, machine=b"board")
+
+
+def _tree(root):
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_bytes(b"root:x:0:0::/root:/bin/sh\n" * 50)
+    os.symlink("passwd", root / "etc" / "pw")
+
+
+def test_live_calls_agree_in_shadow_mode(tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    _tree(export)
+    srv = FastnfsProcess(export, env={"FASTNFS_SHADOW": "1"}).start()
+    try:
+        n = Nfs3.connect(srv.port, cred=ROOT)
+        root = n.mount(str(export))
+        for _ in range(3):
+            st, out = n.lookup(root, "etc")
+            assert st == 0
+            etc = out["fh"]
+            pw = n.lookup(etc, "passwd")[1]["fh"]
+            link = n.lookup(etc, "pw")[1]["fh"]
+            assert n.getattr(pw)[0] == 0 and n.access(pw, ACCESS3_ALL)[0] == 0
+            assert n.readlink(link)[0] == 0
+            assert n.read(pw, 0, 4096)[0] == 0
+            assert n.lookup(etc, "missing")[0] != 0
+        n.close()
+    finally:
+        srv.stop()      # raises if the log holds a mismatch
+    log = srv.log()
+    assert "FASTNFS_SHADOW=1" in log and MARK not in log
+
+
+def test_a_drifting_lane_is_reported(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("FASTNFS_SHADOW", "1")
+    _tree(tmp_path)
+    srv = Server(Config(exports=[single_export(str(tmp_path))]))
+    shadow = srv.dispatcher.fast
+    assert isinstance(shadow, ShadowLane)
+    p = xdrlib3.Packer()                       # the root handle, from MNT
+    p.pack_string(str(tmp_path).encode())
+    rec = call_header(7, 100005, 3, 1, ROOT) + p.get_buffer()
+    reply = bytes(srv.dispatcher.dispatch(rec, ("127.0.0.1", 800), "tcp").getbuffer()[4:])
+    u = xdrlib3.Unpacker(reply[24:])
+    assert u.unpack_uint() == 0
+    root_fh = u.unpack_opaque()
+    p = xdrlib3.Packer()
+    p.pack_opaque(root_fh)
+    rec = call_header(9, NFS_PROGRAM, NFS_V3, GETATTR, ROOT) + p.get_buffer()
+    peer = ("127.0.0.1", 800)
+    with caplog.at_level(logging.ERROR, logger="fastnfs.shadow"):
+        assert shadow.answer(rec, peer) is not None
+        assert shadow.mismatches == 0 and shadow.compared >= 1
+
+        class Drifting:      # a lane that forgot a rule: one byte of the reply differs
+            def answer(self, record, peer, offset=0, mark=False):
+                r = bytearray(_real.answer(record, peer, offset, mark))
+                r[-1] ^= 1
+                return bytes(r)
+        _real = shadow.lane
+        shadow.lane = Drifting()
+        assert shadow.answer(rec, peer) is not None
+    assert shadow.mismatches == 1
+    assert any(MARK in r.getMessage() for r in caplog.records)
