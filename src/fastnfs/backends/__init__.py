@@ -13,7 +13,7 @@ Backends here:
 * ``plain.PlainBackend`` -- the host filesystem (today's fastnfs): objects are
   found by inode through an inode -> path cache (``hostpaths``), the kernel
   checks permissions under the caller's per-thread credentials when the server
-  runs as root.
+  may take them (``creds.ENABLED``).
 * ``virtfs.VirtfsBackend`` -- plain storage with owners, modes and device
   numbers from mapped-file metadata (``fastnfs.virtfs``); the server checks
   permissions itself (the rules: ``fastnfs.perm``).

@@ -1,8 +1,8 @@
 """The host filesystem as it is: the plain backend.
 
 Objects are the host's files, found again by inode (``hostpaths``).  When
-the server runs as root it takes each caller's squashed credentials on the
-calling thread (``fastnfs.creds``: setfsuid, setfsgid, setgroups), so the
+the server may act as any user (``creds.ENABLED``: root's capabilities) it
+takes each caller's squashed credentials on the calling thread (``fastnfs.creds``: setfsuid, setfsgid, setgroups), so the
 kernel checks permissions exactly as for a local process; otherwise it acts
 with its own rights.  Every call goes through a directory fd or a verified
 fd of the object itself, never a client's path through a symlink.
@@ -31,7 +31,6 @@ from .listing import ListingCache, listing_start
 
 MAX_OFFSET = (1 << 63) - 1  # off_t; FSINFO's maxfilesize
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
-_MKNOD_OK = (S.S_IFCHR, S.S_IFBLK, S.S_IFSOCK, S.S_IFIFO)
 
 
 class HostDirOp(DirOp):

@@ -5,8 +5,8 @@ which is where the export's rules are applied, so they hold on every procedure:
 the client must be allowed by the export (and come from a privileged port when
 the export is ``secure``) and its credentials are squashed as the export says.
 The export's backend then gets those credentials with every call (the plain
-backend, when the server runs as root, takes them on the calling thread so the
-kernel checks permissions; a backend with owners of its own checks them itself).
+backend, when the server may act as any user, takes them on the calling thread
+so the kernel checks permissions; a backend with owners of its own checks them itself).
 """
 
 from __future__ import annotations
