@@ -37,6 +37,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 
 from fastnfs._fhcache cimport FHCache
+from fastnfs._perm cimport access3_ids, allowed_ids
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                               STATX_BTIME, c_statx, generation, makedev, statx)
 from fastnfs._xdr cimport Packer
@@ -342,40 +343,16 @@ cdef inline bint _hidden(const unsigned char* name, uint32_t n) noexcept:
     return False
 
 
-cdef bint _allowed(_Caller c, statx* sx, int want) noexcept:
-    """perm.allowed: may the caller get every bit of want (R|W|X)?"""
-    cdef uint32_t mode = sx.stx_mode
-    cdef int bits
-    if c.uid == 0:
-        if want & X_OK and (mode & S_IFMT) != S_IFDIR and not (mode & 0o111):
-            return False
-        return True
-    if c.uid == sx.stx_uid:
-        bits = (mode >> 6) & 7
-    elif c.gid == sx.stx_gid or sx.stx_gid in c.gids:
-        bits = (mode >> 3) & 7
-    else:
-        bits = mode & 7
-    return (bits & want) == want
+cdef inline bint _allowed(_Caller c, statx* sx, int want) noexcept:
+    """perm.allowed (the shared rule, fastnfs._perm): may the caller get every
+    bit of want (R|W|X)?"""
+    return allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid, sx.stx_gid, sx.stx_mode, want)
 
 
-cdef uint32_t _access3(_Caller c, statx* sx, uint32_t requested) noexcept:
-    """perm.access3: the ACCESS3 bits granted."""
-    cdef uint32_t granted = 0
-    cdef bint isdir = (sx.stx_mode & S_IFMT) == S_IFDIR
-    if requested & A_READ and _allowed(c, sx, R_OK):
-        granted |= A_READ
-    if isdir:
-        if requested & A_LOOKUP and _allowed(c, sx, X_OK):
-            granted |= A_LOOKUP
-        if not c.read_only and _allowed(c, sx, W_OK | X_OK):
-            granted |= requested & (A_MODIFY | A_EXTEND | A_DELETE)
-    else:
-        if not c.read_only and _allowed(c, sx, W_OK):
-            granted |= requested & (A_MODIFY | A_EXTEND | A_DELETE)
-        if requested & A_EXECUTE and _allowed(c, sx, X_OK):
-            granted |= A_EXECUTE
-    return granted
+cdef inline uint32_t _access3(_Caller c, statx* sx, uint32_t requested) noexcept:
+    """perm.access3 (the shared rule, fastnfs._perm): the ACCESS3 bits granted."""
+    return access3_ids(c.uid, c.gid, c.gids, c.read_only, sx.stx_uid, sx.stx_gid,
+                       sx.stx_mode, requested)
 
 
 cdef _Export _make_export(e):

@@ -53,6 +53,7 @@ the general path alone.
 
 from __future__ import annotations
 
+from .. import perm
 from ..fs import NFSError, Obj
 from ..nfs3 import const as C
 
@@ -125,8 +126,7 @@ class Backend:
 
     def access(self, cred, obj: Obj, requested: int, read_only: bool) -> int:
         """The ACCESS3 bits granted (of those requested or more)."""
-        from ..perm import access3
-        return access3(cred, obj.st, requested, read_only)
+        return perm.access3(cred, obj.st, requested, read_only)
 
     # -- names -----------------------------------------------------------------
     def lookup(self, cred, d: Obj, name: bytes) -> Obj:
