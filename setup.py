@@ -10,6 +10,7 @@ EXTENSIONS = [
     Extension("fastnfs._rpc", ["src/fastnfs/_rpc.pyx"]),
     Extension("fastnfs._fastpath", ["src/fastnfs/_fastpath.pyx"]),
     Extension("fastnfs._listing", ["src/fastnfs/_listing.pyx"]),
+    Extension("fastnfs._perm", ["src/fastnfs/_perm.pyx"]),
     Extension("fastnfs.virtfs._meta", ["src/fastnfs/virtfs/_meta.pyx"]),
 ]
 

@@ -747,7 +747,7 @@ class Nfs3:
 
 
 def fh_fields(fh: bytes) -> dict:
-    """Decode fastnfs's handle layout (see fs.py) for forging tests."""
+    """Decode fastnfs's handle layout (see handles.py) for forging tests."""
     ver, nanc, res, eid, ino, dev, gen = struct.unpack(">BBHIQII", fh[:24])
     return {"ver": ver, "nanc": nanc, "reserved": res, "export_id": eid, "ino": ino,
             "dev": dev, "gen": gen}

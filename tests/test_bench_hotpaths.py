@@ -194,10 +194,10 @@ def test_answer_getattr(benchmark, served, lane):
     pytest.param("cython", id="cython", marks=pytest.mark.skipif(_cl is None, reason=_why_l or "")),
 ])
 def test_readdirplus_entries(benchmark, tmp_path, impl):
-    """nfs3.readdir.put_entries_plus and its Cython twin: stat, handle and
+    """backends.plain.py_put_entries_plus and its Cython twin: stat, handle and
     fattr3 of each entry of a page."""
     from fastnfs.exports import single_export
-    from fastnfs.nfs3 import readdir
+    from fastnfs.backends import plain as readdir  # put_entries_plus lives with the plain backend
     from fastnfs.server import Config, Server
     from fastnfs.xdr import Packer
     for i in range(90):
@@ -205,11 +205,11 @@ def test_readdirplus_entries(benchmark, tmp_path, impl):
     srv = Server(Config(exports=[single_export(str(tmp_path))]))
     e = srv.exports[0]
     d = e.resolve(e.root_fh)
-    cookies, names, inos = e.listing(d)
+    cookies, names, inos = e.backend.listing(d)
     fn = readdir.py_put_entries_plus if impl == "python" else _cl.put_entries_plus
 
     def page():
-        return fn(Packer(), e, e.root_fd, d.path, d.child_anc(), cookies, names, inos, 0,
+        return fn(Packer(), e, e.backend.root_fd, d.path, d.child_anc(), cookies, names, inos, 0,
                   1 << 20, 1 << 20, 0)
 
     assert page() == (90, True)

@@ -19,7 +19,7 @@ from conftest import FastnfsProcess
 from rpcclient import NFS3_OK, AuthSys, Nfs3
 import soak
 
-SCAN_BUG = ("fs.py Export._scan: a handle search that finds its object leaks the directory "
+SCAN_BUG = ("backends/hostpaths.py HostPaths._scan: a handle search that finds its object leaks the directory "
             "fds already opened for the next level and closes the already-closed fds of the "
             "current level a second time (which can close another thread's file: EBADF -> "
             "NFS3ERR_STALE); fix: track the open fds in a set and close only those")

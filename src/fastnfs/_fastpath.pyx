@@ -15,7 +15,7 @@ caller, a flawed metadata file, unfsd's -s view) returns None, and the
 general path answers; it is the reference, and tests/test_fastpath.py and the
 fuzzer's dispatch target hold the two to the same bytes.
 
-The checks are the general path's (nfs3/state.py, fs.py): the export admits
+The checks are the general path's (nfs3/state.py, handles.py, backends/): the export admits
 the host and port with the squashed credentials, a handle's inode, device and
 generation must match what its cached path reaches, a name is one component,
 a LOOKUP opens the directory O_PATH|O_NOFOLLOW and verifies its inode, a READ
@@ -23,7 +23,7 @@ opens the file O_NOFOLLOW and verifies inode and birth time; with virtfs the
 directory must grant search by its metadata, the metadata's own names are
 never looked up, and a metadata file is opened with no symlink on the way.
 
-Also here: put_entries_plus, the Cython twin of nfs3.readdir.put_entries_plus.
+Also here: put_entries_plus, the Cython twin of backends.plain.py_put_entries_plus.
 """
 
 cimport cython
@@ -37,6 +37,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 
 from fastnfs._fhcache cimport FHCache
+from fastnfs._perm cimport access3_ids, allowed_ids
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                               STATX_BTIME, c_statx, generation, makedev, statx)
 from fastnfs._xdr cimport Packer
@@ -98,7 +99,7 @@ cdef enum:
     READ = 6
     NFS3_OK = 0
     NFS3ERR_NOENT = 2
-    FH_HEAD = 24           # fixed part of a handle (see fs.py)
+    FH_HEAD = 24           # fixed part of a handle (see handles.py)
     MAX_ANC = 5
     MAX_MACHINE = 255
     MAX_GIDS = 16
@@ -161,7 +162,7 @@ cdef inline uint32_t _ftype(uint32_t mode) noexcept nogil:
 
 
 cdef class _Export:
-    """What the fast lane needs of one fs.Export, read once."""
+    """What the fast lane needs of one handles.Export and its backend, read once."""
 
 
 cdef class _Caller:
@@ -199,7 +200,7 @@ cdef inline long long _btime(statx* sx) noexcept:
 
 
 cdef inline bint _same(statx* sx, uint64_t ino, uint32_t dev, uint32_t gen) noexcept:
-    """Does sx belong to the object the handle names (fs._same and the inode)?"""
+    """Does sx belong to the object the handle names (backends.hostpaths._same and the inode)?"""
     if sx.stx_ino != ino:
         return False
     if <uint32_t>(makedev(sx.stx_dev_major, sx.stx_dev_minor) & 0xFFFFFFFF) != dev:
@@ -342,64 +343,44 @@ cdef inline bint _hidden(const unsigned char* name, uint32_t n) noexcept:
     return False
 
 
-cdef bint _allowed(_Caller c, statx* sx, int want) noexcept:
-    """perm.allowed: may the caller get every bit of want (R|W|X)?"""
-    cdef uint32_t mode = sx.stx_mode
-    cdef int bits
-    if c.uid == 0:
-        if want & X_OK and (mode & S_IFMT) != S_IFDIR and not (mode & 0o111):
-            return False
-        return True
-    if c.uid == sx.stx_uid:
-        bits = (mode >> 6) & 7
-    elif c.gid == sx.stx_gid or sx.stx_gid in c.gids:
-        bits = (mode >> 3) & 7
-    else:
-        bits = mode & 7
-    return (bits & want) == want
+cdef inline bint _allowed(_Caller c, statx* sx, int want) noexcept:
+    """perm.allowed (the shared rule, fastnfs._perm): may the caller get every
+    bit of want (R|W|X)?"""
+    return allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid, sx.stx_gid, sx.stx_mode, want)
 
 
-cdef uint32_t _access3(_Caller c, statx* sx, uint32_t requested) noexcept:
-    """perm.access3: the ACCESS3 bits granted."""
-    cdef uint32_t granted = 0
-    cdef bint isdir = (sx.stx_mode & S_IFMT) == S_IFDIR
-    if requested & A_READ and _allowed(c, sx, R_OK):
-        granted |= A_READ
-    if isdir:
-        if requested & A_LOOKUP and _allowed(c, sx, X_OK):
-            granted |= A_LOOKUP
-        if not c.read_only and _allowed(c, sx, W_OK | X_OK):
-            granted |= requested & (A_MODIFY | A_EXTEND | A_DELETE)
-    else:
-        if not c.read_only and _allowed(c, sx, W_OK):
-            granted |= requested & (A_MODIFY | A_EXTEND | A_DELETE)
-        if requested & A_EXECUTE and _allowed(c, sx, X_OK):
-            granted |= A_EXECUTE
-    return granted
+cdef inline uint32_t _access3(_Caller c, statx* sx, uint32_t requested) noexcept:
+    """perm.access3 (the shared rule, fastnfs._perm): the ACCESS3 bits granted."""
+    return access3_ids(c.uid, c.gid, c.gids, c.read_only, sx.stx_uid, sx.stx_gid,
+                       sx.stx_mode, requested)
 
 
 cdef _Export _make_export(e):
-    """The fast lane's view of an fs.Export, or None when its caches are not the
-    Cython ones (FASTNFS_PURE) or its metadata limit is not this module's."""
-    if not isinstance(e.cache, FHCache):
+    """The fast lane's view of a handles.Export, or None when its backend is
+    not one whose layout the lane knows (backends.plain and its wrappers), when
+    its caches are not the Cython ones (FASTNFS_PURE) or its metadata limit is
+    not this module's."""
+    b = e.backend
+    if not getattr(b, "lane", False) or not isinstance(b.cache, FHCache):
         return None
     cdef _Export x = _Export.__new__(_Export)
     x.export = e
-    x.cache = e.cache
-    x.root_fd = e.root_fd
-    x.root_ino = e.root_ino
+    x.cache = b.cache
+    x.root_fd = b.root_fd
+    x.root_ino = b.root_ino
     x.fsid = e.fsid
     x.export_id = e.export_id
-    x.plain = e.single_user is None
+    x.plain = not getattr(b, "per_caller_view", False)
     x.meta = None
-    if e.virtfs is not None:
-        if not isinstance(e.virtfs.cache, MetaCache):
+    overlay = getattr(b, "overlay", None)
+    if overlay is not None:
+        if not isinstance(overlay.cache, MetaCache):
             return None
         from fastnfs.virtfs.overlay import _NONE
         from fastnfs.virtfs.store import MAX_META_SIZE as max_meta, Meta
         if max_meta != MAX_META_SIZE:
             return None
-        x.meta = e.virtfs.cache
+        x.meta = overlay.cache
         x.no_meta = _NONE
         x.meta_type = Meta
     return x
@@ -408,13 +389,13 @@ cdef _Export _make_export(e):
 def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies, list names,
                      list inos, Py_ssize_t start, Py_ssize_t budget, Py_ssize_t dirbudget,
                      Py_ssize_t sent):
-    """Cython twin of nfs3.readdir.put_entries_plus (READDIRPLUS3resok entries,
-    RFC 1813 section 3.3.17): returns (entries sent in all, eof)."""
+    """Cython twin of backends.plain.py_put_entries_plus (READDIRPLUS3resok
+    entries, RFC 1813 section 3.3.17): returns (entries sent in all, eof), or
+    None when the export's backend is not one the lane knows (the caller then
+    uses the Python loop)."""
     cdef _Export x = _make_export(e)
     if x is None:
-        from fastnfs.nfs3.readdir import py_put_entries_plus
-        return py_put_entries_plus(p, e, dfd, dpath, anc, cookies, names, inos, start,
-                                   budget, dirbudget, sent)
+        return None
     cdef uint32_t nanc = len(anc)
     if nanc > MAX_ANC or len(names) != len(cookies) or len(inos) != len(cookies):
         raise ValueError("bad listing or ancestors")
@@ -455,7 +436,7 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
                                                      len(name), &sx) < 0:
                 # a metadata file the lane leaves alone: Virtfs.meta reads it
                 # (and warns once), then the cache has whatever it decided
-                e.virtfs.meta(epath)
+                e.backend.overlay.meta(epath)
                 _overlay(x, epath, &sx)
             p.write_u64(sx.stx_ino)
             p.write_opaque(<const unsigned char*>PyBytes_AS_STRING(name), len(name))
@@ -470,7 +451,7 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
 
 cdef int _put_fh(Packer p, _Export x, statx* sx, const unsigned char* anc_be,
                  uint32_t nanc) except -1:
-    """nfs_fh3 of an object (the layout in fs.py): its inode, device and
+    """nfs_fh3 of an object (the layout in handles.py): its inode, device and
     generation from sx, then nanc ancestor inodes, big-endian."""
     cdef uint32_t size = FH_HEAD + 8 * nanc
     cdef unsigned char* w = p.extend(4 + size)
@@ -623,7 +604,7 @@ cdef class FastPath:
         cdef const unsigned char* cred = d + 36   # after the stamp
         cdef Py_ssize_t cred_n = clen - 4
         pos += 8
-        # nfs_fh3: as fs.Export.decode_fh accepts it
+        # nfs_fh3: as handles.decode_fh accepts it
         if pos + 4 > n:
             return None
         cdef uint32_t fhlen = _r32(d + pos)
@@ -725,7 +706,7 @@ cdef class FastPath:
                 return None
             if x.meta is not None and c.uid != sx.stx_uid \
                     and not _allowed(c, &sx, X_OK) and not _allowed(c, &sx, R_OK):
-                return None   # (nfs3.state.check_io) the general path refuses it
+                return None   # (VirtfsBackend.check_io) the general path refuses it
             out = self._read(p, x, bpath, &sx, roff, count)
             if out is None:
                 return None
@@ -855,7 +836,7 @@ cdef class FastPath:
         cdef int fd = openat(x.root_fd, PyBytes_AS_STRING(path), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         if fd < 0:
             return None
-        # the object the handle named (fs.Export.open_obj)
+        # the object the handle named (HostPaths.open_obj)
         if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &fsx) != 0 \
                 or fsx.stx_ino != sx.stx_ino or _btime(&fsx) != _btime(sx):
             close(fd)

@@ -2,8 +2,8 @@
 """statx(2) in Cython: one syscall, integer nanosecond times, and the birth time.
 
 The birth time is what makes a filehandle notice that an inode number was
-freed and handed to a new file (fs.py keeps 32 bits of it as the handle's
-generation).  Plain-Python twin: fsstat.py.
+freed and handed to a new file (handles.py keeps 32 bits of it as the
+handle's generation).  Plain-Python twin: fsstat.py.
 """
 
 from libc.errno cimport errno

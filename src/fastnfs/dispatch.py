@@ -93,9 +93,6 @@ class DuplicateRequestCache:
         if key in self._d:
             self._d[key] = reply
 
-    def abandon(self, key) -> None:
-        self._d.pop(key, None)
-
 
 class Dispatcher:
     def __init__(self, programs, *, executor: ThreadPoolExecutor | None = None,

@@ -4,7 +4,11 @@ A page-cache hit is cheaper inline than a hop to the thread pool; fsync and
 large transfers are not, and must never stall other clients' requests.
 """
 
+import os
+
 from .nfs3.const import UNSTABLE
+
+HAVE_NOWAIT = hasattr(os, "RWF_NOWAIT")  # preadv2 can answer "not in the page cache"
 
 # READ: whatever the page cache holds is read inline (preadv2 RWF_NOWAIT), the
 # rest in the pool; without RWF_NOWAIT, reads up to this size stay inline.  The

@@ -1,14 +1,17 @@
 """Unix permission arithmetic on (uid, gid, mode) against a caller's credentials.
 
-Used for ACCESS (RFC 1813 section 3.3.4) and, with virtfs, for every
-procedure: the rules are those of a local filesystem (POSIX.1 section 2.3,
-"file access permissions").
+Used by the backends: for ACCESS (RFC 1813 section 3.3.4) by every one, and
+for every call by those that check permissions themselves (virtfs, where the
+kernel cannot know the virtual owners): the rules are those of a local
+filesystem (POSIX.1 section 2.3, "file access permissions").  Cython twin:
+``fastnfs._perm``, which the fast lane cimports, so both paths apply one rule.
 """
 
 from __future__ import annotations
 
 import stat as S
 
+from ._accel import load
 from .nfs3 import const as C
 
 R, W, X = 4, 2, 1
@@ -51,3 +54,11 @@ def access3(cred, st, requested: int, read_only: bool) -> int:
         if requested & C.ACCESS3_EXECUTE and allowed(cred, uid, gid, mode, X):
             granted |= C.ACCESS3_EXECUTE
     return granted
+
+
+py_allowed = allowed
+py_access3 = access3
+_cx = load("_perm")
+if _cx is not None:  # the Cython twin, which the fast lane shares
+    allowed = _cx.allowed  # noqa: F811
+    access3 = _cx.access3  # noqa: F811

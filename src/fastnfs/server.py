@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from . import creds, portmap
 from .dispatch import Dispatcher, use_fast_path
-from .fs import Export
+from .handles import Export
 from .mount import MOUNT_PROGRAM, mount_program
 from .nfs3.const import NFS_PROGRAM, NFS_V3
 from .nfs3.program import nfs3_program
@@ -51,6 +51,7 @@ class Config:
     max_connections: int = 4096       # per process; more are refused with a log line
     idle_timeout: float = 360.0       # seconds; 0 keeps idle connections forever
     metrics: str | None = None        # "HOST:PORT" for the Prometheus endpoint
+    backend: object = None            # path -> backends.Backend (default: plain/virtfs/-s)
 
 
 class Server:
@@ -68,28 +69,44 @@ class Server:
         self.nfs.stats = self.stats
         use_fast_path(self.dispatcher, self.nfs)
         self.connections = Connections(self.stats, config.max_connections, config.idle_timeout)
-        self.stats.caches["filehandle"] = lambda: _sum_caches(e.cache for e in self.exports)
+        self.stats.caches["filehandle"] = lambda: _sum_caches(
+            e.backend.cache for e in self.exports if hasattr(e.backend, "cache"))
         if config.virtfs:
             self.stats.caches["virtfs metadata"] = lambda: _sum_caches(
-                e.virtfs.cache for e in self.exports if e.virtfs is not None)
+                e.backend.overlay.cache for e in self.exports
+                if hasattr(e.backend, "overlay"))
         self.sockets: list = []  # (kind, socket)
         self.listen: tuple = (socket.AF_INET, ("0.0.0.0", 0))  # (family, address): bind() says
         self.registration = portmap.Registration()
         self._stop: asyncio.Event | None = None
         self._servers: list = []
 
+    def _make_backend(self, path: bytes):
+        """The storage backend of the export at path (fastnfs.backends)."""
+        c = self.config
+        if c.backend is not None:
+            return c.backend(path)
+        if c.virtfs:
+            from .backends.virtfs import VirtfsBackend
+            return VirtfsBackend(path, fhcache_size=c.fhcache_size,
+                                 metacache_size=c.metacache_size)
+        if c.single_user:
+            from .backends.singleuser import SingleUserBackend
+            return SingleUserBackend(path, fhcache_size=c.fhcache_size)
+        from .backends.plain import PlainBackend
+        return PlainBackend(path, fhcache_size=c.fhcache_size)
+
     def _make_exports(self, entries, old: dict) -> list:
-        """fs.Export objects for exports entries, reusing old ones (their handles and caches)."""
+        """handles.Export objects for exports entries, reusing old ones (their
+        handles and caches)."""
         out = []
         for entry in entries:
-            real = os.path.realpath(self.config.base + entry.path)
+            real = self.config.base + entry.path
+            if self.config.backend is None:
+                real = os.path.realpath(real)
             e = old.get(real)
             if e is None:
-                e = Export(real, entry=entry, name=entry.path,
-                           fhcache_size=self.config.fhcache_size, virtfs=self.config.virtfs,
-                           metacache_size=self.config.metacache_size)
-                if self.config.single_user and not self.config.virtfs:
-                    e.single_user = (os.geteuid(), os.getegid())
+                e = Export(real, self._make_backend(real), entry=entry, name=entry.path)
             else:
                 e.set_entry(entry)
                 e.name = entry.path
@@ -280,8 +297,9 @@ class Server:
 
     def _share_warnings(self, sdir: str) -> None:
         for e in self.exports:
-            if e.virtfs is not None:
-                e.virtfs.shared_dir = os.path.join(sdir, "warned")
+            overlay = getattr(e.backend, "overlay", None)
+            if overlay is not None:
+                overlay.shared_dir = os.path.join(sdir, "warned")
 
     async def _tick(self, sdir: str) -> None:
         """Once a second: publish statistics; close idle connections."""

@@ -658,7 +658,7 @@ class DispatchTarget:
     def __init__(self, base: str | None = None):
         from fastnfs.exports import single_export
         from fastnfs.server import Config, Server
-        from fastnfs.fs import _FH_VERSION, _MAX_ANCESTORS
+        from fastnfs.handles import _FH_VERSION, _MAX_ANCESTORS
         base = base or os.environ.get("FASTNFS_FUZZ_SCRATCH") or (
             "/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.tmp = Path(tempfile.mkdtemp(prefix="fastnfs-fuzz-", dir=base))
@@ -710,7 +710,9 @@ class DispatchTarget:
     # -- structure-aware rewriting -------------------------------------------
     def fixup(self, data: bytes) -> bytes:
         """Map foreign filehandles and capture-export paths onto this export."""
-        return rewrite(data, self.handles, self.export_name, self.export.owns)
+        eid = self.export.export_id
+        return rewrite(data, self.handles, self.export_name,
+                       lambda fh: len(fh) >= 8 and int.from_bytes(fh[4:8], "big") == eid)
 
     # -- one input ------------------------------------------------------------
     def __call__(self, data: bytes, fix: bool = True) -> None:

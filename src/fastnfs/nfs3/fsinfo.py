@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-from ..fs import NFSError, nfsstat_of
+from ..fs import NFSError, status_of
 from . import const as C
 from .types import get_fh3, put_post_op_attr
 
@@ -24,26 +22,27 @@ def FSSTAT(s, call, u, p):
     if e is None:
         return
     try:
-        v = os.fstatvfs(e.root_fd)
-    except OSError as err:
-        p.u32(nfsstat_of(err))
+        tb, fb, ab, tf, ff, af = e.backend.fsstat(s.cred(call, e), obj)
+    except (NFSError, OSError) as err:
+        p.u32(status_of(err))
         put_post_op_attr(p, obj.st, e.fsid)
         return
     p.u32(C.NFS3_OK)
     put_post_op_attr(p, obj.st, e.fsid)
-    p.u64(v.f_blocks * v.f_frsize)   # tbytes
-    p.u64(v.f_bfree * v.f_frsize)    # fbytes
-    p.u64(v.f_bavail * v.f_frsize)   # abytes
-    p.u64(v.f_files)                 # tfiles
-    p.u64(v.f_ffree)                 # ffiles
-    p.u64(v.f_favail)                # afiles
-    p.u32(0)                         # invarsec: the numbers change at any time
+    p.u64(tb)   # tbytes
+    p.u64(fb)   # fbytes
+    p.u64(ab)   # abytes
+    p.u64(tf)   # tfiles
+    p.u64(ff)   # ffiles
+    p.u64(af)   # afiles
+    p.u32(0)    # invarsec: the numbers change at any time
 
 
 def FSINFO(s, call, u, p):
     e, obj = _obj(s, call, u, p)
     if e is None:
         return
+    maxfilesize, properties = e.backend.fsinfo(s.cred(call, e), obj)
     m = call.maxdata
     p.u32(C.NFS3_OK)
     put_post_op_attr(p, obj.st, e.fsid)
@@ -54,21 +53,17 @@ def FSINFO(s, call, u, p):
     p.u32(m)        # wtpref
     p.u32(4096)     # wtmult
     p.u32(min(m, 65536))  # dtpref
-    p.u64(0x7FFFFFFFFFFFFFFF)  # maxfilesize
+    p.u64(maxfilesize)
     p.u32(0)        # time_delta: nanosecond timestamps
     p.u32(1)
-    p.u32(C.FSF3_LINK | C.FSF3_SYMLINK | C.FSF3_HOMOGENEOUS | C.FSF3_CANSETTIME)
+    p.u32(properties)
 
 
 def PATHCONF(s, call, u, p):
     e, obj = _obj(s, call, u, p)
     if e is None:
         return
-    try:
-        linkmax = os.fpathconf(e.root_fd, "PC_LINK_MAX")
-        namemax = os.fpathconf(e.root_fd, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        linkmax, namemax = 65000, 255
+    linkmax, namemax = e.backend.pathconf(s.cred(call, e), obj)
     p.u32(C.NFS3_OK)
     put_post_op_attr(p, obj.st, e.fsid)
     p.u32(min(linkmax, 0xFFFFFFFF))

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import stat as S
-
-from .. import perm
-from ..fs import NFSError, nfsstat_of
+from ..fs import NFSError
 from . import const as C
 from .types import get_diropargs3, get_fh3, put_fattr3, put_post_op_attr
 
@@ -20,9 +16,7 @@ def LOOKUP(s, call, u, p):
         p.u32(0)
         return
     try:
-        if d.is_dir:
-            s.check(call, e, d.st, perm.X)
-        obj = e.lookup(d, name)
+        obj = e.backend.lookup(s.cred(call, e), d, name)
     except NFSError as err:
         p.u32(err.status)
         put_post_op_attr(p, d.st, e.fsid)
@@ -38,20 +32,7 @@ def READLINK(s, call, u, p):
     fh = get_fh3(u)
     try:
         e, obj = s.resolve(call, fh)
-        if not S.S_ISLNK(obj.st.st_mode):
-            raise NFSError(C.NFS3ERR_INVAL)
-        try:
-            if getattr(obj.st, "stored_as_file", False):
-                # QEMU mapped-file keeps a symlink as a file holding the target
-                fd = e.open_obj(obj, os.O_RDONLY | os.O_NONBLOCK)
-                try:
-                    target = os.read(fd, C.NFS3_MAXPATHLEN)
-                finally:
-                    os.close(fd)
-            else:
-                target = os.readlink(obj.path, dir_fd=e.root_fd)
-        except OSError as err:
-            raise NFSError(nfsstat_of(err))
+        target = e.backend.readlink(s.cred(call, e), obj)
     except NFSError as err:
         p.u32(err.status)
         p.u32(0)

@@ -3,9 +3,10 @@
 Every procedure starts by resolving a filehandle through ``NFS3State.resolve``,
 which is where the export's rules are applied, so they hold on every procedure:
 the client must be allowed by the export (and come from a privileged port when
-the export is ``secure``), its credentials are squashed as the export says, and
-when the server runs as root the calling thread takes those credentials for
-the filesystem calls that follow, so the kernel checks permissions.
+the export is ``secure``) and its credentials are squashed as the export says.
+The export's backend then gets those credentials with every call (the plain
+backend, when the server may act as any user, takes them on the calling thread
+so the kernel checks permissions; a backend with owners of its own checks them itself).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import os
 import struct
 import time
 
-import stat as S
-
-from .. import creds, perm, rpc
+from .. import creds, rpc
 from ..exports import squash
-from ..fs import SINGLE_USER_CALLER, Export, NFSError, Obj
+from ..fs import NFSError, Obj
+from ..handles import Export
 from ..rpc import Cred
 from ..stats import Stats
 from . import const as C
@@ -102,40 +102,17 @@ class NFS3State:
                                  "refused %s for export %s: %s", host, os.fsdecode(e.name), why)
 
     def resolve(self, call, fh: bytes) -> tuple[Export, Obj]:
+        """(export, object) for a handle, after the export admitted the caller.
+
+        The export's backend may take the caller's credentials on this thread
+        for the calls that follow (the plain backend does when privileged)."""
         e = self.export_of(fh)
         self.admit(call, e)
-        if e.single_user is not None:
-            SINGLE_USER_CALLER.ids = (call.ucred.uid, call.ucred.gid)
-        if not self.switch_creds:
-            return e, e.resolve(fh)
-        u = call.ucred
-        want = (u.uid, u.gid, u.gids)
-        if creds.current() == want:
-            # the same caller as the last call on this thread: a cache hit needs
-            # no switch; anything more (a search) runs as the server, below
-            obj = e.resolve_cached(fh)
-            if obj is not None:
-                return e, obj
-        creds.become_server()
-        obj = e.resolve(fh)
-        creds.switch(*want)
-        return e, obj
+        return e, e.resolve(fh, call.ucred)
 
-    def in_caller_creds(self, call, work):
-        """Wrap off-loop work so that it runs with the caller's credentials."""
-        if not self.switch_creds:
-            ids = (call.ucred.uid, call.ucred.gid)
-
-            def keep_ids():
-                SINGLE_USER_CALLER.ids = ids  # unfsd -s ownership for post-op attributes
-                return work()
-            return keep_ids
-        u = call.ucred
-
-        def run():
-            creds.switch(u.uid, u.gid, u.gids)
-            return work()
-        return run
+    def in_caller_creds(self, call, e: Export, work):
+        """Wrap off-loop work so that it runs as the caller (the backend's way)."""
+        return e.backend.run_as(call.ucred, work)
 
     def check_writable(self, call, export: Export) -> None:
         if call.opts is None or not call.opts.rw:
@@ -147,32 +124,3 @@ class NFS3State:
     def cred(self, call, export: Export):
         """The caller's credentials after squashing."""
         return call.ucred or call.cred
-
-    # -- virtfs permission checks (otherwise the kernel checks, see resolve) --
-    def check(self, call, e: Export, st, want: int) -> None:
-        """Refuse unless the caller has every bit of want (perm.R/W/X) on st."""
-        if e.virtfs is None:
-            return
-        c = call.ucred
-        if not perm.allowed(c, st.st_uid, st.st_gid, st.st_mode, want):
-            raise NFSError(C.NFS3ERR_ACCES)
-
-    def check_io(self, call, e: Export, st, want: int) -> None:
-        """READ/WRITE: the owner may always (a file created 0444 stays writable
-        through the open that created it); others need the mode bits; a file
-        that may be executed may be read."""
-        if e.virtfs is None or call.ucred.uid == st.st_uid:
-            return
-        c = call.ucred
-        if want == perm.R and perm.allowed(c, st.st_uid, st.st_gid, st.st_mode, perm.X):
-            return
-        self.check(call, e, st, want)
-
-    def check_delete(self, call, e: Export, dir_st, victim_st) -> None:
-        """Removing or renaming an entry: sticky directories protect others' files."""
-        if e.virtfs is None:
-            return
-        uid = call.ucred.uid
-        if (dir_st.st_mode & S.S_ISVTX and uid != 0 and uid != dir_st.st_uid
-                and uid != victim_st.st_uid):
-            raise NFSError(C.NFS3ERR_PERM)

@@ -6,7 +6,16 @@ For an entry NAME in a directory DIR, ``DIR/.virtfs_metadata/NAME`` holds lines
 decimal) and, for device nodes, ``virtfs.rdev=N``; the export root's own
 attributes are in ``ROOT/.virtfs_metadata_root``.
 
-* ``fastnfs.virtfs.meta``  -- the parser and the stamp-checked LRU cache
+* ``fastnfs.virtfs.meta``     -- the parser and the stamp-checked LRU cache
   (plain-Python twin of the Cython ``fastnfs.virtfs._meta``).
-* ``fastnfs.virtfs.store`` -- the dirfd-relative I/O layer the server calls.
+* ``fastnfs.virtfs.overlay``  -- the reader: attributes as the metadata says.
+* ``fastnfs.virtfs.store``    -- the dirfd-relative, atomic writes.
+* ``fastnfs.virtfs.ops``      -- new and changed metadata with a local
+  filesystem's rules (owner of a new entry, chown only by root, chmod only by
+  the owner, set-id bits).
+* ``fastnfs.virtfs.importer`` and ``fastnfs.virtfs.check`` -- the
+  ``fastnfs virtfs import`` and ``check`` commands (``virtfs.tools``: their
+  command line).
+
+The server serves such a tree through ``fastnfs.backends.virtfs``.
 """

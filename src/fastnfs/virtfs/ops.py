@@ -1,4 +1,4 @@
-"""virtfs bookkeeping for the procedures that create, change and remove entries.
+"""virtfs bookkeeping for the backend's creates, changes and removals of entries.
 
 Ownership and modes live only in the metadata files; the files on disk keep
 modes that let the (unprivileged) server read and write them.
@@ -64,12 +64,13 @@ def changed_meta(cred, st, uid, gid, mode) -> Meta:
     return Meta(new_uid, new_gid, vmode, rdev)
 
 
-def write_obj_meta(e, obj, meta: Meta) -> None:
-    """Store meta for an existing object, found again through its parent directory."""
+def write_obj_meta(b, obj, meta: Meta) -> None:
+    """Store meta for an existing object, found again through its parent directory
+    (b: the backend, for its export root fd)."""
     if obj.path == b".":
-        write_root_meta(e.root_fd, meta)
+        write_root_meta(b.root_fd, meta)
         return
-    pfd = os.open(dirname(obj.path), _DIR_FLAGS, dir_fd=e.root_fd)
+    pfd = os.open(dirname(obj.path), _DIR_FLAGS, dir_fd=b.root_fd)
     try:
         name = basename(obj.path)
         if lstatat(pfd, name).st_ino != obj.ino:
@@ -79,9 +80,9 @@ def write_obj_meta(e, obj, meta: Meta) -> None:
         os.close(pfd)
 
 
-def open_parent(e, obj) -> tuple[int, bytes]:
+def open_parent(b, obj) -> tuple[int, bytes]:
     """(O_PATH fd of obj's directory, obj's name there), verified by inode."""
-    pfd = os.open(dirname(obj.path), _DIR_FLAGS, dir_fd=e.root_fd)
+    pfd = os.open(dirname(obj.path), _DIR_FLAGS, dir_fd=b.root_fd)
     name = basename(obj.path)
     try:
         if lstatat(pfd, name).st_ino != obj.ino:

@@ -206,7 +206,3 @@ class Virtfs:
         if meta is None:
             return st
         return VStat(st, meta)
-
-
-def is_enoent(e: OSError) -> bool:
-    return e.errno in (errno.ENOENT, errno.ENOTDIR)

@@ -1,38 +1,21 @@
 """Read and write mapped-file ("virtfs") metadata next to the files it describes.
 
-The I/O layer the server calls.  Every call is relative to a directory file
+The write side the virtfs backend calls.  Every call is relative to a directory file
 descriptor (an ``O_PATH`` one is fine), takes single path components only,
 never follows a symlink (the metadata directory is opened with
 ``O_DIRECTORY|O_NOFOLLOW``, files with ``O_NOFOLLOW``, stat calls use
-``AT_SYMLINK_NOFOLLOW``), and never blocks on a FIFO (``O_NONBLOCK``, and only
-a regular file is ever opened for reading).
+``AT_SYMLINK_NOFOLLOW``).
 
 Layout: the metadata of entry NAME in directory DIR is ``DIR/.virtfs_metadata/NAME``;
 the export root's own is ``ROOT/.virtfs_metadata_root``.  Both names are in
 ``HIDDEN``: the server must not list them, look them up or let clients create them.
 
-Cache: reads go through a ``MetaCache`` keyed by ``(dir_key, name)``.
-``dir_key`` defaults to ``(st_dev, st_ino)`` of ``fstat(dir_fd)``; a caller that
-already knows the directory's identity passes ``dir_key=`` and saves the
-fstat (any hashable that names the directory uniquely will do; use the same
-one for the write/remove/rename calls so they invalidate the right entries).
-The root file is cached under ``(root_key, META_ROOT)``, and a problem with a
-directory's ``.virtfs_metadata`` itself under ``(dir_key, META_DIR)``; neither
-can collide with an entry (those names are refused).  The stamp is the
-metadata file's ``(st_ino, st_size, st_mtime_ns, st_ctime_ns)``, so a replaced
-or edited file is re-read.  (An in-place, same-size edit within one clock tick
-of the filesystem's timestamps cannot be seen; QEMU, ptxdist and ``write_meta``
-all replace or grow the file, or take longer than that.)
-
-Warnings: a malformed or unusable metadata file calls ``warn(message)`` once
-when it is parsed, i.e. once per (file, stamp) while its entry stays in the
-cache (the cache also remembers "unusable"); the message names the file
-relative to the directory and the line, e.g.
-``.virtfs_metadata/foo:3: line without '='``; several problems are joined by
-``"; "`` into one message.  A file with parse problems still yields the keys
-that parsed; a file that is not a regular file, is over ``MAX_META_SIZE`` bytes
-(parsing a truncated prefix could apply half a number) or cannot be read
-yields None, like a missing file.
+Reading is not here: the server reads metadata through ``virtfs.overlay``
+(and the fast lane), with its own stamp-checked cache.  The writers take an
+optional ``cache=`` (a ``MetaCache`` keyed by ``(dir_key, name)``, where
+``dir_key`` defaults to ``(st_dev, st_ino)`` of ``fstat(dir_fd)``) and keep
+it current: what they write is remembered under the new file's stamp
+``(st_ino, st_size, st_mtime_ns, st_ctime_ns)``, what they remove is dropped.
 
 Writes are atomic: a temporary ``.NAME.tmpXXXXXXXX`` (O_EXCL, 0600) in the
 metadata directory is written completely, optionally fsynced, then renamed
@@ -53,10 +36,9 @@ import os
 import stat
 from typing import NamedTuple
 
-from .meta import KEYS, LIMITS, MetaCache, parse_meta
+from .meta import KEYS, LIMITS, MetaCache
 
-__all__ = ["META_DIR", "META_ROOT", "HIDDEN", "MAX_META_SIZE", "Meta", "read_meta",
-           "read_root_meta", "write_meta", "write_root_meta", "remove_meta", "rename_meta",
+__all__ = ["META_DIR", "META_ROOT", "HIDDEN", "MAX_META_SIZE", "Meta", "write_meta", "write_root_meta", "remove_meta", "rename_meta",
            "link_meta", "meta_dir_only", "rmdir_meta_dir", "split_rdev", "make_rdev",
            "format_meta", "MetaCache"]
 
@@ -68,11 +50,9 @@ MAX_META_SIZE = 4096
 _O_CLOEXEC = os.O_CLOEXEC
 _DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC
 _DIR_RD = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC
-_FILE_RD = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | _O_CLOEXEC
 _FILE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _O_CLOEXEC
 _TMP_TRIES = 100
 _NAME_KEEP = 240        # "." + 240 + ".tmp" + 8 hex = 253 <= NAME_MAX
-_SHOW_PROBLEMS = 5
 _NOT_A_DIR = (errno.ENOTDIR, errno.ELOOP)
 
 
@@ -82,17 +62,6 @@ class Meta(NamedTuple):
     gid: int
     mode: int
     rdev: int
-
-
-class _Unusable:
-    """Cached result for a metadata file that yields nothing (already warned)."""
-    __slots__ = ()
-
-    def __repr__(self):
-        return "UNUSABLE"
-
-
-_UNUSABLE = _Unusable()
 
 
 # ------------------------------------------------------------------ helpers
@@ -119,43 +88,6 @@ def _shown(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
-def _kind(mode: int) -> str:
-    for test, what in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISLNK, "a symlink"),
-                       (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return what
-    return "of unknown type"
-
-
-def _join(msgs: list) -> str:
-    text = "; ".join(msgs[:_SHOW_PROBLEMS])
-    if len(msgs) > _SHOW_PROBLEMS:
-        text += " (and %d more)" % (len(msgs) - _SHOW_PROBLEMS)
-    return text
-
-
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:  # pragma: no cover
-        pass
-
-
-def _read_all(fd: int, limit: int) -> bytes:
-    """Up to limit bytes (fewer only at end of file)."""
-    chunks = []
-    left = limit
-    while left > 0:
-        b = os.read(fd, left)
-        if not b:
-            break
-        chunks.append(b)
-        left -= len(b)
-    return b"".join(chunks)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -169,6 +101,14 @@ def _temp_name(name: bytes) -> bytes:
     return b"." + name[:_NAME_KEEP] + b".tmp" + os.urandom(4).hex().encode()
 
 
+def _open_meta_dir(dir_fd: int):
+    """O_PATH fd of DIR/.virtfs_metadata, or None if there is none (or it is unusable)."""
+    try:
+        return os.open(META_DIR, _DIR_PATH, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
 def _fsync_dir(dir_fd: int) -> None:
     """fsync a directory given by any fd (an O_PATH one cannot be fsynced itself)."""
     fd = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC, dir_fd=dir_fd)
@@ -176,118 +116,6 @@ def _fsync_dir(dir_fd: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _warn_once(cache, key, stamp, warn, message) -> None:
-    """Warn about a problem that has no parse result, once per (key, stamp)."""
-    if cache.get(key, stamp) is None:
-        cache.put(key, stamp, _UNUSABLE)
-        if warn is not None:
-            warn(message)
-
-
-def _open_meta_dir(dir_fd: int, dir_key, cache, warn):
-    """O_PATH fd of DIR/.virtfs_metadata, or None if there is none (or it is unusable)."""
-    try:
-        return os.open(META_DIR, _DIR_PATH, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if cache is None:
-            return None
-        if dir_key is None:
-            dir_key = _dir_key(dir_fd)
-        try:
-            st = os.stat(META_DIR, dir_fd=dir_fd, follow_symlinks=False)
-            stamp, what = _stamp(st), _kind(st.st_mode)
-        except OSError as e2:
-            stamp, what = ("error", e2.errno), None
-        if e.errno in _NOT_A_DIR and what is not None:
-            msg = "%s: is %s, not a directory; metadata in it ignored" % (_shown(META_DIR), what)
-        else:
-            msg = "%s: cannot open: %s" % (_shown(META_DIR), e.strerror)
-        _warn_once(cache, (dir_key, META_DIR), stamp, warn, msg)
-        return None
-
-
-def _load(parent_fd: int, fname: bytes, shown: bytes, key, cache, warn):
-    """The Meta in parent/fname (cached by stamp), None if absent or unusable."""
-    try:
-        st = os.stat(fname, dir_fd=parent_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        _warn_once(cache, key, ("error", e.errno), warn,
-                   "%s: cannot stat: %s" % (_shown(shown), e.strerror))
-        return None
-    stamp = _stamp(st)
-    v = cache.get(key, stamp)
-    if v is not None:
-        return None if v is _UNUSABLE else v
-
-    msgs = []
-    value = _UNUSABLE
-    if not stat.S_ISREG(st.st_mode):
-        msgs.append("%s: is %s, ignored" % (_shown(shown), _kind(st.st_mode)))
-    elif st.st_size > MAX_META_SIZE:
-        msgs.append("%s: larger than %d bytes, ignored" % (_shown(shown), MAX_META_SIZE))
-    else:
-        try:
-            fd = os.open(fname, _FILE_RD, dir_fd=parent_fd)
-        except FileNotFoundError:  # removed since the stat
-            return None
-        except OSError as e:  # EACCES; ELOOP if a symlink replaced it since the stat
-            msgs.append("%s: cannot open: %s" % (_shown(shown), e.strerror))
-        else:
-            try:
-                fst = os.fstat(fd)
-                stamp = _stamp(fst)  # describes exactly what we read
-                if not stat.S_ISREG(fst.st_mode):  # swapped in since the stat
-                    msgs.append("%s: is %s, ignored" % (_shown(shown), _kind(fst.st_mode)))
-                else:
-                    data = _read_all(fd, MAX_META_SIZE + 1)
-                    if len(data) > MAX_META_SIZE:
-                        msgs.append("%s: larger than %d bytes, ignored"
-                                    % (_shown(shown), MAX_META_SIZE))
-                    else:
-                        uid, gid, mode, rdev, problems = parse_meta(data)
-                        value = Meta(uid, gid, mode, rdev)
-                        msgs.extend("%s:%d: %s" % (_shown(shown), ln, m) for ln, m in problems)
-            except OSError as e:  # EIO
-                msgs.append("%s: cannot read: %s" % (_shown(shown), e.strerror))
-            finally:
-                os.close(fd)
-    cache.put(key, stamp, value)
-    if msgs and warn is not None:
-        warn(_join(msgs))
-    return None if value is _UNUSABLE else value
-
-
-# ------------------------------------------------------------------ reading
-
-def read_meta(dir_fd: int, name: bytes, cache: MetaCache, warn, *, dir_key=None) -> Meta | None:
-    """The metadata of entry ``name`` of the directory ``dir_fd``, or None.
-
-    ``warn(message)`` (may be None) is told about a malformed or unusable file
-    once per (file, stamp).  ``dir_key``: see the module docstring.
-    """
-    _check_name(name)
-    if dir_key is None:
-        dir_key = _dir_key(dir_fd)
-    mfd = _open_meta_dir(dir_fd, dir_key, cache, warn)
-    if mfd is None:
-        return None
-    try:
-        return _load(mfd, name, META_DIR + b"/" + name, (dir_key, name), cache, warn)
-    finally:
-        os.close(mfd)
-
-
-def read_root_meta(root_fd: int, cache: MetaCache, warn, *, root_key=None) -> Meta | None:
-    """The export root's own metadata, from ``ROOT/.virtfs_metadata_root``, or None."""
-    if root_key is None:
-        root_key = _dir_key(root_fd)
-    return _load(root_fd, META_ROOT, META_ROOT, (root_key, META_ROOT), cache, warn)
 
 
 # ------------------------------------------------------------------ writing
@@ -502,7 +330,7 @@ def remove_meta(dir_fd: int, name: bytes, *, cache=None, dir_key=None) -> bool:
     """
     _check_name(name)
     _discard(cache, dir_fd, dir_key, name)
-    mfd = _open_meta_dir(dir_fd, None, None, None)
+    mfd = _open_meta_dir(dir_fd)
     if mfd is None:
         return False
     try:
@@ -543,7 +371,7 @@ def rename_meta(src_dir_fd: int, src_name: bytes, dst_dir_fd: int, dst_name: byt
         pass
     _discard(cache, src_dir_fd, src_key, src_name)
     _discard(cache, dst_dir_fd, dst_key, dst_name)
-    smfd = _open_meta_dir(src_dir_fd, None, None, None)
+    smfd = _open_meta_dir(src_dir_fd)
     try:
         if not _regular_in(smfd, src_name):
             remove_meta(dst_dir_fd, dst_name)
@@ -570,7 +398,7 @@ def link_meta(src_dir_fd: int, src_name: bytes, dst_dir_fd: int, dst_name: bytes
     _check_name(src_name)
     _check_name(dst_name)
     _discard(cache, dst_dir_fd, dst_key, dst_name)
-    smfd = _open_meta_dir(src_dir_fd, None, None, None)
+    smfd = _open_meta_dir(src_dir_fd)
     try:
         if not _regular_in(smfd, src_name):
             remove_meta(dst_dir_fd, dst_name)
