@@ -370,7 +370,7 @@ cdef _Export _make_export(e):
     x.root_ino = b.root_ino
     x.fsid = e.fsid
     x.export_id = e.export_id
-    x.plain = not getattr(b, "per_caller_view", False)
+    x.plain = not b.per_caller_view
     x.meta = None
     overlay = getattr(b, "overlay", None)
     if overlay is not None:

@@ -86,6 +86,7 @@ class Backend:
     """The storage of one export.  Every method may raise NFSError (or OSError)."""
 
     lane = False           # may the Cython fast lane serve this export (host layout only)?
+    per_caller_view = False  # do attributes depend on the caller (the lane then declines)?
     switch_creds = False   # does it take the caller's credentials per thread?
     hidden = frozenset()   # names that exist in storage but not for clients
     fsid = 0               # fattr3 fsid
