@@ -16,6 +16,22 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def end_session(sid: int, grace: float = 10.0) -> None:
+    """SIGTERM whatever is left of the process group sid, then SIGKILL after grace s."""
+    deadline = time.monotonic() + grace
+    sig = signal.SIGTERM
+    while True:
+        try:
+            os.killpg(sid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if sig == signal.SIGKILL:
+            return
+        time.sleep(0.05)
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+
+
 class FastnfsProcess:
     """`fastnfs serve` in a child process, as a user would start it."""
 
@@ -39,7 +55,10 @@ class FastnfsProcess:
                "-p", "-d", "--log-level", "debug", *workers, *self.extra_args]
         self._log = open(self.log_path, "ab")
         start = self._log.tell()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        # a session of its own: stop() also ends what it leaves behind (a fakeroot
+        # wrapper's server and faked, a detached worker)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[start:].decode(errors="replace")
@@ -63,6 +82,7 @@ class FastnfsProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        end_session(self.proc.pid)
         rc = self.proc.returncode
         self.proc = None
         self._log.close()

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from xdrlib3 import Packer
 
-from conftest import require_vm, require
+from conftest import end_session, require, require_vm
 from fastnfs.exports import DEFAULT_ANONGID, DEFAULT_ANONUID
 from rpcclient import (CREATE, EXCLUSIVE, FILE_SYNC, GUARDED, MNT3_OK, MOUNT_PROGRAM, NF3CHR,
                        NF3FIFO, NFS3_OK, NFS3ERR_ACCES, NFS3ERR_BADHANDLE, NFS3ERR_PERM,
@@ -68,7 +68,7 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         self._start = self._log.tell()
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env)
+                                     env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log()
@@ -131,6 +131,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        end_session(self.proc.pid)
         rc, self.proc = self.proc.returncode, None
         self._log.close()
         return rc

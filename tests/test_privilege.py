@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -69,6 +70,9 @@ def test_a_server_under_fakeroot_answers_mnt_and_creates(monkeypatch, tmp_path, 
         assert st == 0
         n.close()
     finally:
+        # Ctrl-C to the group: fakeroot's trap stops its faked daemon too
+        os.killpg(srv.proc.pid, signal.SIGINT)
+        srv.proc.wait(20)
         srv.stop()
     assert (export / "made-by-root").exists()
     assert "Traceback" not in srv.log()

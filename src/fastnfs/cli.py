@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-V", "--virtfs", action="store_true",
                    help="serve owners, modes and device nodes from mapped-file metadata "
                         "(.virtfs_metadata, as QEMU's 9p mapped-file and ptxdist write it)")
+    s.add_argument("--pseudo", metavar="STATEDIR",
+                   help="serve owners, modes and device numbers from pseudo's database "
+                        "STATEDIR/files.db (Yocto: the image's pseudo/ directory, or "
+                        "runqemu's DIR.pseudo_state), read without locking it; entries "
+                        "without a row keep their host attributes, changes made by clients "
+                        "are kept in memory")
     s.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default: info")
     s.add_argument("--fhcache-size", type=int, default=262144, metavar="N",
@@ -171,6 +177,7 @@ def serve(args, base: bytes = b"") -> int:
 
     setup_logging(args.log_level, args.log_format)
     from . import _accel
+    from .preload import detect as detect_preload
     slow = _accel.warning()
     if slow:
         logging.getLogger("fastnfs").warning("%s", slow)
@@ -188,9 +195,20 @@ def serve(args, base: bytes = b"") -> int:
         foreground=not args.detach, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
         metacache_size=args.metacache_size,
         single_user=args.single_user, virtfs=args.virtfs, workers=max(1, args.workers),
+        preload=None if args.virtfs else detect_preload(),
+        pseudo=os.path.abspath(args.pseudo) if args.pseudo else None,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         metrics=args.metrics,
         io_threads=args.io_threads)
+    if config.preload:
+        logging.getLogger("fastnfs").info(
+            "running under %s's LD_PRELOAD: owners, modes and device numbers are read and "
+            "recorded through libc, where %s sees them (the fast lane is off)",
+            config.preload, config.preload)
+    if config.pseudo:
+        logging.getLogger("fastnfs").info(
+            "owners, modes and device numbers from %s/files.db (read only; what clients "
+            "change is kept in memory until fastnfs stops)", config.pseudo)
     os.umask(0)  # modes are exactly what clients ask for; they apply their own umask
     try:
         server = Server(config)

@@ -48,6 +48,8 @@ class Config:
     workers: int = 1                  # processes answering on the same ports
     single_user: bool = False         # never switch to the caller's credentials
     virtfs: bool = False              # ownership from mapped-file metadata
+    preload: str | None = None        # "fakeroot"/"pseudo": ownership through its libc wrappers
+    pseudo: str | None = None         # pseudo state directory: ownership from its files.db
     max_connections: int = 4096       # per process; more are refused with a log line
     idle_timeout: float = 360.0       # seconds; 0 keeps idle connections forever
     metrics: str | None = None        # "HOST:PORT" for the Prometheus endpoint
@@ -60,7 +62,8 @@ class Server:
         self.exports = self._make_exports(config.exports, {})
         # with virtfs the metadata, not the kernel, says who may do what
         self.nfs = NFS3State(self.exports,
-                             switch_creds=False if config.single_user or config.virtfs else None)
+                             switch_creds=False if (config.single_user or config.virtfs
+                                                    or config.preload) else None)
         self.executor = None  # made in serve(): threads must not predate a fork
         self.dispatcher = Dispatcher([nfs3_program(self.nfs), mount_program(self.nfs)],
                                      udp_maxdata=UDP_MAXDATA,
@@ -90,6 +93,12 @@ class Server:
             from .backends.virtfs import VirtfsBackend
             return VirtfsBackend(path, fhcache_size=c.fhcache_size,
                                  metacache_size=c.metacache_size)
+        if c.preload:
+            from .backends.preload import PreloadBackend
+            return PreloadBackend(path, kind=c.preload, fhcache_size=c.fhcache_size)
+        if c.pseudo:
+            from .backends.pseudo import PseudoBackend
+            return PseudoBackend(path, c.pseudo, fhcache_size=c.fhcache_size)
         if c.single_user:
             from .backends.singleuser import SingleUserBackend
             return SingleUserBackend(path, fhcache_size=c.fhcache_size)

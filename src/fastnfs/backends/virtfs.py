@@ -91,8 +91,7 @@ class VirtfsBackend(PlainBackend):
                     raise NFSError(C.NFS3ERR_PERM)   # utimes(2): only owner or root set a time
                 self.check(cred, st, perm.W)
         if a.mode is not None or a.uid is not None or a.gid is not None:
-            meta = changed_meta(cred, st, a.uid, a.gid, a.mode)
-            write_obj_meta(self, obj, meta)
+            self._write_meta(obj, changed_meta(cred, st, a.uid, a.gid, a.mode))
         disk = _sattr(size=a.size, atime=a.atime, mtime=a.mtime)
         if getattr(st, "stored_as_file", False) and disk.size is not None:
             raise NFSError(C.NFS3ERR_INVAL)
@@ -108,6 +107,15 @@ class VirtfsBackend(PlainBackend):
                 os.close(fd)
         return os.readlink(obj.path, dir_fd=self.root_fd)
 
+    # -- where the ownership is kept: mapped-file metadata (other sources override) --
+    def _write_meta(self, obj, meta) -> None:
+        """Store the owner, group, mode and device number of an existing object."""
+        write_obj_meta(self, obj, meta)
+
+    def _record_new(self, op, meta) -> None:
+        """Store them for the entry just made at op.name."""
+        write_meta(op.dfd, op.name, meta)
+
     # -- new entries: the caller's ids and the requested mode go to the metadata --
     def _created_meta(self, cred, op, attrs, vmeta):
         if attrs is not None and cred.uid == 0 and (
@@ -115,7 +123,7 @@ class VirtfsBackend(PlainBackend):
             vmeta = vmeta._replace(uid=vmeta.uid if attrs.uid is None else attrs.uid,
                                    gid=vmeta.gid if attrs.gid is None else attrs.gid)
         try:
-            write_meta(op.dfd, op.name, vmeta)
+            self._record_new(op, vmeta)
         except BaseException:
             self._undo_create(op)  # never leave an entry without the owner the client asked for
             raise
