@@ -100,3 +100,11 @@ def test_suite_refuses_to_run_on_a_broken_build_under_require_all(broken_env, tm
                                 + str(ROOT / "tests")),
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_switch_knows_every_extension_setup_builds():
+    import re
+
+    from fastnfs import _accel
+    built = re.findall(r'Extension\("fastnfs\.([\w.]+)"', (ROOT / "setup.py").read_text())
+    assert sorted(built) == sorted(_accel.EXTENSIONS)

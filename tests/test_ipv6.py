@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import FastnfsProcess, require
+from conftest import FastnfsProcess, ipv6_loopback, require
 from fastnfs import portmap, server as server_mod
 from fastnfs.exports import ClientSpec, parse_exports
 from fastnfs.transport import RpcDatagramProtocol, RpcStreamProtocol, client_host
@@ -29,18 +29,7 @@ from rpcclient import MNT3_OK, NF3DIR, NFS3_OK, Nfs3, RpcClient
 MNT3ERR_ACCES = 13
 
 
-def _ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 
 
 def fastnfs_cmd(*args):

@@ -154,23 +154,6 @@ class PseudoDB:
             return None
         return row
 
-    def server_running(self) -> bool:
-        """Is a pseudo server alive for this state directory (its files.db stale)?"""
-        try:
-            with open(os.path.join(self.statedir, "pseudo.pid")) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            return False
-        if pid <= 0:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
 
 def _uri_path(path: str) -> str:
     from urllib.parse import quote

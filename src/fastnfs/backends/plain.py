@@ -133,6 +133,14 @@ if _cx is not None:  # the Cython twin, where it serves the export
         return py_put_entries_plus(p, e, *args) if r is None else r
 
 
+def makedev(major: int, minor: int) -> int:
+    """A device number from a specdata3 (RFC 1813 section 2.5), or NFS3ERR_INVAL."""
+    try:
+        return os.makedev(major, minor)
+    except (OverflowError, ValueError):
+        raise NFSError(C.NFS3ERR_INVAL) from None
+
+
 class PlainBackend(HostPaths, Backend):
     """The host filesystem, with the kernel's permission checks."""
 
@@ -406,11 +414,7 @@ class PlainBackend(HostPaths, Backend):
 
     def mknod(self, cred, op, fmt: int, attrs, major: int, minor: int):
         mode = 0o644 if attrs.mode is None else attrs.mode & 0o7777
-        try:
-            dev = os.makedev(major, minor)
-        except (OverflowError, ValueError):
-            raise NFSError(C.NFS3ERR_INVAL) from None
-        os.mknod(op.name, mode | fmt, dev, dir_fd=op.dfd)
+        os.mknod(op.name, mode | fmt, makedev(major, minor), dir_fd=op.dfd)
         attrs.mode = mode if mode & 0o7000 else None
         return self._created(cred, op, attrs)
 

@@ -24,7 +24,7 @@ from ..fs import NFSError, basename, dirname
 from ..nfs3 import const as C
 from ..virtfs.overlay import VStat
 from ..virtfs.store import Meta
-from .plain import PlainBackend
+from .plain import PlainBackend, makedev
 from .virtfs import VirtfsBackend
 
 
@@ -81,10 +81,7 @@ class PreloadBackend(VirtfsBackend):
     def mknod(self, cred, op, fmt: int, attrs, major: int, minor: int):
         from ..virtfs.ops import new_meta
         mode = 0o644 if attrs.mode is None else attrs.mode & 0o7777
-        try:
-            dev = os.makedev(major, minor)
-        except (OverflowError, ValueError):
-            raise NFSError(C.NFS3ERR_INVAL) from None
+        dev = makedev(major, minor)
         # recorded by the preload as a device; on disk an empty file (or a real fifo)
         os.mknod(op.name, fmt | 0o600, dev, dir_fd=op.dfd)
         attrs.mode = None
