@@ -4,7 +4,8 @@
 Its own ONC RPC client: raw TCP sockets, record marking, requests built from
 pre-encoded call headers (one bytes object per procedure, the xid patched in),
 replies parsed with int.from_bytes/struct at fixed offsets.  No xdrlib, no
-libnfs, nothing of fastnfs: the same client for fastnfs and unfsd.
+libnfs, nothing of fastnfs: the same client for fastnfs, unfsd and nfs-ganesha
+(whose MOUNT has a port of its own: --mount-port).
 
 Workloads (each prints one JSON object on stdout; bench/run.py drives them):
 
@@ -13,6 +14,8 @@ Workloads (each prints one JSON object on stdout; bench/run.py drives them):
   bootstorm  C clients, one TCP connection each, walking the tree like a booting board
              (--engine c: the same walk done by bench/bootgen.c, compiled)
   stream     one connection, D outstanding READs or WRITEs of the largest size offered
+  loopback-send, loopback  the two ends of a plain TCP stream (no RPC): the loopback
+             limit run.py measures next to stream's READ
 
 Every result carries the generator's own CPU time (getrusage), so the
 benchmark can show how much of a core the generator used per request.

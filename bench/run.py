@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""fastnfs vs unfsd, measured in the same run, on the same tree, with the same client.
+"""fastnfs vs unfsd and nfs-ganesha: the same run, the same tree, the same client.
 
     python3 bench/run.py getattr   --unfsd /path/to/unfsd [--cpu 1]
     python3 bench/run.py getattr-all --unfsd /path/to/unfsd [--entries 10000,100000]
@@ -599,15 +599,17 @@ def wl_stream(a) -> list:
             s = start(a, kind, d, a.server_cpu)
             try:
                 c0 = s.cpu_seconds()
-                r = loadgen(["stream", "--mode", "read", "--port", s.port, "--mount-port", s.mount_port,
-                             "--export", s.tree, "--path", "read.bin", "--size", a.size, "--depth", a.depth],
+                r = loadgen(["stream", "--mode", "read", "--port", s.port,
+                             "--mount-port", s.mount_port, "--export", s.tree,
+                             "--path", "read.bin", "--size", a.size, "--depth", a.depth],
                             cpu=a.client_cpu)
                 c1 = s.cpu_seconds()
                 # the loopback limit at this READ's size, in the same round, right after
                 # it (the server is idle meanwhile)
                 lo = loopback(a, r["io_size"])
-                w = loadgen(["stream", "--mode", "write", "--port", s.port, "--mount-port", s.mount_port,
-                             "--export", s.tree, "--path", "write.bin", "--size", a.size, "--depth", a.depth],
+                w = loadgen(["stream", "--mode", "write", "--port", s.port,
+                             "--mount-port", s.mount_port, "--export", s.tree,
+                             "--path", "write.bin", "--size", a.size, "--depth", a.depth],
                             cpu=a.client_cpu)
                 c2 = s.cpu_seconds()
             finally:
