@@ -622,6 +622,8 @@ def wl_stream(a) -> list:
                        write_gen_cpu_s_per_gb=w["gen_cpu_s"] / (w["bytes"] / 1e9),
                        errors=r["errors"] + w["errors"],
                        loop_mb_s=lo["mb_per_s"],
+                       loop_send_cpu_s_per_gb=lo["send_cpu_s"] / (lo["bytes"] / 1e9),
+                       loop_recv_cpu_s_per_gb=lo["gen_cpu_s"] / (lo["bytes"] / 1e9),
                        read_pct_loopback=r["mb_per_s"] / lo["mb_per_s"] * 100)
             log(a, "round %d %s: read %.0f MB/s (%d KiB I/O, %.0f %% of loopback %.0f MB/s), "
                    "write %.0f MB/s (%d KiB I/O) + COMMIT %.2f s" % (
@@ -640,7 +642,9 @@ def wl_stream(a) -> list:
             ("WRITE size used (KiB)", "write_io", res, None),
             ("server CPU s per GB read", "read_srv_cpu_s_per_gb", res, False),
             ("server CPU s per GB written", "write_srv_cpu_s_per_gb", res, False),
-            ("generator CPU s per GB read", "read_gen_cpu_s_per_gb", res, None)]
+            ("generator CPU s per GB read", "read_gen_cpu_s_per_gb", res, None),
+            ("loopback: sender CPU s per GB", "loop_send_cpu_s_per_gb", res, None),
+            ("loopback: receiver CPU s per GB", "loop_recv_cpu_s_per_gb", res, None)]
 
 
 def virtfs_tree(a, tree: str) -> str:
