@@ -270,6 +270,8 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        if _early_stop:
+            self._stop.set()
         mr = self.config.max_record
         conns = self.connections
         for kind, sock in self.sockets:
@@ -407,10 +409,14 @@ def run(server: Server) -> int:
     return 0
 
 
+_early_stop: list = []   # a stop signal that came before the loop's handlers
+
+
 def serve_in_this_process(server: Server, register: bool = True) -> None:
-    # until the loop installs its own handlers, a stop signal still exits cleanly
+    # until the loop installs its own handlers, a stop signal is remembered, and
+    # serve() stops at once: raising from a handler would leave the loop running
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(0))
+        signal.signal(sig, lambda signo, _frame: _early_stop.append(signo))
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
