@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-V", "--virtfs", action="store_true",
                    help="serve owners, modes and device nodes from mapped-file metadata "
                         "(.virtfs_metadata, as QEMU's 9p mapped-file and ptxdist write it)")
+    s.add_argument("--virtfs-symlinks", choices=["auto", "qemu", "host"], default="auto",
+                   help="with --virtfs, how new symlinks are stored: 'qemu' as a file holding "
+                        "the target with S_IFLNK metadata (what QEMU's mapped-file guests "
+                        "read), 'host' as real symlinks (ptxdist), 'auto' as the export's "
+                        "existing symlinks are (default)")
     s.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default: info")
     s.add_argument("--fhcache-size", type=int, default=262144, metavar="N",
@@ -187,7 +192,8 @@ def serve(args, base: bytes = b"") -> int:
         bind=args.bind, tcp_only=args.tcp_only, portmap=not args.no_portmap,
         foreground=not args.detach, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
         metacache_size=args.metacache_size,
-        single_user=args.single_user, virtfs=args.virtfs, workers=max(1, args.workers),
+        single_user=args.single_user, virtfs=args.virtfs, virtfs_symlinks=args.virtfs_symlinks,
+        workers=max(1, args.workers),
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         metrics=args.metrics,
         io_threads=args.io_threads)

@@ -48,6 +48,7 @@ class Config:
     workers: int = 1                  # processes answering on the same ports
     single_user: bool = False         # never switch to the caller's credentials
     virtfs: bool = False              # ownership from mapped-file metadata
+    virtfs_symlinks: str = "auto"     # new symlinks: "qemu" (file + metadata), "host", "auto"
     max_connections: int = 4096       # per process; more are refused with a log line
     idle_timeout: float = 360.0       # seconds; 0 keeps idle connections forever
     metrics: str | None = None        # "HOST:PORT" for the Prometheus endpoint
@@ -89,7 +90,7 @@ class Server:
         if c.virtfs:
             from .backends.virtfs import VirtfsBackend
             return VirtfsBackend(path, fhcache_size=c.fhcache_size,
-                                 metacache_size=c.metacache_size)
+                                 metacache_size=c.metacache_size, symlinks=c.virtfs_symlinks)
         if c.single_user:
             from .backends.singleuser import SingleUserBackend
             return SingleUserBackend(path, fhcache_size=c.fhcache_size)
