@@ -1,0 +1,168 @@
+"""One rootfs for QEMU and for NFS (issue #14): a tree QEMU wrote, changed over NFS,
+read back by QEMU.
+
+1. A qemu guest with ``-fsdev local,security_model=mapped-file`` on an empty
+   directory builds a small rootfs: that is a tree QEMU wrote (its symlinks
+   are files holding the target, with S_IFLNK metadata).
+2. The tree is restored for an ordinary user (chown to nobody, as unpacking
+   a backup as that user would leave it) and served by ``fastnfs serve
+   --virtfs`` running as nobody; a second guest mounts it with the kernel NFS
+   client and, as root, makes devices, a fifo, symlinks, a setuid file, a
+   setgid directory owned by 1000:100, a hard link, a rename across
+   directories and a removal, then lists the tree.
+3. fastnfs stops; a third guest mounts the tree over 9p (mapped-file again)
+   and lists it the same way.  The two listings must agree line by line:
+   type and mode, owner, group, link count, size, device numbers, symlink
+   target.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+
+import pytest
+
+from conftest import NOBODY, FastnfsProcess, start_servers_as_nobody
+from fastnfs.virtfs.check import check_tree
+from test_virtfs_e2e import META, get_meta
+
+pytestmark = pytest.mark.vm
+
+# what QEMU's guest writes first (as root, on a fresh mapped-file share)
+QEMU_BUILD = r'''
+set -e
+chown 0:0 .
+chmod 755 .
+mkdir bin etc dev var tmp
+chmod 1777 tmp
+echo '#!/bin/sh' > bin/busybox
+chmod 755 bin/busybox
+ln -s busybox bin/sh
+ln -s ../proc/mounts etc/mtab
+echo vm > etc/hostname
+echo passwd > etc/passwd
+echo move-me > etc/moveme
+echo remove-me > etc/removeme
+mknod dev/null c 1 3
+chmod 666 dev/null
+mknod dev/console c 5 1
+chown 0:5 dev/console
+chmod 620 dev/console
+echo done
+'''
+
+# what the kernel NFS client does, as root, while fastnfs serves the tree
+NFS_CHANGES = r'''
+set -e
+mknod dev/ttyX c 240 300
+mknod dev/sda b 8 0
+chmod 660 dev/sda
+chown 0:6 dev/sda
+mkfifo var/fifo
+ln -s ../bin/busybox bin/ls
+ln -s /etc/hostname etc/hn
+echo suid > bin/suid
+chmod 4755 bin/suid
+mkdir srv
+chown 1000:100 srv
+chmod 2775 srv
+echo in-sgid > srv/file
+mkdir srv/sub
+ln etc/passwd etc/passwd.hard
+mv etc/moveme var/moved
+rm etc/removeme
+test "$(readlink bin/ls)" = ../bin/busybox
+test "$(readlink bin/sh)" = busybox
+echo changed
+'''
+
+# the listing both guests print: one line per entry, sorted
+LISTING = r'''
+echo "== listing"
+find . | sort | while read -r p; do
+    s=$(stat -c '%f %u %g %h %s %t %T' "$p")
+    if [ -L "$p" ]; then t=$(readlink "$p" 2>/dev/null) || t="READLINK-FAILED"; else t=-; fi
+    echo "$p $s $t"
+done
+echo "== end"
+'''
+
+
+def listing(res) -> list:
+    out = res.output
+    assert "== listing" in out and "== end" in out, res.describe()
+    return out.split("== listing\n", 1)[1].split("== end", 1)[0].splitlines()
+
+
+@pytest.fixture
+def kit_9p():
+    from conftest import require_vm
+    from vm import guest
+    require_vm()
+    return guest.prepare(virtfs=True)
+
+
+def test_tree_qemu_wrote_changed_over_nfs_reads_the_same_in_qemu(kit_9p, public_dir,
+                                                                   monkeypatch, tmp_path):
+    from vm import guest
+    tree = public_dir / "rootfs"
+    tree.mkdir()
+    # 1. QEMU writes the tree
+    r = guest.run(QEMU_BUILD, virtfs=str(tree), timeout=240)
+    assert r.rc == 0 and "done" in r.output, r.describe()
+    st = os.lstat(tree / "bin" / "sh")
+    assert stat.S_ISREG(st.st_mode) and (tree / "bin" / "sh").read_bytes() == b"busybox"
+    assert stat.S_IFMT(get_meta(tree / "bin", "sh")["mode"]) == stat.S_IFLNK
+    # 2. restored for an ordinary user, served by fastnfs as that user
+    subprocess.run(["chown", "-R", "%d:%d" % (NOBODY, NOBODY), str(tree)], check=True)
+    start_servers_as_nobody(monkeypatch, tmp_path)
+    srv = FastnfsProcess(tree, ["--virtfs"], log_path=public_dir / "fastnfs.log").start()
+    try:
+        nfs = guest.run(NFS_CHANGES + LISTING, nfs_port=srv.port, export=str(tree),
+                        timeout=300)
+    finally:
+        srv.stop()
+    log = srv.log()
+    assert "new symlinks are written qemu-style" in log, log[-3000:]
+    assert "Traceback" not in log and "WARNING" not in log, log[-3000:]
+    assert nfs.rc == 0 and "changed" in nfs.output, nfs.describe()
+    # 3. QEMU reads it back
+    ninep = guest.run(LISTING, virtfs=str(tree), timeout=240)
+    assert ninep.rc == 0, ninep.describe()
+    a, b = listing(nfs), listing(ninep)
+    diff = [(x, y) for x, y in zip(a, b) if x != y]
+    assert len(a) == len(b) and not diff, (
+        "NFS view != QEMU view:\n" + "\n".join("nfs:  %s\n9p:   %s" % d for d in diff)
+        + "\n--- nfs\n" + "\n".join(a) + "\n--- 9p\n" + "\n".join(b))
+    assert "READLINK-FAILED" not in "\n".join(a + b)
+    # on disk: everything QEMU needs
+    for d, name in ((tree / "bin", "ls"), (tree / "etc", "hn")):
+        st = os.lstat(d / name)
+        assert stat.S_ISREG(st.st_mode) and st.st_uid == NOBODY, name
+        assert get_meta(d, name)["mode"] == stat.S_IFLNK | 0o777
+    assert get_meta(tree / "dev", "ttyX")["rdev"] == os.makedev(240, 300) == 1110060
+    assert get_meta(tree / "dev", "sda") == {"uid": 0, "gid": 6, "mode": stat.S_IFBLK | 0o660,
+                                             "rdev": os.makedev(8, 0)}
+    assert os.lstat(tree / "etc" / META / "passwd.hard").st_ino == \
+        os.lstat(tree / "etc" / META / "passwd").st_ino
+    assert not (tree / "etc" / META / "moveme").exists()
+    assert not (tree / "etc" / META / "removeme").exists()
+    assert get_meta(tree, "srv") == {"uid": 1000, "gid": 100, "mode": stat.S_IFDIR | 0o2775}
+    assert get_meta(tree, None) == {"uid": 0, "gid": 0, "mode": stat.S_IFDIR | 0o755}
+    assert check_tree(tree) == []
+    # the objects the issue names, as both saw them
+    lines = {ln.split()[0]: ln.split()[1:] for ln in a}
+    assert lines["."][:3] == ["41ed", "0", "0"]
+    assert lines["./dev/ttyX"][0][:1] == "2" and lines["./dev/ttyX"][5:7] == ["f0", "12c"]
+    assert lines["./dev/sda"][0] == "61b0" and lines["./dev/sda"][5:7] == ["8", "0"]
+    assert lines["./bin/ls"][-1] == "../bin/busybox" and lines["./bin/sh"][-1] == "busybox"
+    assert lines["./etc/hn"][-1] == "/etc/hostname"
+    assert lines["./bin/suid"][0] == "89ed"                       # S_IFREG|04755
+    assert lines["./srv"][:3] == ["45fd", "1000", "100"]          # S_IFDIR|02775
+    assert lines["./srv/file"][2] == "100" and lines["./srv/sub"][0] == "45ed"
+    assert lines["./etc/passwd"][3] == "2" == lines["./etc/passwd.hard"][3]
+    assert "./var/moved" in lines and "./etc/moveme" not in lines
+    assert "./etc/removeme" not in lines
+    assert lines["./var/fifo"][0] == "11a4"
