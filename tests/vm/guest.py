@@ -1488,7 +1488,11 @@ def _cli(argv=None) -> int:
                         help="also build the UDP-capable nfs.ko/nfsv3.ko")
     sub.add_parser("check", help="say whether guests can run here")
     p_run = sub.add_parser("run", help="boot guest(s), mount, run a script")
-    p_run.add_argument("--nfs-port", type=int, required=True)
+    src = p_run.add_mutually_exclusive_group(required=True)
+    src.add_argument("--nfs-port", type=int)
+    src.add_argument("--virtfs", metavar="PATH",
+                     help="no NFS: share host directory PATH with qemu's 9p server "
+                          "(security_model=mapped-file) and mount it on /mnt")
     p_run.add_argument("--mount-port", type=int)
     p_run.add_argument("--export", default="/")
     p_run.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
@@ -1549,7 +1553,7 @@ def _cli(argv=None) -> int:
     kw = dict(nfs_port=a.nfs_port, mount_port=a.mount_port, export=a.export,
               proto=a.proto, mount_opts=a.mount_opts, mem=a.mem, files=files,
               mode=a.mode, cpus=a.cpus, kernel_args=a.kernel_args, echo=echo,
-              until=a.until, ipv6=a.ipv6)
+              until=a.until, ipv6=a.ipv6, virtfs=a.virtfs)
 
     def stop(signum, _frame):
         _kill_live_guests()
