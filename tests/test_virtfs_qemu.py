@@ -45,6 +45,10 @@ echo vm > etc/hostname
 echo passwd > etc/passwd
 echo move-me > etc/moveme
 echo remove-me > etc/removeme
+echo old > etc/replaced
+mkdir etc/conf.d etc/gone
+echo c > etc/conf.d/c
+echo g > etc/gone/g
 mknod dev/null c 1 3
 chmod 666 dev/null
 mknod dev/console c 5 1
@@ -71,8 +75,14 @@ chmod 2775 srv
 echo in-sgid > srv/file
 mkdir srv/sub
 ln etc/passwd etc/passwd.hard
+ln bin/sh bin/sh.hard
+chown -h 1000:100 etc/hn
 mv etc/moveme var/moved
+mv etc/conf.d var/conf.d
+echo new > tmp/new
+mv tmp/new etc/replaced
 rm etc/removeme
+rm -r etc/gone
 test "$(readlink bin/ls)" = ../bin/busybox
 test "$(readlink bin/sh)" = busybox
 echo changed
@@ -149,6 +159,10 @@ def test_tree_qemu_wrote_changed_over_nfs_reads_the_same_in_qemu(kit_9p, public_
         os.lstat(tree / "etc" / META / "passwd").st_ino
     assert not (tree / "etc" / META / "moveme").exists()
     assert not (tree / "etc" / META / "removeme").exists()
+    assert not (tree / "etc" / META / "gone").exists() and not (tree / "etc" / "gone").exists()
+    assert get_meta(tree / "var" / "conf.d", "c")["mode"] == stat.S_IFREG | 0o644
+    assert os.lstat(tree / "bin" / META / "sh.hard").st_ino == \
+        os.lstat(tree / "bin" / META / "sh").st_ino
     assert get_meta(tree, "srv") == {"uid": 1000, "gid": 100, "mode": stat.S_IFDIR | 0o2775}
     assert get_meta(tree, None) == {"uid": 0, "gid": 0, "mode": stat.S_IFDIR | 0o755}
     assert check_tree(tree) == []
@@ -158,11 +172,13 @@ def test_tree_qemu_wrote_changed_over_nfs_reads_the_same_in_qemu(kit_9p, public_
     assert lines["./dev/ttyX"][0][:1] == "2" and lines["./dev/ttyX"][5:7] == ["f0", "12c"]
     assert lines["./dev/sda"][0] == "61b0" and lines["./dev/sda"][5:7] == ["8", "0"]
     assert lines["./bin/ls"][-1] == "../bin/busybox" and lines["./bin/sh"][-1] == "busybox"
-    assert lines["./etc/hn"][-1] == "/etc/hostname"
+    assert lines["./etc/hn"][-1] == "/etc/hostname" and lines["./etc/hn"][1:3] == ["1000", "100"]
+    assert lines["./bin/sh.hard"][-1] == "busybox" and lines["./bin/sh.hard"][3] == "2"
+    assert lines["./etc/replaced"][4] == "4" and "./var/conf.d/c" in lines
     assert lines["./bin/suid"][0] == "89ed"                       # S_IFREG|04755
     assert lines["./srv"][:3] == ["45fd", "1000", "100"]          # S_IFDIR|02775
     assert lines["./srv/file"][2] == "100" and lines["./srv/sub"][0] == "45ed"
     assert lines["./etc/passwd"][3] == "2" == lines["./etc/passwd.hard"][3]
     assert "./var/moved" in lines and "./etc/moveme" not in lines
-    assert "./etc/removeme" not in lines
+    assert "./etc/removeme" not in lines and "./etc/gone" not in lines
     assert lines["./var/fifo"][0] == "11a4"
