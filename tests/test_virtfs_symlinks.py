@@ -246,3 +246,23 @@ def test_import_writes_either_style(tmp_path, how, symlinks):
     assert check_tree(dst) == []
     assert decided(dst)[0] == symlinks
     assert (dst / META_ROOT).exists()
+
+
+def test_whole_tree_survey_holds_few_descriptors(tmp_path):
+    """check surveys the whole tree: directories wait as names, not open fds."""
+    import resource
+    t = tmp_path / "wide"
+    t.mkdir()
+    for i in range(300):
+        (t / ("d%03d" % i)).mkdir()
+    qemu_link(t / "d299", "l", "x")
+    fd = os.open(t, os.O_RDONLY | os.O_DIRECTORY)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 16, hard))
+        s = style.survey(fd, limit=None)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        os.close(fd)
+    assert (s.qemu, s.host, s.complete) == (1, 0, True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import stat as S
+from collections import deque
 from typing import NamedTuple
 
 from .meta import parse_meta
@@ -71,6 +72,20 @@ def _meta_mode(mfd: int, name: bytes) -> int:
     return mode if mode >= 0 else 0
 
 
+def _open_dir(root_fd: int, comps: tuple) -> int:
+    """A readable fd of the directory at comps below root_fd, no symlink followed."""
+    fd = os.open(b".", _DIR_RD, dir_fd=root_fd)
+    try:
+        for c in comps:
+            nfd = os.open(c, _DIR_RD, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def survey(root_fd: int, limit: int | None = SURVEY_LIMIT, examples: int = 3) -> Survey:
     """Count both kinds of symlink among the first ``limit`` entries (None: all)."""
     qemu = host = seen = 0
@@ -82,59 +97,61 @@ def survey(root_fd: int, limit: int | None = SURVEY_LIMIT, examples: int = 3) ->
         has_root_meta = True
     except OSError:
         has_root_meta = False
-    queue = [(b"", os.open(b".", _DIR_RD, dir_fd=root_fd))]
-    try:
-        while queue:
-            path, dfd = queue.pop(0)
+    # directories wait as names, not open fds: a whole-tree survey (check) of a
+    # wide tree must not run out of file descriptors
+    queue = deque([()])
+    while queue:
+        comps = queue.popleft()
+        try:
+            dfd = _open_dir(root_fd, comps)
+        except OSError:
+            if not comps:
+                raise
+            continue
+        path = b"".join(c + b"/" for c in comps)
+        try:
             try:
+                with os.scandir(dfd) as it:
+                    names = sorted(os.fsencode(e.name) for e in it)
+            except OSError:
+                continue
+            mfd = None
+            if META_DIR in names:
                 try:
-                    with os.scandir(dfd) as it:
-                        names = sorted(os.fsencode(e.name) for e in it)
+                    mfd = os.open(META_DIR, _DIR_RD, dir_fd=dfd)
+                    has_meta = True
                 except OSError:
-                    continue
-                mfd = None
-                if META_DIR in names:
+                    mfd = None
+            try:
+                for name in names:
+                    if name in HIDDEN:
+                        continue
+                    if limit is not None and seen >= limit:
+                        return Survey(qemu, host, has_meta, has_root_meta, False,
+                                      tuple(qpaths), tuple(hpaths))
+                    seen += 1
                     try:
-                        mfd = os.open(META_DIR, _DIR_RD, dir_fd=dfd)
-                        has_meta = True
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                     except OSError:
-                        mfd = None
-                try:
-                    for name in names:
-                        if name in HIDDEN:
-                            continue
-                        if limit is not None and seen >= limit:
-                            return Survey(qemu, host, has_meta, has_root_meta, False,
-                                          tuple(qpaths), tuple(hpaths))
-                        seen += 1
-                        try:
-                            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                        except OSError:
-                            continue
-                        rel = path + name
-                        if S.S_ISLNK(st.st_mode):
-                            host += 1
-                            if len(hpaths) < examples:
-                                hpaths.append(rel)
-                        elif S.S_ISREG(st.st_mode):
-                            if mfd is not None and _meta_mode(mfd, name) & 0o170000 \
-                                    == S.S_IFLNK:
-                                qemu += 1
-                                if len(qpaths) < examples:
-                                    qpaths.append(rel)
-                        elif S.S_ISDIR(st.st_mode):
-                            try:
-                                queue.append((rel + b"/", os.open(name, _DIR_RD, dir_fd=dfd)))
-                            except OSError:
-                                pass
-                finally:
-                    if mfd is not None:
-                        os.close(mfd)
+                        continue
+                    rel = path + name
+                    if S.S_ISLNK(st.st_mode):
+                        host += 1
+                        if len(hpaths) < examples:
+                            hpaths.append(rel)
+                    elif S.S_ISREG(st.st_mode):
+                        if mfd is not None and _meta_mode(mfd, name) & 0o170000 \
+                                == S.S_IFLNK:
+                            qemu += 1
+                            if len(qpaths) < examples:
+                                qpaths.append(rel)
+                    elif S.S_ISDIR(st.st_mode):
+                        queue.append(comps + (name,))
             finally:
-                os.close(dfd)
-    finally:
-        for _, fd in queue:
-            os.close(fd)
+                if mfd is not None:
+                    os.close(mfd)
+        finally:
+            os.close(dfd)
     return Survey(qemu, host, has_meta, has_root_meta, True, tuple(qpaths), tuple(hpaths))
 
 
