@@ -266,3 +266,10 @@ def test_whole_tree_survey_holds_few_descriptors(tmp_path):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         os.close(fd)
     assert (s.qemu, s.host, s.complete) == (1, 0, True)
+
+
+def test_check_reports_a_qemu_style_symlink_without_target(tmp_path):
+    t = tree(tmp_path, "qemu")
+    qemu_link(t / "bin", "empty", "")
+    found = check_tree(t)
+    assert [(f.kind, "no target" in f.message) for f in found] == [("mismatch", True)], found

@@ -95,6 +95,9 @@ def _check_file(out: list, parent_fd: int, fname: bytes, shown: str, entry_st, e
         if not ok:
             out.append(Finding(shown, "mismatch", "metadata says %s but %s is %s"
                                % (_kind(mode), entry_shown, _kind(entry_st.st_mode))))
+        elif real == S.S_IFREG and virt == S.S_IFLNK and entry_st.st_size == 0:
+            out.append(Finding(shown, "mismatch", "metadata says a symlink but %s is an "
+                               "empty file: a QEMU-style symlink with no target" % entry_shown))
 
 
 def check_tree(root) -> list:
