@@ -5,7 +5,8 @@ entry does not exist), entries without metadata (the root included:
 ``.virtfs_metadata_root``), malformed metadata (parse problems, not a regular
 file, too large, unreadable, a ``.virtfs_metadata`` that is not a directory)
 and metadata whose file type contradicts the entry's (a directory with a
-regular-file mode; a non-empty file said to be a device).  Symlinks may be
+regular-file mode; a non-empty file said to be a device; an empty file said to
+be a symlink, which has no target).  Symlinks may be
 stored in either style (``virtfs.style``): QEMU's (a regular file holding the
 target, metadata ``S_IFLNK``) or the host's (a real symlink); a tree that
 holds both gets one ``mixed`` line at its root, with the counts and a few
