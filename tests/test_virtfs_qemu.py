@@ -63,6 +63,9 @@ set -e
 chown 0:0 .
 chmod 755 .
 mknod dev/ttyX c 240 300
+chmod 600 dev/ttyX
+chown 0:5 dev/ttyX
+(set -C; echo excl > etc/excl)
 mknod dev/sda b 8 0
 chmod 660 dev/sda
 chown 0:6 dev/sda
@@ -173,7 +176,9 @@ def test_tree_qemu_wrote_changed_over_nfs_reads_the_same_in_qemu(kit_9p, public_
     # the objects the issue names, as both saw them
     lines = {ln.split()[0]: ln.split()[1:] for ln in a}
     assert lines["."][:3] == ["41ed", "0", "0"]
-    assert lines["./dev/ttyX"][0][:1] == "2" and lines["./dev/ttyX"][5:7] == ["f0", "12c"]
+    assert lines["./dev/ttyX"][:3] == ["2180", "0", "5"]             # S_IFCHR|0600
+    assert lines["./dev/ttyX"][5:7] == ["f0", "12c"]                 # 240, 300 after chmod
+    assert lines["./etc/excl"][0] == "81a4" and lines["./etc/excl"][4] == "5"
     assert lines["./dev/sda"][0] == "61b0" and lines["./dev/sda"][5:7] == ["8", "0"]
     assert lines["./bin/ls"][-1] == "../bin/busybox" and lines["./bin/sh"][-1] == "busybox"
     assert lines["./etc/hn"][-1] == "/etc/hostname" and lines["./etc/hn"][1:3] == ["1000", "100"]
