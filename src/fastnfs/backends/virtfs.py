@@ -35,6 +35,7 @@ from .plain import PlainBackend, _sattr
 
 log = logging.getLogger("fastnfs.virtfs")
 
+
 class VirtfsBackend(PlainBackend):
     """PlainBackend storage seen and guarded through virtfs metadata."""
 
