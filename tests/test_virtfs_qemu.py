@@ -4,8 +4,8 @@ read back by QEMU.
 1. A qemu guest with ``-fsdev local,security_model=mapped-file`` on an empty
    directory builds a small rootfs: that is a tree QEMU wrote (its symlinks
    are files holding the target, with S_IFLNK metadata).
-2. The tree is restored for an ordinary user (chown to nobody, as unpacking
-   a backup as that user would leave it) and served by ``fastnfs serve
+2. The tree is backed up with tar, restored by an ordinary user (nobody)
+   and served by ``fastnfs serve
    --virtfs`` running as nobody; a second guest mounts it with the kernel NFS
    client and, as root, makes devices, a fifo, symlinks, a setuid file, a
    setgid directory owned by 1000:100, a hard link, a rename across
@@ -19,6 +19,7 @@ read back by QEMU.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 
@@ -124,16 +125,26 @@ def test_tree_qemu_wrote_changed_over_nfs_reads_the_same_in_qemu(kit_9p, public_
     from vm import guest
     if os.getuid() != 0:
         pytest.skip("needs root: qemu writes the tree as root, fastnfs then serves it as nobody")
+    if not shutil.which("tar"):
+        pytest.skip("no tar to restore the tree with")
+    wrote = public_dir / "qemu-wrote"
+    wrote.mkdir()
+    # 1. QEMU writes the tree
+    r = guest.run(QEMU_BUILD, virtfs=str(wrote), timeout=240)
+    assert r.rc == 0 and "done" in r.output, r.describe()
+    st = os.lstat(wrote / "bin" / "sh")
+    assert stat.S_ISREG(st.st_mode) and (wrote / "bin" / "sh").read_bytes() == b"busybox"
+    assert stat.S_IFMT(get_meta(wrote / "bin", "sh")["mode"]) == stat.S_IFLNK
+    # 2. backed up, restored by an ordinary user, served by fastnfs as that user
+    archive = public_dir / "backup.tar"
+    subprocess.run(["tar", "-C", str(wrote), "-cf", str(archive), "."], check=True)
+    os.chmod(archive, 0o644)
     tree = public_dir / "rootfs"
     tree.mkdir()
-    # 1. QEMU writes the tree
-    r = guest.run(QEMU_BUILD, virtfs=str(tree), timeout=240)
-    assert r.rc == 0 and "done" in r.output, r.describe()
-    st = os.lstat(tree / "bin" / "sh")
-    assert stat.S_ISREG(st.st_mode) and (tree / "bin" / "sh").read_bytes() == b"busybox"
-    assert stat.S_IFMT(get_meta(tree / "bin", "sh")["mode"]) == stat.S_IFLNK
-    # 2. restored for an ordinary user, served by fastnfs as that user
-    subprocess.run(["chown", "-R", "%d:%d" % (NOBODY, NOBODY), str(tree)], check=True)
+    os.chown(tree, NOBODY, NOBODY)
+    subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
+                    "tar", "-C", str(tree), "-xpf", str(archive)], check=True)
+    assert os.lstat(tree / "bin" / "sh").st_uid == NOBODY
     start_servers_as_nobody(monkeypatch, tmp_path)
     srv = FastnfsProcess(tree, ["--virtfs"], log_path=public_dir / "fastnfs.log").start()
     try:
