@@ -5,11 +5,10 @@ read back by QEMU.
    directory builds a small rootfs: that is a tree QEMU wrote (its symlinks
    are files holding the target, with S_IFLNK metadata).
 2. The tree is backed up with tar, restored by an ordinary user (nobody)
-   and served by ``fastnfs serve
-   --virtfs`` running as nobody; a second guest mounts it with the kernel NFS
-   client and, as root, makes devices, a fifo, symlinks, a setuid file, a
-   setgid directory owned by 1000:100, a hard link, a rename across
-   directories and a removal, then lists the tree.
+   and served by ``fastnfs serve --virtfs`` running as nobody; a second
+   guest mounts it with the kernel NFS client and, as root, makes devices, a
+   fifo, symlinks, a setuid file, a setgid directory owned by 1000:100, hard
+   links, renames across directories and removals, then lists the tree.
 3. fastnfs stops; a third guest mounts the tree over 9p (mapped-file again)
    and lists it the same way.  The two listings must agree line by line:
    type and mode, owner, group, link count, size, device numbers, symlink
