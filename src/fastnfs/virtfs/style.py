@@ -8,7 +8,8 @@ which host tools follow.  A tree should hold one style only, so the server
 writes new symlinks in the style the tree already uses.
 
 ``survey(root_fd)`` looks at a bounded number of entries (breadth first, the
-root's first): ``qemu`` counts regular files whose metadata says symlink,
+root's first): ``qemu`` counts regular files whose metadata says symlink
+(only files of 1 to 4095 bytes, a target's size, have their metadata read),
 ``host`` counts real symlinks.  ``decide`` turns that into a style:
 
 * only QEMU-style symlinks: ``qemu``; only real ones: ``host``;
@@ -40,6 +41,7 @@ STYLES = (QEMU, HOST)
 #: per regular file that has metadata)
 SURVEY_LIMIT = 4096
 
+_MAX_TARGET = 4095      # PATH_MAX - 1: the longest symlink target Linux stores
 _DIR_RD = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -139,7 +141,9 @@ def survey(root_fd: int, limit: int | None = SURVEY_LIMIT, examples: int = 3) ->
                         host += 1
                         if len(hpaths) < examples:
                             hpaths.append(rel)
-                    elif S.S_ISREG(st.st_mode):
+                    elif S.S_ISREG(st.st_mode) and 0 < st.st_size <= _MAX_TARGET:
+                        # only a file the size of a target can be one: the
+                        # metadata of programs and data files is never read
                         if mfd is not None and _meta_mode(mfd, name) & 0o170000 \
                                 == S.S_IFLNK:
                             qemu += 1
