@@ -273,3 +273,14 @@ def test_check_reports_a_qemu_style_symlink_without_target(tmp_path):
     qemu_link(t / "bin", "empty", "")
     found = check_tree(t)
     assert [(f.kind, "no target" in f.message) for f in found] == [("mismatch", True)], found
+
+
+def test_cli_refuses_an_unknown_style(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "fastnfs", "serve", "--virtfs",
+                        "--virtfs-symlinks=both", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--virtfs-symlinks" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "fastnfs", "virtfs", "import", "--symlinks=both",
+                        str(tmp_path), str(tmp_path / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--symlinks" in r.stderr, r.stderr
