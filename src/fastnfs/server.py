@@ -50,6 +50,7 @@ class Config:
     virtfs: bool = False              # ownership from mapped-file metadata
     preload: str | None = None        # "fakeroot"/"pseudo": ownership through its libc wrappers
     pseudo: str | None = None         # pseudo state directory: ownership from its files.db
+    virtfs_symlinks: str = "auto"     # new symlinks: "qemu" (file + metadata), "host", "auto"
     max_connections: int = 4096       # per process; more are refused with a log line
     idle_timeout: float = 360.0       # seconds; 0 keeps idle connections forever
     metrics: str | None = None        # "HOST:PORT" for the Prometheus endpoint
@@ -92,7 +93,7 @@ class Server:
         if c.virtfs:
             from .backends.virtfs import VirtfsBackend
             return VirtfsBackend(path, fhcache_size=c.fhcache_size,
-                                 metacache_size=c.metacache_size)
+                                 metacache_size=c.metacache_size, symlinks=c.virtfs_symlinks)
         if c.preload:
             from .backends.preload import PreloadBackend
             return PreloadBackend(path, kind=c.preload, fhcache_size=c.fhcache_size)
