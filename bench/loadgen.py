@@ -4,7 +4,8 @@
 Its own ONC RPC client: raw TCP sockets, record marking, requests built from
 pre-encoded call headers (one bytes object per procedure, the xid patched in),
 replies parsed with int.from_bytes/struct at fixed offsets.  No xdrlib, no
-libnfs, nothing of fastnfs: the same client for fastnfs and unfsd.
+libnfs, nothing of fastnfs: the same client for fastnfs, unfsd and nfs-ganesha
+(whose MOUNT has a port of its own: --mount-port).
 
 Workloads (each prints one JSON object on stdout; bench/run.py drives them):
 
@@ -13,6 +14,8 @@ Workloads (each prints one JSON object on stdout; bench/run.py drives them):
   bootstorm  C clients, one TCP connection each, walking the tree like a booting board
              (--engine c: the same walk done by bench/bootgen.c, compiled)
   stream     one connection, D outstanding READs or WRITEs of the largest size offered
+  loopback-send, loopback  the two ends of a plain TCP stream (no RPC): the loopback
+             limit run.py measures next to stream's READ
 
 Every result carries the generator's own CPU time (getrusage), so the
 benchmark can show how much of a core the generator used per request.
@@ -214,6 +217,19 @@ class SyncConn:
         return fh
 
 
+def mount_root(a, c: SyncConn) -> bytes:
+    """The export's root handle: MNT on c's connection when MOUNT shares the NFS port
+    (fastnfs, unfsd -m PORT), else on a connection of its own to --mount-port
+    (nfs-ganesha serves MOUNT on a port of its own)."""
+    if not a.mount_port or a.mount_port == a.port:
+        return c.mount(a.export.encode())
+    m = SyncConn(a.host, a.mount_port)
+    try:
+        return m.mount(a.export.encode())
+    finally:
+        m.close()
+
+
 # ---------------------------------------------------------------- asyncio client
 class AsyncConn(asyncio.Protocol):
     """One TCP connection with any number of outstanding calls."""
@@ -333,7 +349,7 @@ def _round_trip(sock, req: bytearray, xid: int, buf: bytearray, view) -> int:
 def run_getattr(a) -> dict:
     """One outstanding GETATTR on one connection: the round-trip cost of the server."""
     c = SyncConn(a.host, a.port)
-    root = c.mount(a.export.encode())
+    root = mount_root(a, c)
     fh = c.lookup_path(root, a.path.encode()) if a.path else root
     msg = bytearray(_u32.pack(0) + header(NFS_PROG, NFS_VERS, GETATTR) + opaque(fh))
     req = bytearray(_u32.pack(LAST | len(msg))) + msg
@@ -421,7 +437,7 @@ def run_getattr_all(a) -> dict:
     """GETATTR over every handle of the tree, shuffled, one outstanding, for a.duration s."""
     import random
     c = SyncConn(a.host, a.port)
-    root = c.mount(a.export.encode())
+    root = mount_root(a, c)
     stats: dict = {}
     t = time.perf_counter()
     fhs = collect_handles(c, root, stats)
@@ -583,7 +599,7 @@ def _boot_setup(a) -> tuple:
     """What every bootstorm engine starts from: the root handle (MNT), the READ
     size (capped by FSINFO's rtmax) and the tree's paths."""
     setup = SyncConn(a.host, a.port)
-    root = setup.mount(a.export.encode())
+    root = mount_root(a, setup)
     info = setup.fsinfo(root)
     setup.close()
     return root, min(a.rsize, info["rtmax"]), tree_paths(a.tree)
@@ -658,7 +674,7 @@ def bootstorm_c(a) -> str:
 
 async def _stream(a) -> dict:
     setup = SyncConn(a.host, a.port)
-    root = setup.mount(a.export.encode())
+    root = mount_root(a, setup)
     info = setup.fsinfo(root)
     fh = setup.lookup_path(root, a.path.encode())
     setup.close()
@@ -719,6 +735,56 @@ async def _stream(a) -> dict:
     return r
 
 
+def run_loopback_send(a) -> dict:
+    """The sender of the loopback limit: accept one connection on 127.0.0.1:--port, wait
+    for the receiver's 4-byte go, then write --size bytes in --io-sized sends and close.
+    Prints "listening" (flushed) once it accepts, then its JSON line at the end."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((a.host, a.port))
+    ls.listen(1)
+    print("listening", flush=True)
+    s, _ = ls.accept()
+    ls.close()
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # as the NFS connections
+    data = os.urandom(a.io)
+    view = memoryview(data)
+    go = s.recv(4)
+    if len(go) != 4:
+        raise ConnectionError("no go from the receiver")
+    cpu0 = _cpu()
+    left = a.size
+    while left > 0:
+        s.sendall(view[:min(left, a.io)])
+        left -= a.io
+    cpu = _cpu() - cpu0
+    s.close()
+    return dict(workload="loopback-send", bytes=a.size, io_size=a.io, send_cpu_s=cpu)
+
+
+def run_loopback(a) -> dict:
+    """The receiver of the loopback limit: connect to the sender, send go, read --size
+    bytes with recv_into an --io-sized buffer; timed from the go to the last byte."""
+    s = socket.create_connection((a.host, a.port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(a.io)
+    view = memoryview(buf)
+    got = 0
+    cpu0 = _cpu()
+    t0 = time.perf_counter()
+    s.sendall(b"go!\n")
+    while got < a.size:
+        k = s.recv_into(view, a.io)
+        if not k:
+            break
+        got += k
+    wall = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
+    s.close()
+    return dict(workload="loopback", io_size=a.io, bytes=got, seconds=wall,
+                mb_per_s=got / wall / 1e6, gen_cpu_s=cpu)
+
+
 def _loop_run(coro):
     try:
         import uvloop
@@ -734,10 +800,15 @@ def _loop_run(coro):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="NFSv3 load generator (see bench/README.md)")
-    ap.add_argument("workload", choices=["getattr", "getattr-all", "bootstorm", "stream"])
+    ap.add_argument("workload", choices=["getattr", "getattr-all", "bootstorm", "stream",
+                                         "loopback", "loopback-send"],
+                    help="loopback(-send): the two ends of a plain TCP stream of --size "
+                         "bytes in --io-sized sends (run.py's loopback limit for stream)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--export", required=True, help="path to MNT")
+    ap.add_argument("--export", help="path to MNT (every workload but loopback)")
+    ap.add_argument("--mount-port", type=int, default=0,
+                    help="MOUNT's port if not --port's (e.g. nfs-ganesha's MNT_Port)")
     ap.add_argument("--path", default="", help="file below the export (getattr, stream)")
     ap.add_argument("--duration", type=float, default=4.0, help="getattr(-all): seconds")
     ap.add_argument("--seed", type=int, default=1, help="getattr-all: shuffle seed")
@@ -763,11 +834,18 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256 << 20, help="stream: bytes")
     ap.add_argument("--depth", type=int, default=4, help="stream: outstanding requests")
     ap.add_argument("--max-io", type=int, default=1 << 20, help="stream: cap on the I/O size")
+    ap.add_argument("--io", type=int, default=1 << 20, help="loopback: bytes per send")
     a = ap.parse_args(argv)
+    if a.export is None and not a.workload.startswith("loopback"):
+        ap.error("--export is required for %s" % a.workload)
     if a.count is None:
         a.count = a.clients
     if a.workload == "getattr":
         r = run_getattr(a)
+    elif a.workload == "loopback":
+        r = run_loopback(a)
+    elif a.workload == "loopback-send":
+        r = run_loopback_send(a)
     elif a.workload == "getattr-all":
         r = run_getattr_all(a)
     elif a.workload == "bootstorm" and a.engine == "c":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""fastnfs vs unfsd, measured in the same run, on the same tree, with the same client.
+"""fastnfs vs unfsd and nfs-ganesha: the same run, the same tree, the same client.
 
     python3 bench/run.py getattr   --unfsd /path/to/unfsd [--cpu 1]
     python3 bench/run.py getattr-all --unfsd /path/to/unfsd [--entries 10000,100000]
@@ -8,13 +8,16 @@
     python3 bench/run.py virtfs                            (fastnfs --virtfs vs fastnfs)
     python3 bench/run.py memory    [--unfsd ...] --rounds 1 (RSS, 100,000-entry tree)
     python3 bench/run.py all       --unfsd /path/to/unfsd
+    python3 bench/run.py all       --ganesha /usr/bin/ganesha.nfsd   (as root, rpcbind running)
 
 Each workload starts the servers itself on free loopback ports, alternating
-them (fastnfs, unfsd, fastnfs, unfsd, ...) for --rounds rounds, and prints a
-markdown table of the medians with the ratio fastnfs/unfsd.  Without --unfsd
-it measures fastnfs alone.  The bootstorm, memory and virtfs workloads walk
-with bench/bootgen.c (compiled here into WORKDIR; --generator python for the
-Python client of loadgen.py).  See bench/README.md.
+them (fastnfs, unfsd, ganesha, fastnfs, ...) for --rounds rounds, and prints a
+markdown table of the medians with the ratios fastnfs/unfsd and fastnfs/ganesha.
+Without --unfsd or --ganesha it measures fastnfs alone.  stream also measures
+the loopback limit (a plain TCP stream with the READ's total size, send size and
+pinning) each round and gives READ as a % of it.  The bootstorm, memory and
+virtfs workloads walk with bench/bootgen.c (compiled here into WORKDIR;
+--generator python for the Python client of loadgen.py).  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -138,17 +141,76 @@ def parse_size(s: str) -> int:
     return int(s)
 
 
+def ganesha_config(tree: str, nfs_port: int, mnt_port: int) -> str:
+    """nfs-ganesha's configuration for the benchmark: TREE exported read-write with FSAL
+    VFS, NFSv3 over TCP only, on 127.0.0.1, NFS and MOUNT on the given ports; no NLM,
+    no RQUOTA, no NFSv4 grace period; mount_path_pseudo = false so that a v3 MNT of
+    the real path works."""
+    return """# written by fastnfs bench/run.py
+NFS_CORE_PARAM {
+    Bind_addr = 127.0.0.1;
+    NFS_Port = %(nfs)d;
+    MNT_Port = %(mnt)d;
+    Protocols = 3;
+    Enable_UDP = false;
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+    mount_path_pseudo = false;
+}
+NFSV4 {
+    Graceless = true;
+}
+EXPORT {
+    Export_Id = 1;
+    Path = "%(tree)s";
+    Pseudo = "%(tree)s";
+    Protocols = 3;
+    Transports = TCP;
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    SecType = sys;
+    FSAL {
+        Name = VFS;
+    }
+}
+""" % dict(nfs=nfs_port, mnt=mnt_port, tree=tree)
+
+
+def rpcbind_running() -> bool:
+    """Whether something answers on 127.0.0.1:111 (nfs-ganesha registers there on start)."""
+    try:
+        socket.create_connection(("127.0.0.1", 111), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 class Server:
-    """A server process on a free port: 'fastnfs', 'fastnfs-virtfs' or 'unfsd'."""
+    """A server process on a free port: 'fastnfs', 'fastnfs-virtfs', 'unfsd' or 'ganesha'
+    (nfs-ganesha, whose MOUNT has a port of its own: mount_port; the others serve MOUNT
+    on the NFS port)."""
 
     def __init__(self, kind: str, tree: str, workdir: str, unfsd: str | None = None,
-                 cpu: int | None = None, extra: list | None = None):
+                 cpu: int | None = None, extra: list | None = None, ganesha: str | None = None):
         self.kind = kind
         self.tree = os.path.realpath(tree)
         self.port = free_port()
+        self.mount_port = self.port
         pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
         self.log = open(os.path.join(workdir, "%s-%d.log" % (kind, self.port)), "w+b")
-        if kind == "unfsd":
+        if kind == "ganesha":
+            if not rpcbind_running():
+                self.log.close()
+                raise RuntimeError("ganesha: nothing listens on 127.0.0.1:111; nfs-ganesha "
+                                   "needs rpcbind running when it starts (run rpcbind)")
+            while self.mount_port == self.port:
+                self.mount_port = free_port()
+            conf = os.path.join(workdir, "ganesha-%d.conf" % self.port)
+            with open(conf, "w") as f:
+                f.write(ganesha_config(self.tree, self.port, self.mount_port))
+            cmd = pin + [ganesha, "-F", "-L", self.log.name, "-N", "NIV_EVENT", "-f", conf,
+                         "-p", os.path.join(workdir, "ganesha-%d.pid" % self.port)]
+        elif kind == "unfsd":
             exports = os.path.join(workdir, "exports-%d" % self.port)
             with open(exports, "w") as f:
                 f.write("%s (rw,no_root_squash,insecure)\n" % self.tree)
@@ -173,6 +235,8 @@ class Server:
                                                                self.log_text()))
             if self.kind.startswith("fastnfs"):
                 ok = b"ready:" in self._log_bytes()
+            elif self.kind == "ganesha" and b"NFS SERVER INITIALIZED" not in self._log_bytes():
+                ok = False
             else:
                 try:
                     socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
@@ -262,7 +326,12 @@ def build_bootgen(workdir: str) -> str | None:
 
 
 def servers_for(a) -> list:
-    return ["fastnfs", "unfsd"] if a.unfsd else ["fastnfs"]
+    """fastnfs first (the numerator of every ratio), then each peer asked for."""
+    return ["fastnfs"] + (["unfsd"] if a.unfsd else []) + (["ganesha"] if a.ganesha else [])
+
+
+def start(a, kind: str, tree: str, cpu: int | None) -> Server:
+    return Server(kind, tree, a.workdir, a.unfsd, cpu=cpu, extra=a.fastnfs_arg, ganesha=a.ganesha)
 
 
 # ---------------------------------------------------------------- workloads
@@ -272,10 +341,11 @@ def wl_getattr(a) -> list:
     res: dict = {}
     for rnd in range(a.rounds):
         for kind in servers_for(a):
-            s = Server(kind, tree, a.workdir, a.unfsd, cpu=a.cpu, extra=a.fastnfs_arg)
+            s = start(a, kind, tree, a.cpu)
             try:
                 c0 = s.cpu_seconds()
-                r = loadgen(["getattr", "--port", s.port, "--export", s.tree,
+                r = loadgen(["getattr", "--port", s.port, "--mount-port", s.mount_port,
+                             "--export", s.tree,
                              "--duration", a.duration], cpu=a.cpu)
                 r["server_cpu_us_per_op"] = (s.cpu_seconds() - c0) / r["ops"] * 1e6
             finally:
@@ -298,11 +368,13 @@ def wl_getattr_all(a) -> list:
         res: dict = {}
         for rnd in range(a.rounds):
             for kind in servers_for(a):
-                s = Server(kind, tree, a.workdir, a.unfsd, cpu=a.cpu, extra=a.fastnfs_arg)
+                s = start(a, kind, tree, a.cpu)
                 try:
                     pin = ["taskset", "-c", str(a.cpu)] if a.cpu is not None else []
                     p = subprocess.Popen(pin + [sys.executable, LOADGEN, "getattr-all", "--sync",
-                                                "--port", str(s.port), "--export", s.tree,
+                                                "--port", str(s.port),
+                                                "--mount-port", str(s.mount_port),
+                                                "--export", s.tree,
                                                 "--duration", str(a.duration),
                                                 "--handles", str(a.handles)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -406,7 +478,7 @@ def wl_bootstorm(a) -> list:
 
 
 def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict:
-    s = Server(kind, tree, a.workdir, a.unfsd, cpu=a.server_cpu, extra=a.fastnfs_arg)
+    s = start(a, kind, tree, a.server_cpu)
     spy = None
     result = {"rss_start_mb": tree_rss_mb(s.pid)}   # ready, idle
     try:
@@ -419,7 +491,8 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
             count = nclients * (i + 1) // procs - first
             lf = os.path.join(a.workdir, "lat-%d-%d.bin" % (s.port, i))
             lat_files.append(lf)
-            arglists.append(["bootstorm", "--port", s.port, "--export", s.tree, "--tree", s.tree,
+            arglists.append(["bootstorm", "--port", s.port, "--mount-port", s.mount_port,
+                             "--export", s.tree, "--tree", s.tree,
                              "--clients", nclients, "--first", first, "--count", count,
                              "--per-client", per_client, "--rsize", a.rsize,
                              "--start-at", start_at, "--lat-out", lf]
@@ -477,6 +550,34 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
     return result
 
 
+def loopback(a, io: int) -> dict:
+    """The loopback limit of a READ stream: a plain TCP stream over 127.0.0.1 of --size
+    bytes written in io-sized sends by one process (loadgen.py loopback-send, pinned like
+    the server, --server-cpu) and read by another (loadgen.py loopback, pinned like the
+    load generator, --client-cpu) with recv_into an io-sized buffer.  No RPC, no file:
+    what the kernel's loopback TCP moves between two processes with the READ's sizes."""
+    port = free_port()
+    pin = ["taskset", "-c", str(a.server_cpu)] if a.server_cpu is not None else []
+    sender = subprocess.Popen(pin + [sys.executable, LOADGEN, "loopback-send", "--port", str(port),
+                                     "--size", str(a.size), "--io", str(io)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if sender.stdout.readline().strip() != "listening":
+            raise RuntimeError("loopback sender failed: %s" % sender.communicate()[1][-3000:])
+        r = loadgen(["loopback", "--port", port, "--size", a.size, "--io", io], cpu=a.client_cpu)
+        out, err = sender.communicate(timeout=60)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+    if sender.returncode != 0:
+        raise RuntimeError("loopback sender failed: %s" % err[-3000:])
+    r["send_cpu_s"] = json.loads(out.strip().splitlines()[-1])["send_cpu_s"]
+    if r["bytes"] != a.size:
+        raise RuntimeError("loopback: %d of %d bytes received" % (r["bytes"], a.size))
+    return r
+
+
 def wl_stream(a) -> list:
     d = os.path.join(a.workdir, "stream")
     os.makedirs(d, exist_ok=True)
@@ -495,14 +596,19 @@ def wl_stream(a) -> list:
             with open(dst, "wb"):
                 pass
             os.sync()
-            s = Server(kind, d, a.workdir, a.unfsd, cpu=a.server_cpu, extra=a.fastnfs_arg)
+            s = start(a, kind, d, a.server_cpu)
             try:
                 c0 = s.cpu_seconds()
-                r = loadgen(["stream", "--mode", "read", "--port", s.port, "--export", s.tree,
+                r = loadgen(["stream", "--mode", "read", "--port", s.port,
+                             "--mount-port", s.mount_port, "--export", s.tree,
                              "--path", "read.bin", "--size", a.size, "--depth", a.depth],
                             cpu=a.client_cpu)
                 c1 = s.cpu_seconds()
-                w = loadgen(["stream", "--mode", "write", "--port", s.port, "--export", s.tree,
+                # the loopback limit at this READ's size, in the same round, right after
+                # it (the server is idle meanwhile)
+                lo = loopback(a, r["io_size"])
+                w = loadgen(["stream", "--mode", "write", "--port", s.port,
+                             "--mount-port", s.mount_port, "--export", s.tree,
                              "--path", "write.bin", "--size", a.size, "--depth", a.depth],
                             cpu=a.client_cpu)
                 c2 = s.cpu_seconds()
@@ -514,21 +620,31 @@ def wl_stream(a) -> list:
                        write_srv_cpu_s_per_gb=(c2 - c1) / (w["bytes"] / 1e9),
                        read_gen_cpu_s_per_gb=r["gen_cpu_s"] / (r["bytes"] / 1e9),
                        write_gen_cpu_s_per_gb=w["gen_cpu_s"] / (w["bytes"] / 1e9),
-                       errors=r["errors"] + w["errors"])
-            log(a, "round %d %s: read %.0f MB/s (%d KiB I/O), write %.0f MB/s (%d KiB I/O) "
-                   "+ COMMIT %.2f s" % (rnd + 1, kind, row["read_mb_s"], r["io_size"] >> 10,
-                                        row["write_mb_s"], w["io_size"] >> 10, row["commit_s"]))
+                       errors=r["errors"] + w["errors"],
+                       loop_mb_s=lo["mb_per_s"],
+                       loop_send_cpu_s_per_gb=lo["send_cpu_s"] / (lo["bytes"] / 1e9),
+                       loop_recv_cpu_s_per_gb=lo["gen_cpu_s"] / (lo["bytes"] / 1e9),
+                       read_pct_loopback=r["mb_per_s"] / lo["mb_per_s"] * 100)
+            log(a, "round %d %s: read %.0f MB/s (%d KiB I/O, %.0f %% of loopback %.0f MB/s), "
+                   "write %.0f MB/s (%d KiB I/O) + COMMIT %.2f s" % (
+                       rnd + 1, kind, row["read_mb_s"], r["io_size"] >> 10,
+                       row["read_pct_loopback"], row["loop_mb_s"], row["write_mb_s"],
+                       w["io_size"] >> 10, row["commit_s"]))
             res.setdefault(kind, []).append(row)
     os.unlink(dst)
     mib = a.size >> 20
     return [("READ %d MiB sequential (MB/s)" % mib, "read_mb_s", res, True),
+            ("loopback TCP, %d MiB in READ-sized sends (MB/s)" % mib, "loop_mb_s", res, None),
+            ("READ: % of loopback", "read_pct_loopback", res, True),
             ("WRITE %d MiB sequential, UNSTABLE (MB/s)" % mib, "write_mb_s", res, True),
             ("final COMMIT (s)", "commit_s", res, False),
             ("READ size used (KiB)", "read_io", res, None),
             ("WRITE size used (KiB)", "write_io", res, None),
             ("server CPU s per GB read", "read_srv_cpu_s_per_gb", res, False),
             ("server CPU s per GB written", "write_srv_cpu_s_per_gb", res, False),
-            ("generator CPU s per GB read", "read_gen_cpu_s_per_gb", res, None)]
+            ("generator CPU s per GB read", "read_gen_cpu_s_per_gb", res, None),
+            ("loopback: sender CPU s per GB", "loop_send_cpu_s_per_gb", res, None),
+            ("loopback: receiver CPU s per GB", "loop_recv_cpu_s_per_gb", res, None)]
 
 
 def virtfs_tree(a, tree: str) -> str:
@@ -623,10 +739,14 @@ def fmt(v) -> str:
 
 
 def table(title: str, rows: list, kinds: list, io_kib: bool = False) -> str:
-    a, b = kinds[0], (kinds[1] if len(kinds) > 1 else None)
-    head = "| %s | %s |" % (title, a) + (" %s | %s/%s |" % (b, a, b) if b else "")
-    sep = "|---|---:|" + ("---:|---:|" if b else "")
-    out = [head, sep]
+    """One column per server (medians), then the first server's ratio to each other one:
+    | title | fastnfs | unfsd | fastnfs/unfsd |, or with two peers
+    | title | fastnfs | unfsd | ganesha | fastnfs/unfsd | fastnfs/ganesha |."""
+    a, others = kinds[0], kinds[1:]
+    head = "| %s | %s |" % (title, " | ".join(kinds))
+    if others:
+        head += " %s |" % " | ".join("%s/%s" % (a, b) for b in others)
+    out = [head, "|---|" + "---:|" * (len(kinds) + len(others))]
     for label, key, res, _higher_better in rows:
         def med(k):
             vals = [r[key] for r in res.get(k, [])]
@@ -634,12 +754,12 @@ def table(title: str, rows: list, kinds: list, io_kib: bool = False) -> str:
                 return None
             m = statistics.median(vals)
             return m / 1024 if key in ("read_io", "write_io") else m
-        va = med(a)
-        line = "| %s | %s |" % (label, fmt(va))
-        if b:
-            vb = med(b)
-            ratio = "%.2f" % (va / vb) if va is not None and vb else "-"
-            line += " %s | %s |" % (fmt(vb), ratio)
+        meds = [med(k) for k in kinds]
+        line = "| %s | %s |" % (label, " | ".join(fmt(v) for v in meds))
+        if others:
+            va = meds[0]
+            line += " %s |" % " | ".join("%.2f" % (va / vb) if va is not None and vb else "-"
+                                         for vb in meds[1:])
         out.append(line)
     return "\n".join(out)
 
@@ -651,6 +771,9 @@ def main(argv=None) -> int:
     ap.add_argument("workload", choices=["getattr", "getattr-all", "bootstorm", "stream", "virtfs",
                                          "memory", "all"])
     ap.add_argument("--unfsd", metavar="PATH", help="unfsd binary to compare with")
+    ap.add_argument("--ganesha", metavar="PATH",
+                    help="ganesha.nfsd binary to compare with (FSAL VFS; run as root, needs "
+                         "rpcbind running; run.py writes its config: see bench/README.md)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per server (default 3)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "fastnfs-bench"),
                     help="where the tree, logs and stream files go (default /tmp/fastnfs-bench)")
@@ -696,6 +819,8 @@ def main(argv=None) -> int:
     os.makedirs(a.workdir, exist_ok=True)
     if a.unfsd:
         a.unfsd = os.path.abspath(a.unfsd)
+    if a.ganesha and os.sep in a.ganesha:
+        a.ganesha = os.path.abspath(a.ganesha)   # else a name looked up in PATH
     todo = ["getattr", "bootstorm", "stream"] if a.workload == "all" else [a.workload]
     a.bootgen = None
     if a.generator == "c" and any(w in BOOTSTORM_WORKLOADS for w in todo):
@@ -707,9 +832,10 @@ def main(argv=None) -> int:
         gen = "bootgen (C, %s)" % a.bootgen
     else:
         gen = "bootgen (C, %s) for the bootstorm, loadgen.py for the rest" % a.bootgen
-    print("<!-- %s; unfsd %s; %d CPUs; fastnfs extra args %s; generator %s -->" % (
-        describe_fastnfs(), a.unfsd or "not measured", os.cpu_count(), a.fastnfs_arg or "none",
-        gen))
+    print("<!-- %s; unfsd %s;%s %d CPUs; fastnfs extra args %s; generator %s -->" % (
+        describe_fastnfs(), a.unfsd or "not measured",
+        " ganesha %s;" % a.ganesha if a.ganesha else "", os.cpu_count(),
+        a.fastnfs_arg or "none", gen))
     allres = {}
     for w in todo:
         t0 = time.monotonic()

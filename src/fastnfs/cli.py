@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "runqemu's DIR.pseudo_state), read without locking it; entries "
                         "without a row keep their host attributes, changes made by clients "
                         "are kept in memory")
+    s.add_argument("--virtfs-symlinks", choices=["auto", "qemu", "host"], default="auto",
+                   help="with --virtfs, how new symlinks are stored: 'qemu' as a file holding "
+                        "the target with S_IFLNK metadata (what QEMU's mapped-file guests "
+                        "read), 'host' as real symlinks (ptxdist), 'auto' as the export's "
+                        "existing symlinks are (default)")
     s.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default: info")
     s.add_argument("--fhcache-size", type=int, default=262144, metavar="N",
@@ -194,7 +199,8 @@ def serve(args, base: bytes = b"") -> int:
         bind=args.bind, tcp_only=args.tcp_only, portmap=not args.no_portmap,
         foreground=not args.detach, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
         metacache_size=args.metacache_size,
-        single_user=args.single_user, virtfs=args.virtfs, workers=max(1, args.workers),
+        single_user=args.single_user, virtfs=args.virtfs, virtfs_symlinks=args.virtfs_symlinks,
+        workers=max(1, args.workers),
         preload=None if args.virtfs else detect_preload(),
         pseudo=os.path.abspath(args.pseudo) if args.pseudo else None,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,

@@ -50,6 +50,7 @@ class Config:
     virtfs: bool = False              # ownership from mapped-file metadata
     preload: str | None = None        # "fakeroot"/"pseudo": ownership through its libc wrappers
     pseudo: str | None = None         # pseudo state directory: ownership from its files.db
+    virtfs_symlinks: str = "auto"     # new symlinks: "qemu" (file + metadata), "host", "auto"
     max_connections: int = 4096       # per process; more are refused with a log line
     idle_timeout: float = 360.0       # seconds; 0 keeps idle connections forever
     metrics: str | None = None        # "HOST:PORT" for the Prometheus endpoint
@@ -92,7 +93,7 @@ class Server:
         if c.virtfs:
             from .backends.virtfs import VirtfsBackend
             return VirtfsBackend(path, fhcache_size=c.fhcache_size,
-                                 metacache_size=c.metacache_size)
+                                 metacache_size=c.metacache_size, symlinks=c.virtfs_symlinks)
         if c.preload:
             from .backends.preload import PreloadBackend
             return PreloadBackend(path, kind=c.preload, fhcache_size=c.fhcache_size)
@@ -270,6 +271,8 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        if _early_stop:
+            self._stop.set()
         mr = self.config.max_record
         conns = self.connections
         for kind, sock in self.sockets:
@@ -407,10 +410,14 @@ def run(server: Server) -> int:
     return 0
 
 
+_early_stop: list = []   # a stop signal that came before the loop's handlers
+
+
 def serve_in_this_process(server: Server, register: bool = True) -> None:
-    # until the loop installs its own handlers, a stop signal still exits cleanly
+    # until the loop installs its own handlers, a stop signal is remembered, and
+    # serve() stops at once: raising from a handler would leave the loop running
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(0))
+        signal.signal(sig, lambda signo, _frame: _early_stop.append(signo))
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:

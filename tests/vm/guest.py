@@ -74,6 +74,15 @@ KEEP_LOGS = 50
 GUEST_MODULES = ("virtio_pci", "virtio_net", "sunrpc", "grace", "lockd",
                  "nfs_acl", "nfs", "nfsv3")
 
+#: Added for run(virtfs=PATH): the 9p client over virtio (with netfs, 9pnet
+#: and fscache from modules.dep).  A separate base initramfs ("-9p" variants),
+#: so the NFS-only one stays as it is.
+GUEST_MODULES_9P = ("9pnet_virtio", "9p")
+
+#: run(virtfs=PATH): how qemu shares PATH, and how the guest mounts it
+VIRTFS_TAG = "share"
+VIRTFS_OPTS = "trans=virtio,version=9p2000.L,cache=none,msize=262144"
+
 #: Bump when the layout of the base initramfs changes.
 _BASE_FORMAT = 1
 
@@ -747,11 +756,12 @@ class Kit:
 _kits: dict = {}
 
 
-def _base_initramfs(cache: str, kernel: Kernel, overrides: dict[str, str], variant: str):
+def _base_initramfs(cache: str, kernel: Kernel, overrides: dict[str, str], variant: str,
+                    extra_modules: tuple = ()):
     busybox = _busybox()
     if not busybox:
         raise VMError("no static busybox (apt-get install busybox-static)")
-    mods = _modules_in_load_order(kernel, GUEST_MODULES, overrides)
+    mods = _modules_in_load_order(kernel, GUEST_MODULES + tuple(extra_modules), overrides)
     bst = os.stat(busybox)
     key = hashlib.sha256(repr((_BASE_FORMAT, kernel.root, busybox, bst.st_size, bst.st_mtime,
                                mods, [os.path.getmtime(p) for _, p in mods])).encode())
@@ -784,14 +794,15 @@ def _base_initramfs(cache: str, kernel: Kernel, overrides: dict[str, str], varia
     return out, mods
 
 
-def prepare(udp: bool = False, *, cache: Optional[str] = None) -> Kit:
+def prepare(udp: bool = False, *, cache: Optional[str] = None, virtfs: bool = False) -> Kit:
     """Download/extract the kernel and build the base initramfs (cached).
 
     udp=True also builds nfs.ko/nfsv3.ko with NFS over UDP allowed (the
-    Debian kernel has CONFIG_NFS_DISABLE_UDP_SUPPORT=y).
+    Debian kernel has CONFIG_NFS_DISABLE_UDP_SUPPORT=y).  virtfs=True adds
+    the 9p modules (GUEST_MODULES_9P) for run(virtfs=PATH).
     """
     cache = cache or cache_dir()
-    memo = (cache, udp)
+    memo = (cache, udp, virtfs)
     kit = _kits.get(memo)
     if kit and os.path.exists(kit.base_initrd) and os.path.exists(kit.kernel.image):
         return kit
@@ -813,7 +824,8 @@ def prepare(udp: bool = False, *, cache: Optional[str] = None) -> Kit:
                     overrides = (_udp_overrides(cache, kernel)
                                  or _build_udp_modules(cache, kernel))
         base, mods = _base_initramfs(cache, kernel, overrides or {},
-                                     "udp" if overrides else "stock")
+                                     ("udp" if overrides else "stock") + ("-9p" if virtfs else ""),
+                                     GUEST_MODULES_9P if virtfs else ())
     kit = Kit(kernel=kernel, base_initrd=base, modules=[n for n, _ in mods],
               udp=bool(overrides) or not kernel.udp_refused)
     _kits[memo] = kit
@@ -884,7 +896,7 @@ fi
 marker "NET t=$(uptime_s)"
 
 dmesg_base=$(dmesg | wc -l)
-mount -t nfs -o "$FNFS_OPTS" "$FNFS_SOURCE" "$FNFS_TARGET" 2>/tmp/mount.err
+mount -t "$FNFS_FSTYPE" -o "$FNFS_OPTS" "$FNFS_SOURCE" "$FNFS_TARGET" 2>/tmp/mount.err
 mrc=$?
 if [ $mrc -ne 0 ]; then
     tagged "$FNFS_TAG| " </tmp/mount.err
@@ -1133,7 +1145,7 @@ class _Guest:
     def __init__(self, kit: Kit, cache: str, *, script: str, mode: str, vm_id: int,
                  opts: str, export: str, mem: int, cpus: int, kernel_args: str,
                  files: Optional[dict], echo: Optional[Callable[[str], None]],
-                 until=None, ipv6: bool = False):
+                 until=None, ipv6: bool = False, virtfs: Optional[str] = None):
         self.tag = secrets.token_hex(5)
         #: a console pattern (str: substring, or compiled regex) that ends the run
         self.until = until
@@ -1159,8 +1171,9 @@ class _Guest:
                "FNFS_GUEST": GUEST_ADDR, "FNFS_SERVER": SERVER_ADDR,
                "FNFS_IPV6": int(ipv6), "FNFS_GUEST6": GUEST_ADDR6,
                "FNFS_SERVER6": SERVER_ADDR6,
-               "FNFS_SOURCE": "%s:%s" % ("[%s]" % SERVER_ADDR6 if ipv6 else SERVER_ADDR,
-                                         export)}
+               "FNFS_FSTYPE": "9p" if virtfs else "nfs",
+               "FNFS_SOURCE": VIRTFS_TAG if virtfs else "%s:%s" % (
+                   "[%s]" % SERVER_ADDR6 if ipv6 else SERVER_ADDR, export)}
         fd, self.initrd = tempfile.mkstemp(prefix="initrd-vm%d-" % vm_id, suffix=".cpio",
                                            dir=tmpdir)
         with os.fdopen(fd, "wb") as out:
@@ -1193,6 +1206,12 @@ class _Guest:
             "-kernel", kit.kernel.image, "-initrd", self.initrd, "-append", append,
             "-netdev", netdev,
             "-device", "virtio-net-pci,netdev=n0,romfile="]
+        if virtfs:
+            # qemu's own 9p server; with mapped-file it writes .virtfs_metadata
+            # itself (qemu runs as the test's user: root for a faithful tree)
+            self.cmd += ["-fsdev", "local,id=fs0,path=%s,security_model=mapped-file"
+                         % os.path.abspath(virtfs).replace(",", ",,"),
+                         "-device", "virtio-9p-pci,fsdev=fs0,mount_tag=%s" % VIRTFS_TAG]
         logdir = os.path.join(cache, "logs")
         os.makedirs(logdir, exist_ok=True)
         self.log_path = os.path.join(logdir, "%s-%s-p%d-vm%d-%s.log" % (
@@ -1339,29 +1358,42 @@ class _Guest:
         return res
 
 
-def _start_guest(script: str, *, nfs_port: int, mount_port: Optional[int], export: str,
-                 proto: str, mount_opts: str, mem: int, files: Optional[dict], mode: str,
-                 vm_id: int, cpus: int, kernel_args: str, echo, cache: Optional[str],
-                 kit: Optional[Kit] = None, until=None, ipv6: bool = False) -> _Guest:
+def _start_guest(script: str, *, nfs_port: Optional[int], mount_port: Optional[int],
+                 export: str, proto: str, mount_opts: str, mem: int, files: Optional[dict],
+                 mode: str, vm_id: int, cpus: int, kernel_args: str, echo,
+                 cache: Optional[str], kit: Optional[Kit] = None, until=None,
+                 ipv6: bool = False, virtfs: Optional[str] = None) -> _Guest:
     if mode not in ("mount", "nfsroot"):
         raise ValueError("mode must be 'mount' or 'nfsroot'")
     if proto not in ("tcp", "udp"):
         raise ValueError("proto must be 'tcp' or 'udp'")
+    if virtfs is not None:
+        if mode != "mount":
+            raise ValueError("virtfs= works with mode='mount' only")
+        if not os.path.isdir(virtfs):
+            raise ValueError("virtfs=%r is not a directory" % (virtfs,))
+    elif nfs_port is None:
+        raise TypeError("nfs_port is required (or virtfs=PATH)")
     cache = cache or cache_dir()
-    kit = kit or prepare(udp=(proto == "udp"), cache=cache)
-    opts = _mount_options(proto, nfs_port, mount_port or nfs_port, mount_opts, ipv6)
+    kit = kit or prepare(udp=(proto == "udp"), cache=cache, virtfs=virtfs is not None)
+    if virtfs is not None:
+        opts = ",".join(o for o in (VIRTFS_OPTS, mount_opts.strip().strip(",")) if o)
+    else:
+        opts = _mount_options(proto, nfs_port, mount_port or nfs_port, mount_opts, ipv6)
     g = _Guest(kit, cache, script=script, mode=mode, vm_id=vm_id, opts=opts, export=export,
                mem=mem, cpus=cpus, kernel_args=kernel_args, files=files, echo=echo,
-               until=until, ipv6=ipv6)
+               until=until, ipv6=ipv6, virtfs=virtfs)
     g.start()
     return g
 
 
-def run(script: str = "true", *, nfs_port: int, mount_port: Optional[int] = None,
+def run(script: str = "true", *, nfs_port: Optional[int] = None,
+        mount_port: Optional[int] = None,
         export: str = "/", proto: str = "tcp", mount_opts: str = "", timeout: float = 300,
         mem: int = 256, files: Optional[dict] = None, mode: str = "mount", vm_id: int = 0,
         cpus: int = 1, kernel_args: str = "", echo: Optional[Callable[[str], None]] = None,
-        cache: Optional[str] = None, until=None, ipv6: bool = False) -> Result:
+        cache: Optional[str] = None, until=None, ipv6: bool = False,
+        virtfs: Optional[str] = None) -> Result:
     """Boot a guest, mount the export and run `script`; returns a Result.
 
     mode="mount": the export is mounted on /mnt and `script` runs there under
@@ -1380,11 +1412,15 @@ def run(script: str = "true", *, nfs_port: int, mount_port: Optional[int] = None
     mounts [fec0::2]:export with proto=tcp6 (udp6), mountproto=tcp6 (udp6);
     slirp forwards those connections to the host's ::1, so the server must
     listen on IPv6 (fastnfs's dual-stack default does).
+    virtfs=PATH: instead of NFS, qemu shares the host directory PATH over 9p
+    (``-fsdev local,security_model=mapped-file`` + ``virtio-9p-pci``,
+    mount_tag VIRTFS_TAG) and the guest mounts it on /mnt with
+    ``-t 9p -o VIRTFS_OPTS`` (then mount_opts); nfs_port is not needed.
     """
     g = _start_guest(script, nfs_port=nfs_port, mount_port=mount_port, export=export,
                      proto=proto, mount_opts=mount_opts, mem=mem, files=files, mode=mode,
                      vm_id=vm_id, cpus=cpus, kernel_args=kernel_args, echo=echo, cache=cache,
-                     until=until, ipv6=ipv6)
+                     until=until, ipv6=ipv6, virtfs=virtfs)
     return g.wait(timeout)
 
 
@@ -1397,7 +1433,8 @@ def run_many(n: int, script: str = "true", *, max_parallel: Optional[int] = None
     """
     timeout = kwargs.pop("timeout", 300)
     cache = kwargs.pop("cache", None) or cache_dir()
-    kit = prepare(udp=(kwargs.get("proto", "tcp") == "udp"), cache=cache)
+    kit = prepare(udp=(kwargs.get("proto", "tcp") == "udp"), cache=cache,
+                  virtfs=kwargs.get("virtfs") is not None)
     results: list[Optional[Result]] = [None] * n
     slots = threading.Semaphore(max_parallel or n)
     errors: list[BaseException] = []
@@ -1428,13 +1465,13 @@ def run_many(n: int, script: str = "true", *, max_parallel: Optional[int] = None
 def _run_defaults(kw: dict) -> dict:
     out = dict(nfs_port=None, mount_port=None, export="/", proto="tcp", mount_opts="",
                mem=256, files=None, mode="mount", cpus=1, kernel_args="", echo=None,
-               until=None, ipv6=False)
+               until=None, ipv6=False, virtfs=None)
     unknown = set(kw) - set(out)
     if unknown:
         raise TypeError("unexpected arguments: %s" % ", ".join(sorted(unknown)))
     out.update(kw)
-    if out["nfs_port"] is None:
-        raise TypeError("nfs_port is required")
+    if out["nfs_port"] is None and out["virtfs"] is None:
+        raise TypeError("nfs_port is required (or virtfs=PATH)")
     return out
 
 
@@ -1451,7 +1488,11 @@ def _cli(argv=None) -> int:
                         help="also build the UDP-capable nfs.ko/nfsv3.ko")
     sub.add_parser("check", help="say whether guests can run here")
     p_run = sub.add_parser("run", help="boot guest(s), mount, run a script")
-    p_run.add_argument("--nfs-port", type=int, required=True)
+    src = p_run.add_mutually_exclusive_group(required=True)
+    src.add_argument("--nfs-port", type=int)
+    src.add_argument("--virtfs", metavar="PATH",
+                     help="no NFS: share host directory PATH with qemu's 9p server "
+                          "(security_model=mapped-file) and mount it on /mnt")
     p_run.add_argument("--mount-port", type=int)
     p_run.add_argument("--export", default="/")
     p_run.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
@@ -1512,7 +1553,7 @@ def _cli(argv=None) -> int:
     kw = dict(nfs_port=a.nfs_port, mount_port=a.mount_port, export=a.export,
               proto=a.proto, mount_opts=a.mount_opts, mem=a.mem, files=files,
               mode=a.mode, cpus=a.cpus, kernel_args=a.kernel_args, echo=echo,
-              until=a.until, ipv6=a.ipv6)
+              until=a.until, ipv6=a.ipv6, virtfs=a.virtfs)
 
     def stop(signum, _frame):
         _kill_live_guests()

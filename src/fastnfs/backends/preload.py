@@ -25,6 +25,7 @@ from ..nfs3 import const as C
 from ..virtfs.overlay import VStat
 from ..virtfs.store import Meta
 from .plain import PlainBackend, makedev
+from ..virtfs.style import HOST
 from .virtfs import VirtfsBackend
 
 
@@ -32,6 +33,7 @@ class PreloadBackend(VirtfsBackend):
     """Host storage with ownership from (and changes to) fakeroot's or pseudo's records."""
 
     lane = False        # the fast lane's raw statx would show the build user's owners
+    symlink_style = HOST  # a symlink is a real one, as the preload or pseudo made it
     hidden = frozenset()
 
     def __init__(self, path, *, kind: str = "fakeroot", fhcache_size: int = 262144,

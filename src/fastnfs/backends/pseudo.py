@@ -25,6 +25,7 @@ from ..pseudodb import PseudoDB
 from ..virtfs.overlay import VStat
 from ..virtfs.store import Meta
 from .plain import PlainBackend
+from ..virtfs.style import HOST
 from .virtfs import VirtfsBackend
 
 
@@ -32,6 +33,7 @@ class PseudoBackend(VirtfsBackend):
     """Host storage seen through pseudo's files.db, changes kept in memory."""
 
     lane = False            # the fast lane knows nothing of pseudo's rows
+    symlink_style = HOST  # a symlink is a real one, as the preload or pseudo made it
     hidden = frozenset()
 
     def __init__(self, path, statedir: str, *, fhcache_size: int = 262144,

@@ -9,11 +9,15 @@ local filesystem's rules (``fastnfs.perm``): mode bits against the virtual
 ids, the sticky-directory rule, chown only by root, chmod only by the owner.
 A device, fifo or socket is an empty regular file that the metadata calls
 one (the device-as-file rule, ``virtfs.overlay.VStat``); a symlink may be a
-file holding its target (QEMU's way).  Storage itself is ``PlainBackend``'s.
+file holding its target (QEMU's way).  New symlinks are written in the style
+the export already uses (``virtfs.style``: decided once, at start), so that a
+tree QEMU wrote stays readable by QEMU's guests.  Storage itself is
+``PlainBackend``'s.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat as S
 
@@ -23,10 +27,13 @@ from ..nfs3 import const as C
 from ..nfs3.types import Sattr3
 from ..virtfs.ops import changed_meta, disk_mode, new_meta, open_parent, write_obj_meta
 from ..virtfs.overlay import Virtfs
+from ..virtfs.style import QEMU, symlink_style
 from ..virtfs.store import (link_meta, make_rdev, meta_dir_only, remove_meta, rename_meta,
                             rmdir_meta_dir, write_meta)
 from .hostpaths import DIR_FLAGS
 from .plain import PlainBackend, _sattr
+
+log = logging.getLogger("fastnfs.virtfs")
 
 
 class VirtfsBackend(PlainBackend):
@@ -36,11 +43,20 @@ class VirtfsBackend(PlainBackend):
     overlays = True
 
     def __init__(self, path, *, fhcache_size: int = 262144, dircache_size: int = 64,
-                 metacache_size: int = 65536):
+                 metacache_size: int = 65536, symlinks: str = "auto"):
         PlainBackend.__init__(self, path, fhcache_size=fhcache_size,
                               dircache_size=dircache_size, switch_creds=False)
         self.overlay = Virtfs(self.root_fd, metacache_size)
         self.view = self.overlay.view
+        style, mixed, why = symlink_style(self.root_fd, symlinks)
+        self.symlink_style = style
+        shown = os.fsdecode(path)
+        if mixed:
+            log.warning("%s mixes QEMU-style and real symlinks (%s); new symlinks are "
+                        "written %s-style (--virtfs-symlinks sets it; 'fastnfs virtfs check' "
+                        "lists the tree)", shown, why, style)
+        else:
+            log.info("%s: new symlinks are written %s-style: %s", shown, style, why)
 
     # -- permission rules ---------------------------------------------------------
     def check(self, cred, st, want: int) -> None:
@@ -151,9 +167,32 @@ class VirtfsBackend(PlainBackend):
     def symlink(self, cred, op, target: bytes, attrs):
         if not target or b"\0" in target:
             raise NFSError(C.NFS3ERR_INVAL)
-        os.symlink(target, op.name, dir_fd=op.dfd)
+        if len(target) > C.NFS3_MAXPATHLEN:
+            raise NFSError(C.NFS3ERR_NAMETOOLONG)
+        if self.symlink_style == QEMU:
+            self._file_symlink(op, target)
+        else:
+            os.symlink(target, op.name, dir_fd=op.dfd)
         attrs.mode = None
         return self._created_meta(cred, op, attrs, new_meta(cred, op.before, S.S_IFLNK, 0o777))
+
+    @staticmethod
+    def _file_symlink(op, target: bytes) -> None:
+        """QEMU mapped-file's symlink: a regular file (0600 on disk) holding the target."""
+        fd = os.open(op.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=op.dfd)
+        try:
+            view = memoryview(target)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(op.name, dir_fd=op.dfd)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
 
     def mknod(self, cred, op, fmt: int, attrs, major: int, minor: int):
         mode = 0o644 if attrs.mode is None else attrs.mode & 0o7777

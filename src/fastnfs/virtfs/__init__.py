@@ -13,6 +13,9 @@ attributes are in ``ROOT/.virtfs_metadata_root``.
 * ``fastnfs.virtfs.ops``      -- new and changed metadata with a local
   filesystem's rules (owner of a new entry, chown only by root, chmod only by
   the owner, set-id bits).
+* ``fastnfs.virtfs.style``    -- which symlink style a tree uses: QEMU's (a
+  file holding the target, metadata ``S_IFLNK``) or real symlinks; the server
+  writes new symlinks in that style.
 * ``fastnfs.virtfs.importer`` and ``fastnfs.virtfs.check`` -- the
   ``fastnfs virtfs import`` and ``check`` commands (``virtfs.tools``: their
   command line).

@@ -5,7 +5,14 @@ entry does not exist), entries without metadata (the root included:
 ``.virtfs_metadata_root``), malformed metadata (parse problems, not a regular
 file, too large, unreadable, a ``.virtfs_metadata`` that is not a directory)
 and metadata whose file type contradicts the entry's (a directory with a
-regular-file mode; a non-empty file said to be a device).  Exit status 1 if
+regular-file mode; a non-empty file said to be a device; an empty file said to
+be a symlink, which has no target).  Symlinks may be
+stored in either style (``virtfs.style``): QEMU's (a regular file holding the
+target, metadata ``S_IFLNK``) or the host's (a real symlink); a tree that
+holds both gets one ``mixed`` line at its root, with the counts and a few
+examples of each, since whichever style a writer picks, part of the tree is
+unreadable for the other kind of reader (QEMU's guests cannot read a real
+symlink, host tools see a QEMU-style one as a file).  Exit status 1 if
 anything was found, else 0.
 """
 
@@ -17,6 +24,7 @@ from typing import NamedTuple
 
 from .meta import parse_meta
 from .store import HIDDEN, MAX_META_SIZE, META_DIR, META_ROOT
+from .style import survey
 
 __all__ = ["check_tree", "Finding"]
 
@@ -27,7 +35,7 @@ _SRC_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLO
 
 class Finding(NamedTuple):
     path: str          # the path the line is about (DIR joined with the relative path)
-    kind: str          # "orphan", "missing", "malformed", "mismatch"
+    kind: str          # "orphan", "missing", "malformed", "mismatch", "mixed"
     message: str
 
     def __str__(self):
@@ -88,6 +96,9 @@ def _check_file(out: list, parent_fd: int, fname: bytes, shown: str, entry_st, e
         if not ok:
             out.append(Finding(shown, "mismatch", "metadata says %s but %s is %s"
                                % (_kind(mode), entry_shown, _kind(entry_st.st_mode))))
+        elif real == S.S_IFREG and virt == S.S_IFLNK and entry_st.st_size == 0:
+            out.append(Finding(shown, "mismatch", "metadata says a symlink but %s is an "
+                               "empty file: a QEMU-style symlink with no target" % entry_shown))
 
 
 def check_tree(root) -> list:
@@ -99,6 +110,13 @@ def check_tree(root) -> list:
         _check_file(out, fd, META_ROOT, _shown(os.path.join(root_b, META_ROOT)),
                     os.fstat(fd), _shown(root_b))
         _check_dir(out, fd, root_b)
+        s = survey(fd, limit=None)
+        if s.qemu and s.host:
+            out.append(Finding(_shown(root_b), "mixed", (
+                "mixes symlink styles: %d QEMU-style (a file holding the target, S_IFLNK "
+                "metadata; e.g. %s) and %d real symlinks (e.g. %s)") % (
+                s.qemu, ", ".join(_shown(p) for p in s.qemu_paths), s.host,
+                ", ".join(_shown(p) for p in s.host_paths))))
     finally:
         os.close(fd)
     return out

@@ -13,6 +13,11 @@
   the ``compression.zstd`` or ``zstandard`` module is there), as an ordinary
   user: owners, modes and device numbers come from the tar headers.
 
+Symlinks are written as real symlinks (``--symlinks host``, the default, as
+ptxdist does) or, with ``--symlinks qemu``, as QEMU's mapped-file backend
+writes them: a regular file holding the target, whose metadata says
+``S_IFLNK|0777`` (a tree for ``-virtfs ...,security_model=mapped-file``).
+
 Owner of what is written: the user running the import, or with ``--owner
 UID:GID`` that one (only root can give files away); as root under sudo the
 default is ``SUDO_UID:SUDO_GID``, so that ``sudo fastnfs virtfs import / x``
@@ -111,7 +116,10 @@ class _Progress:
 class _Dest:
     """DST, written to only through directory fds that never follow a symlink."""
 
-    def __init__(self, dst: bytes, owner, progress: _Progress):
+    def __init__(self, dst: bytes, owner, progress: _Progress, symlinks: str = "host"):
+        if symlinks not in ("host", "qemu"):
+            raise ImportError_("symlink style must be host or qemu, not %r" % (symlinks,))
+        self.qemu_links = symlinks == "qemu"
         self.path = dst
         try:
             os.mkdir(dst, 0o755)
@@ -228,26 +236,28 @@ class _Dest:
                 self.meta[comps] = self.meta.get(link_to, meta)
             else:
                 self._clear(dfd, name, want_dir=False)
-                if kind == "symlink":
+                if kind == "symlink" and not self.qemu_links:
                     os.symlink(target, name, dir_fd=dfd)
                     self._chown(dfd, name)
                 else:
                     fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dfd)
                     try:
-                        if data is not None:
+                        if kind == "symlink":   # QEMU's way: a file holding the target
+                            _copy_bytes(target, fd)
+                        elif data is not None:
                             n = _copy(data, fd)
                             self.bytes += n
                             self.progress.add(0, n)
                         if self.owner is not None:
                             os.fchown(fd, self.owner[0], self.owner[1])
-                        os.fchmod(fd, _real_mode(meta.mode))
+                        os.fchmod(fd, 0o600 if kind == "symlink" else _real_mode(meta.mode))
                         if mtime is not None:
                             os.utime(fd, ns=(mtime, mtime))
                     finally:
                         os.close(fd)
                 write_meta(dfd, name, meta)
                 self.meta[comps] = meta
-                if kind == "symlink" and mtime is not None:
+                if kind == "symlink" and mtime is not None and not self.qemu_links:
                     os.utime(name, ns=(mtime, mtime), dir_fd=dfd, follow_symlinks=False)
             self.entries += 1
             self.progress.add(1)
@@ -326,6 +336,12 @@ def _chown_metadata(dfd: int, owner) -> None:
             os.close(fd)
 
 
+def _copy_bytes(data: bytes, fd: int) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _copy(src, out_fd: int) -> int:
     """Copy a file object or fd to out_fd; the number of bytes."""
     total = 0
@@ -362,7 +378,7 @@ def _meta_of(st) -> Meta:
 
 
 def import_directory(src, dst, *, owner=None, one_file_system: bool = False,
-                     progress: bool = False) -> ImportResult:
+                     progress: bool = False, symlinks: str = "host") -> ImportResult:
     """Import the directory tree src into dst (see the module docstring)."""
     src, dst = os.fsencode(src), os.fsencode(dst)
     try:
@@ -370,7 +386,11 @@ def import_directory(src, dst, *, owner=None, one_file_system: bool = False,
     except OSError as e:
         raise ImportError_("%s: cannot open: %s" % (_shown(src), e.strerror)) from None
     prog = _Progress(progress)
-    d = _Dest(dst, owner, prog)
+    try:
+        d = _Dest(dst, owner, prog, symlinks)
+    except BaseException:
+        os.close(sroot)
+        raise
     d.begin()
     try:
         dst_st = os.fstat(d.root)
@@ -478,7 +498,8 @@ def _open_tar(src: str):
         raise
 
 
-def import_tar(src, dst, *, owner=None, progress: bool = False) -> ImportResult:
+def import_tar(src, dst, *, owner=None, progress: bool = False,
+               symlinks: str = "host") -> ImportResult:
     """Import the tar archive src (a path, or "-" for stdin) into dst."""
     src = os.fsdecode(src)
     dst = os.fsencode(dst)
@@ -487,7 +508,13 @@ def import_tar(src, dst, *, owner=None, progress: bool = False) -> ImportResult:
     except OSError as e:
         raise ImportError_("%s: cannot open: %s" % (src, e.strerror)) from None
     prog = _Progress(progress)
-    d = _Dest(dst, owner, prog)
+    try:
+        d = _Dest(dst, owner, prog, symlinks)
+    except BaseException:
+        tf.close()
+        if f is not sys.stdin.buffer:
+            f.close()
+        raise
     d.begin()
     root_done = False
     try:
@@ -549,9 +576,9 @@ def import_tar(src, dst, *, owner=None, progress: bool = False) -> ImportResult:
 
 
 def import_tree(src, dst, *, owner=None, one_file_system: bool = False,
-                progress: bool = False) -> ImportResult:
+                progress: bool = False, symlinks: str = "host") -> ImportResult:
     """import_directory if src is a directory, else import_tar."""
     if src != "-" and os.path.isdir(src):
         return import_directory(src, dst, owner=owner, one_file_system=one_file_system,
-                                progress=progress)
-    return import_tar(src, dst, owner=owner, progress=progress)
+                                progress=progress, symlinks=symlinks)
+    return import_tar(src, dst, owner=owner, progress=progress, symlinks=symlinks)

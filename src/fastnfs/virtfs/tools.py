@@ -49,12 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "as root under sudo, SUDO_UID:SUDO_GID)")
     im.add_argument("-x", "--one-file-system", action="store_true",
                     help="directory SRC: do not descend into other file systems")
+    im.add_argument("--symlinks", choices=["host", "qemu"], default="host",
+                    help="write symlinks as real symlinks ('host', as ptxdist does; the "
+                         "default) or as QEMU's mapped-file backend does ('qemu': a file "
+                         "holding the target, with S_IFLNK in its metadata)")
     im.add_argument("-q", "--quiet", action="store_true",
                     help="no progress and no summary; refused entries are still listed")
     ck = sub.add_parser(
         "check", help="report orphaned, missing and malformed metadata",
         description="One line per problem: orphaned metadata, entries without metadata, "
-                    "malformed metadata, type mismatches.  Exit status 1 if any, else 0.")
+                    "malformed metadata, type mismatches, and a tree that mixes QEMU-style "
+                    "symlinks (files with S_IFLNK metadata) with real ones.  Exit status 1 "
+                    "if any, else 0.")
     ck.add_argument("dir", metavar="DIR")
     ck.add_argument("-q", "--quiet", action="store_true", help="print nothing, only the status")
     return ap
@@ -86,7 +92,8 @@ def main(argv=None) -> int:
         owner = None
     try:
         res = import_tree(args.src, args.dst, owner=owner, one_file_system=args.one_file_system,
-                          progress=not args.quiet and sys.stderr.isatty())
+                          progress=not args.quiet and sys.stderr.isatty(),
+                          symlinks=args.symlinks)
     except (ImportError_, OSError) as e:
         msg = str(e) if isinstance(e, ImportError_) else "%s" % e
         print("fastnfs virtfs import: %s" % msg, file=sys.stderr)

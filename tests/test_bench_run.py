@@ -1,0 +1,86 @@
+"""bench/run.py and bench/loadgen.py: the code paths of the loopback limit and of the
+nfs-ganesha peer that run without ganesha (tiny sizes, fastnfs only)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+import loadgen as lg  # noqa: E402
+import run  # noqa: E402
+
+
+def test_loopback_moves_every_byte_in_read_sized_sends():
+    a = argparse.Namespace(size=3 << 20, server_cpu=None, client_cpu=None)
+    r = run.loopback(a, 1 << 16)
+    assert r["bytes"] == 3 << 20
+    assert r["io_size"] == 1 << 16
+    assert r["mb_per_s"] > 0 and r["seconds"] > 0
+    assert r["send_cpu_s"] >= 0
+
+
+def test_stream_reports_read_as_a_share_of_loopback(tmp_path, capsys):
+    assert run.main(["stream", "--size", "2M", "--rounds", "1", "--workdir", str(tmp_path),
+                     "--fastnfs-arg=--workers=1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in out.splitlines() if line.startswith("| ")}
+    assert float(rows["READ: % of loopback"]) > 0
+    assert float(rows["loopback TCP, 2 MiB in READ-sized sends (MB/s)"]) > 0
+    assert float(rows["READ 2 MiB sequential (MB/s)"]) > 0
+
+
+def test_table_has_a_column_and_a_ratio_per_peer():
+    res = {"fastnfs": [{"x": 4.0}, {"x": 6.0}, {"x": 5.0}],
+           "unfsd": [{"x": 10.0}], "ganesha": [{"x": 2.5}]}
+    t = run.table("w", [("x", "x", res, True)], ["fastnfs", "unfsd", "ganesha"]).splitlines()
+    assert t[0] == "| w | fastnfs | unfsd | ganesha | fastnfs/unfsd | fastnfs/ganesha |"
+    assert t[1] == "|---|---:|---:|---:|---:|---:|"
+    assert t[2] == "| x | 5 | 10 | 2.50 | 0.50 | 2.00 |"
+    # one peer: the layout the README's tables have always had
+    t = run.table("w", [("x", "x", res, True)], ["fastnfs", "unfsd"]).splitlines()
+    assert t[:3] == ["| w | fastnfs | unfsd | fastnfs/unfsd |", "|---|---:|---:|---:|",
+                     "| x | 5 | 10 | 0.50 |"]
+
+
+def test_ganesha_config_exports_the_real_path_for_v3_with_its_own_mount_port():
+    conf = run.ganesha_config("/tmp/some tree", 2049, 20048)
+    assert "NFS_Port = 2049;" in conf and "MNT_Port = 20048;" in conf
+    assert "mount_path_pseudo = false;" in conf
+    assert 'Path = "/tmp/some tree";' in conf
+    assert "Name = VFS;" in conf and "Protocols = 3;" in conf
+    assert "Bind_addr = 127.0.0.1;" in conf
+
+
+def test_ganesha_needs_rpcbind(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "rpcbind_running", lambda: False)
+    with pytest.raises(RuntimeError, match="rpcbind"):
+        run.Server("ganesha", str(tmp_path), str(tmp_path), ganesha="/nonexistent/ganesha.nfsd")
+
+
+def test_mnt_goes_to_the_mount_port_when_it_has_its_own(tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "f").write_bytes(b"x")
+    s = run.Server("fastnfs", str(export), str(tmp_path), extra=["--workers=1"])
+    try:
+        same = lg.SyncConn("127.0.0.1", s.port)
+        want = same.mount(s.tree.encode())
+
+        class NoMount:   # the NFS connection: MNT must not be sent on it
+            def mount(self, path):
+                raise AssertionError("MNT sent on the NFS connection")
+
+        a = argparse.Namespace(host="127.0.0.1", port=s.port + 1, mount_port=s.port,
+                               export=s.tree)
+        assert lg.mount_root(a, NoMount()) == want
+        a.mount_port = 0   # not given: MNT on the NFS connection
+        assert lg.mount_root(a, same) == want
+        same.close()
+    finally:
+        s.stop()
