@@ -163,3 +163,23 @@ def test_reading_while_pseudo_runs_loses_none_of_its_changes(tree):
         row = _row(db, root / ("f%d" % i))
         assert row is not None and row.uid == 4000 + i, i
     assert db.loads >= 2
+
+
+def test_reused_inode_of_another_live_path_warns_and_keeps_host_values(tree, caplog):
+    """pseudo aborts its client on such a "path mismatch"; fastnfs warns once."""
+    root, state = tree
+    su = root / "usr" / "bin" / "su"
+    st = os.lstat(su)
+    # a file made outside pseudo, under a name without a row, carrying su's inode
+    # (as an inode reused after a replacement looks): simulate with a hard link
+    other = root / "usr" / "bin" / "other"
+    os.link(su, other)
+    db = PseudoDB(str(state))
+    with caplog.at_level(logging.WARNING, logger="fastnfs.pseudo"):
+        for _ in range(3):
+            assert db.row(os.fsencode(other), st.st_dev, st.st_ino, st.st_mode) is None
+    assert len(caplog.records) == 1 and "other" in caplog.records[0].getMessage()
+    # the row's own path still gets it; a moved file (old path gone) keeps its row
+    assert _row(db, su).mode & stat.S_ISUID
+    os.unlink(su)
+    assert _row(db, other).mode & stat.S_ISUID

@@ -62,7 +62,7 @@ class PseudoDB:
         self.statedir = os.path.abspath(statedir)
         self.path = os.path.join(self.statedir, "files.db")
         self.by_path: dict[bytes, PseudoRow] = {}
-        self.by_ino: dict[tuple, PseudoRow] = {}
+        self.by_ino: dict[tuple, tuple] = {}    # (dev, ino) -> (its row's path, row)
         self._stamp = None
         self._checked = -1e9
         self._warned: set = set()
@@ -115,7 +115,7 @@ class PseudoDB:
             if row is None or deleting:
                 continue
             if isinstance(dev, int) and isinstance(ino, int):
-                by_ino[(dev & _U32, ino & 0xFFFFFFFFFFFFFFFF)] = row
+                by_ino[(dev & _U32, ino & 0xFFFFFFFFFFFFFFFF)] = (path, row)
             if isinstance(path, bytes) and path != NAMELESS and path.startswith(b"/"):
                 by_path[path.rstrip(b"/") or b"/"] = row
         return by_path, by_ino
@@ -149,8 +149,18 @@ class PseudoDB:
         self.refresh()
         row = self.by_path.get(abspath)
         if row is None:
-            row = self.by_ino.get((dev & _U32, ino & 0xFFFFFFFFFFFFFFFF))
-        if row is None or not _type_agrees(row.mode, disk_mode):
+            hit = self.by_ino.get((dev & _U32, ino & 0xFFFFFFFFFFFFFFFF))
+            if hit is None:
+                return None
+            path, row = hit
+            if path != abspath and path != NAMELESS and os.path.lexists(path):
+                # pseudo aborts its client here ("path mismatch": the inode was reused
+                # after a file was replaced outside pseudo); we keep the host values
+                self._warn(("mismatch", abspath), "%s: pseudo's row for inode %d names "
+                           "another file, %s; serving the host's attributes"
+                           % (os.fsdecode(abspath), ino, os.fsdecode(path)))
+                return None
+        if not _type_agrees(row.mode, disk_mode):
             return None
         return row
 
