@@ -399,3 +399,131 @@ def test_restart_keeps_handles(farm):
 
 def test_base_unchanged_on_disk(farm):
     assert tree_digest(farm["base"]) == farm["before"]
+
+
+# -- a virtfs base served by an unprivileged server ------------------------------------
+
+def test_virtfs_base_unprivileged(monkeypatch, tmp_path, public_dir):
+    from conftest import NOBODY, start_servers_as_nobody
+    from fastnfs.virtfs.store import Meta, make_rdev, write_meta
+    start_servers_as_nobody(monkeypatch, tmp_path)
+    base = public_dir / "rootfs"
+    base.mkdir()
+    for d in ("etc", "dev", "bin"):
+        (base / d).mkdir()
+    (base / "etc" / "shadow").write_text("root:*:1:0:::::\n")
+    (base / "dev" / "console").write_bytes(b"")
+    (base / "bin" / "su").write_bytes(b"\x7fELF-su")
+    fd = os.open(base / "etc", os.O_RDONLY | os.O_DIRECTORY)
+    write_meta(fd, b"shadow", Meta(0, 42, S.S_IFREG | 0o640, -1))
+    os.close(fd)
+    fd = os.open(base / "dev", os.O_RDONLY | os.O_DIRECTORY)
+    write_meta(fd, b"console", Meta(0, 5, S.S_IFCHR | 0o600, make_rdev(5, 1)))
+    os.close(fd)
+    fd = os.open(base / "bin", os.O_RDONLY | os.O_DIRECTORY)
+    write_meta(fd, b"su", Meta(0, 0, S.S_IFREG | 0o755, -1))
+    os.close(fd)
+    os.system("chmod -R a+rX %s" % base)
+    boards = public_dir / "boards"
+    boards.mkdir()
+    os.chown(boards, NOBODY, NOBODY)
+    before = tree_digest(base)
+    srv = FastnfsProcess(base, ["--virtfs", "--boards", str(boards)],
+                         log_path=public_dir / "srv.log").start()
+    farm = {"srv": srv, "base": base}
+    try:
+        b1, b2 = connect(farm, "@v1"), connect(farm, "@v2")
+        user = connect(farm, "@v1", cred=AuthSys(uid=1000, gid=1000))
+        _, sh = lookup(b1, "etc/shadow")
+        a = attrs(b1, sh)
+        assert (a["uid"], a["gid"], a["mode"] & 0o7777) == (0, 42, 0o640)
+        _, con = lookup(b1, "dev/console")
+        a = attrs(b1, con)
+        assert a["type"] == NF3CHR and a["rdev"] == (5, 1)
+        # the board's root changes owners, makes devices, sets set-id bits
+        assert b1.write(sh, 0, b"ROOT", stable=FILE_SYNC)[0] == NFS3_OK
+        a = attrs(b1, sh)
+        assert (a["uid"], a["gid"], a["mode"] & 0o7777) == (0, 42, 0o640)
+        assert b1.setattr(sh, uid=7, gid=8)[0] == NFS3_OK
+        _, dev = lookup(b1, "dev")
+        st, r = b1.mknod(dev, "ttyS0", NF3CHR, rdev=(4, 64), mode=0o660, uid=0, gid=5)
+        assert st == NFS3_OK and r["attrs"]["rdev"] == (4, 64)
+        _, su = lookup(b1, "bin/su")
+        assert b1.setattr(su, mode=0o4755)[0] == NFS3_OK
+        assert attrs(b1, su)["mode"] & 0o7777 == 0o4755
+        assert b1.write(su, 0, b"\x7fELF-SU", stable=FILE_SYNC)[0] == NFS3_OK
+        a = attrs(b1, su)
+        assert (a["uid"], a["mode"] & 0o7777) == (0, 0o4755)
+        # a user of the board may not read what is not theirs
+        _, ush = lookup(user, "etc/shadow")
+        assert user.read(ush, 0, 10)[0] != NFS3_OK
+        a = attrs(b1, sh)
+        assert (a["uid"], a["gid"]) == (7, 8)
+        # board 2 sees the base's owners
+        _, sh2 = lookup(b2, "etc/shadow")
+        a = attrs(b2, sh2)
+        assert (a["uid"], a["gid"]) == (0, 42) and read_all(b2, sh2).startswith(b"root:*")
+        assert lookup(b2, "dev/ttyS0")[0] == NFS3ERR_NOENT
+        assert attrs(b2, lookup(b2, "bin/su")[1])["mode"] & 0o7777 == 0o755
+        # the layer keeps ownership in the mapped-file format
+        assert (boards / "v1" / "upper" / "etc" / ".virtfs_metadata" / "shadow").is_file()
+        for c in (b1, b2, user):
+            c.close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log(), srv.log()[-3000:]
+    assert tree_digest(base) == before
+
+
+# -- the base changes on disk --------------------------------------------------------
+
+def test_base_changes_show_where_the_board_did_not_change(tmp_path):
+    base = tmp_path / "rootfs"
+    make_base(base)
+    boards = tmp_path / "boards"
+    srv = FastnfsProcess(base, ["--boards", str(boards)]).start()
+    try:
+        b = connect({"srv": srv, "base": base}, "@chg")
+        _, hn = lookup(b, "etc/hostname")
+        b.write(hn, 0, b"mine\n", stable=FILE_SYNC)
+        (base / "etc" / "hostname").write_text("new base\n")
+        (base / "etc" / "passwd").write_text("new passwd\n")
+        (base / "etc" / "added-later").write_text("later\n")
+        _, pw = lookup(b, "etc/passwd")
+        assert read_all(b, pw) == b"new passwd\n"
+        assert read_all(b, hn) == b"mine\n"
+        assert b"added-later" in names(b, lookup(b, "etc")[1])
+        b.close()
+        # the base root changed: list says the layer was made against an older base
+        (base / "new-top").mkdir()
+        r = subprocess.run([sys.executable, "-m", "fastnfs", "boards", "list", "--boards",
+                            str(boards), "--base", str(base)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "older base" in r.stdout
+    finally:
+        srv.stop()
+
+
+def test_board_by_address_and_exports_option(tmp_path):
+    base = tmp_path / "rootfs"
+    make_base(base)
+    boards = tmp_path / "boards"
+    exports = tmp_path / "exports"
+    exports.write_text("%s (rw,no_root_squash,insecure,boards=%s,board_by_address)\n"
+                       % (base, boards))
+    srv = FastnfsProcess(base, exports_file=exports).start()
+    try:
+        n = Nfs3.connect(srv.port)
+        root = n.mount(str(base))            # the client's own layer: 127.0.0.1
+        st, r = n.create(root, "by-address", how=GUARDED)
+        assert st == NFS3_OK
+        n.close()
+        assert (boards / "127.0.0.1" / "upper" / "by-address").exists()
+        n = Nfs3.connect(srv.port)
+        other = n.mount("%s@other" % base)
+        assert n.lookup(other, "by-address")[0] == NFS3ERR_NOENT
+        n.close()
+        assert not (base / "by-address").exists()
+    finally:
+        srv.stop()

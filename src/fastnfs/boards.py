@@ -364,6 +364,7 @@ class Boards:
     def diff(self, name, base=None) -> list:
         """(kind, path) of what board name changed against base: kind is "added",
         "modified", "deleted" or "metadata"."""
+        from .fsstat import lstatat
         from .virtfs.overlay import Virtfs
         name = check_board_name(name)
         db, fd = self._db(name)
@@ -404,7 +405,7 @@ class Boards:
                     except OSError:
                         out.append(("added", p))
                         continue
-                    v = uview(p, st)
+                    v = uview(p, lstatat(up, p))
                     same_meta = (v.st_uid, v.st_gid, S.S_IMODE(v.st_mode)) == (
                         bst.st_uid, bst.st_gid, S.S_IMODE(bst.st_mode))
                     if S.S_ISREG(st.st_mode) and not _same_data(up, base_fd, p):

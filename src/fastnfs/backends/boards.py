@@ -443,8 +443,8 @@ class BoardBackend(Backend):
                 os.link(tmp, iname, src_dir_fd=wfd, dst_dir_fd=L.index_fd,
                         follow_symlinks=False)
                 link_meta(wfd, tmp, L.index_fd, iname)
-            rename_meta(wfd, tmp, pfd, name)
             os.rename(tmp, name, src_dir_fd=wfd, dst_dir_fd=pfd)
+            rename_meta(wfd, tmp, pfd, name)   # (after the entry: virtfs.store's rule)
             L.drop_attrs(loc.fileid)
         finally:
             os.close(pfd)
