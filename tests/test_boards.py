@@ -527,3 +527,29 @@ def test_board_by_address_and_exports_option(tmp_path):
         assert not (base / "by-address").exists()
     finally:
         srv.stop()
+
+
+def test_creating_and_resetting_a_board_is_o1(farm):
+    """A new board's layer holds nothing of the base; reset copies nothing."""
+    b = connect(farm, "@cheap")
+    try:
+        assert names(b, lookup(b, "many")[1])[:1] == [b"file-000-with-a-long-name"]
+    finally:
+        b.close()
+    layer = farm["boards"] / "cheap"
+    files = [os.path.join(d, f) for d, _ds, fs in os.walk(layer) for f in fs]
+    # the database and the root's metadata, nothing per base entry
+    assert len(files) <= 4, files
+    assert sum(os.lstat(f).st_size for f in files) < 200_000
+    r = boards_cli(farm, "reset", "cheap")
+    assert r.returncode == 0 and not (layer / "upper").exists()
+
+
+def test_boards_inside_the_base_refused(tmp_path):
+    base = tmp_path / "rootfs"
+    make_base(base)
+    r = subprocess.run([sys.executable, "-m", "fastnfs", "serve", str(base), "--boards",
+                        str(base / "boards"), "-n", "0", "-p"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "must not contain one another" in r.stderr, r.stderr
+    assert not (base / "boards").exists()

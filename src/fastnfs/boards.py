@@ -27,6 +27,7 @@ a reset layer's objects answer NFS3ERR_STALE.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -445,6 +446,13 @@ class BoardExports:
                  by_address: bool = False, register=None):
         self.base = base_export
         self.dir = os.fsencode(os.path.abspath(boards_dir))
+        real = os.path.realpath(self.dir)
+        base = os.path.realpath(base_export.path)
+        if (real + b"/").startswith(base + b"/") or (base + b"/").startswith(real + b"/"):
+            # the layers would be part of the base every board sees (or the reverse)
+            raise OSError(errno.EINVAL, "the boards directory %s and the base %s must not "
+                          "contain one another" % (os.fsdecode(real), os.fsdecode(base)),
+                          os.fsdecode(self.dir))
         os.makedirs(self.dir, 0o700, exist_ok=True)
         self.virtfs = virtfs
         self.by_address = by_address

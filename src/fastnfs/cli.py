@@ -198,6 +198,10 @@ def exports_for(args):
     return [entry], None
 
 
+def _any_boards(entries) -> bool:
+    return any(spec.options.boards for e in entries for spec in e.clients)
+
+
 def serve(args, base: bytes = b"") -> int:
     from .server import Config, Server, banner, run
 
@@ -221,7 +225,7 @@ def serve(args, base: bytes = b"") -> int:
         metacache_size=args.metacache_size,
         single_user=args.single_user, virtfs=args.virtfs,
         # a board's layer bookkeeping lives in one process
-        workers=1 if args.boards else max(1, args.workers),
+        workers=1 if args.boards or _any_boards(entries) else max(1, args.workers),
         boards=os.path.abspath(args.boards) if args.boards else None,
         board_by_address=args.board_by_address,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,

@@ -147,6 +147,7 @@ class BoardBackend(Backend):
 
     lane = False
     hidden = HIDDEN
+    NEGATIVE_TTL = 5.0
 
     def __init__(self, base, boards_dir, name: bytes, *, virtfs_base: bool = False):
         if isinstance(base, str):
@@ -159,6 +160,7 @@ class BoardBackend(Backend):
         self.fsid = zlib.crc32(b"board:" + name) & 0xFFFFFFFF
         self.lock = threading.RLock()
         self.paths: dict = {}     # fileid -> merged path (verified on use)
+        self._missing: dict = {}  # (fileid, gen) -> when a search did not find it
         self.layer = None
         self._open_layer()
         bst = fstat(self.base_fd)
@@ -307,9 +309,17 @@ class BoardBackend(Backend):
                     obj = self._search(p, ino, gen, anc, 3)
                     if obj is not None:
                         return obj
+            key = (ino, gen)
+            seen = self._missing.get(key)
+            if seen is not None and time.monotonic() - seen < self.NEGATIVE_TTL:
+                raise NFSError(C.NFS3ERR_STALE)   # searched a moment ago: no new search
             obj = self._search(b".", ino, gen, anc, 64)
             if obj is not None:
+                self._missing.pop(key, None)
                 return obj
+            if len(self._missing) > 4096:
+                self._missing.clear()
+            self._missing[key] = time.monotonic()
         raise NFSError(C.NFS3ERR_STALE)
 
     def _verify(self, path, ino, gen, anc):
@@ -709,6 +719,7 @@ class BoardBackend(Backend):
                         pass
             finally:
                 os.close(pfd)
+            self._missing.clear()
             return self._obj(path, op.d.child_anc())
 
     def create(self, cred, op, how: int, attrs, verf):
