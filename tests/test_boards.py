@@ -494,13 +494,18 @@ def test_base_changes_show_where_the_board_did_not_change(tmp_path):
         assert read_all(b, hn) == b"mine\n"
         assert b"added-later" in names(b, lookup(b, "etc")[1])
         b.close()
-        # the base root changed: list says the layer was made against an older base
-        (base / "new-top").mkdir()
+        # etc changed: list says the layer was made against an older base
         r = subprocess.run([sys.executable, "-m", "fastnfs", "boards", "list", "--boards",
-                            str(boards), "--base", str(base)],
-                           capture_output=True, text=True, timeout=60)
+                            str(boards)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert "older base" in r.stdout
+        b = connect({"srv": srv, "base": base}, "@fresh")
+        b.close()
+        r = subprocess.run([sys.executable, "-m", "fastnfs", "boards", "list", "--boards",
+                            str(boards), "--json"], capture_output=True, text=True, timeout=60)
+        import json
+        rows = {x["name"]: x for x in json.loads(r.stdout)}
+        assert rows["chg"]["older_base"] is True and rows["fresh"]["older_base"] is False
     finally:
         srv.stop()
 

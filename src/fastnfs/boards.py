@@ -76,8 +76,21 @@ def board_name_of_address(addr: str) -> bytes:
 
 
 def base_stamp(base_fd: int) -> str:
+    """A cheap fingerprint of the base: the change times of its top directory and of
+    the directories in it (a rootfs rebuilt or re-synced changes some of them).
+    O(entries at the top), so making a layer stays O(1) in the size of the base."""
+    import hashlib
+    h = hashlib.blake2b(digest_size=8)
     st = os.fstat(base_fd)
-    return "%d.%d" % (st.st_mtime_ns, st.st_ctime_ns)
+    h.update(b"%d.%d" % (st.st_mtime_ns, st.st_ctime_ns))
+    for e in sorted(os.scandir(base_fd), key=lambda e: e.name):
+        try:
+            if e.is_dir(follow_symlinks=False):
+                s = e.stat(follow_symlinks=False)
+                h.update(b"%s %d.%d" % (os.fsencode(e.name), s.st_mtime_ns, s.st_ctime_ns))
+        except OSError:
+            pass
+    return h.hexdigest()
 
 
 class Layer:
@@ -342,7 +355,20 @@ class Boards:
                 "created": kinds.count("added"), "deleted": kinds.count("deleted"),
                 "last_mount": float(m.get("last_mount") or 0) or None,
                 "created_at": float(m.get("created") or 0), "base_stamp": m.get("base_stamp"),
-                "epoch": int(m.get("epoch", 0))}
+                "epoch": int(m.get("epoch", 0)), "base": m.get("base"),
+                "older_base": self._older_base(m)}
+
+    @staticmethod
+    def _older_base(m: dict):
+        """Was the layer made against another state of its base (None: unknown)?"""
+        try:
+            fd = os.open(m.get("base") or "", os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            return base_stamp(fd) != m.get("base_stamp")
+        finally:
+            os.close(fd)
 
     def reset(self, name) -> None:
         """Back to the base in O(1): the layer is renamed aside and removed in the

@@ -268,7 +268,8 @@ def boards_main(args) -> int:
                 except Exception as e:  # a layer being made or removed right now
                     print("fastnfs: board %s: %s" % (n, e), file=sys.stderr)
                     continue
-                i["older_base"] = stamp is not None and i["base_stamp"] != stamp
+                if stamp is not None:
+                    i["older_base"] = i["base_stamp"] != stamp
                 rows.append(i)
             if args.json:
                 print(json.dumps(rows, indent=1))
