@@ -10,11 +10,14 @@ restart.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from conftest import FastnfsProcess
 from test_boards import make_base, tree_digest
+from test_debian_boot import vm_ok  # noqa: F401  (a fixture)
 from vm import guest
 
 pytestmark = pytest.mark.vm
@@ -101,3 +104,75 @@ def test_two_boards_from_a_guest(kit, tmp_path):
     assert "Traceback" not in srv.log(), srv.log()[-4000:]
     assert tree_digest(base) == before
     assert os.path.isdir(tmp_path / "boards" / "b1" / "upper")
+
+
+def test_debian_boots_from_a_board_layer(vm_ok, tmp_path):
+    """The farm's case: a real Debian (systemd) boots with BASE@deb1 as its NFS
+    root over a virtfs base, served by an ordinary user; everything it writes
+    lands in the board's layer, the base is unchanged."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import test_debian_boot as deb
+
+    tar, _built = deb.rootfs_tar()
+    run_as, run_env, note = deb.unprivileged_python()
+    owner = (deb.NOBODY, deb.NOBODY)
+    top = Path(tempfile.mkdtemp(prefix="fastnfs-boards-debian-", dir="/tmp"))
+    os.chmod(top, 0o755)
+    os.chown(top, *owner)
+    base = top / "root"
+    boards = top / "boards"
+    srv = None
+    try:
+        cmd = (run_as or [sys.executable]) + ["-m", "fastnfs", "virtfs", "import", "-q"] + (
+            [] if run_as else ["--owner", "%d:%d" % owner]) + [str(tar), str(base)]
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd="/",
+                           env=dict(os.environ, **run_env))
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        deb.add_file(base, "usr/local/sbin/fnfs-check", deb.CHECK_SCRIPT, 0o755, owner)
+        deb.add_file(base, "etc/systemd/system/fnfs-check.service", deb.CHECK_UNIT, 0o644,
+                     owner)
+        deb.add_dirs(base / "etc/systemd/system/multi-user.target.wants", owner)
+        deb.add_symlink(base, "etc/systemd/system/multi-user.target.wants/fnfs-check.service",
+                        "/etc/systemd/system/fnfs-check.service", owner)
+        boards.mkdir()
+        os.chown(boards, *owner)
+        before = tree_digest(base)
+        args = ["--virtfs", "--boards", str(boards)]
+        if run_as is not None:
+            wrapper = tmp_path / "python-as-nobody"
+            wrapper.write_text("#!/bin/sh\nexec %s \"$@\"\n" % " ".join(run_as))
+            wrapper.chmod(0o755)
+            real = sys.executable
+            sys.executable = str(wrapper)
+            try:
+                srv = FastnfsProcess(base, args, env=run_env,
+                                     log_path=tmp_path / "fastnfs.log").start()
+            finally:
+                sys.executable = real
+        else:
+            srv = FastnfsProcess(base, args, log_path=tmp_path / "fastnfs.log").start()
+        res = guest.run("exec /sbin/init", nfs_port=srv.port, export="%s@deb1" % base,
+                        mode="nfsroot", timeout=900, mem=512, until=deb.DONE,
+                        kernel_args="systemd.show_status=1 "
+                                    "systemd.mask=serial-getty@ttyS0.service")
+        console = deb._ANSI.sub("", res.console)
+        assert res.ok, "the guest did not get to the check:\n%s\n%s" % (
+            res.failure, "\n".join(console.splitlines()[-60:]))
+        for needle in ("Kernel panic", "Stale file handle", "Input/output error"):
+            assert needle not in console, "\n".join(
+                ln for ln in console.splitlines() if needle in ln)
+        srv.stop()
+        assert "Traceback" not in srv.log(), srv.log()[-4000:]
+        # what the board wrote is in its layer, not in the base
+        assert (boards / "deb1" / "upper" / deb.LIST).is_file()
+        assert not (base / deb.LIST).exists()
+        assert tree_digest(base) == before
+        print("board layer after a systemd boot: %d entries" % sum(
+            len(fs) + len(ds) for _d, ds, fs in os.walk(boards / "deb1" / "upper")))
+    finally:
+        if srv is not None:
+            srv.stop()
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)])
