@@ -558,3 +558,54 @@ def test_boards_inside_the_base_refused(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "must not contain one another" in r.stderr, r.stderr
     assert not (base / "boards").exists()
+
+
+def test_more_union_cases(farm):
+    b = connect(farm, "@edge")
+    try:
+        _, opt = lookup(b, "opt")
+        _, app = lookup(b, "opt/app")
+        # a change inside a base directory, then two renames of it (redirect kept)
+        _, data = lookup(b, "opt/app/data")
+        assert b.remove(data, "x")[0] == NFS3_OK
+        assert b.create(app, "new.txt", how=GUARDED)[0] == NFS3_OK
+        assert b.rename(opt, "app", b.root, "a1")[0] == NFS3_OK
+        _, a1 = lookup(b, "a1")
+        assert b.rename(b.root, "a1", opt, "a2")[0] == NFS3_OK
+        st, a2 = lookup(b, "opt/a2")
+        assert st == NFS3_OK
+        assert names(b, a2) == [b"data", b"main.py", b"new.txt"]
+        assert names(b, lookup(b, "opt/a2/data")[1]) == []     # the whiteout moved along
+        assert names(b, opt) == [b"a2"]
+        # LINK of a base file: one object, two names, fileid kept
+        _, etc = lookup(b, "etc")
+        _, pw = lookup(b, "etc/passwd")
+        fid = attrs(b, pw)["fileid"]
+        assert b.link(pw, b.root, "passwd.link")[0] == NFS3_OK
+        _, pl = lookup(b, "passwd.link")
+        assert attrs(b, pl)["fileid"] == fid and attrs(b, pl)["nlink"] == 2
+        b.write(pl, 0, b"ROOT", stable=FILE_SYNC)
+        assert read_all(b, pw).startswith(b"ROOT:x")
+        # a symlink of the base, read and replaced
+        _, ls = lookup(b, "bin/ls")
+        assert b.readlink(ls)[1]["data"] == b"busybox"
+        _, bin_ = lookup(b, "bin")
+        assert b.remove(bin_, "ls")[0] == NFS3_OK
+        assert b.symlink(bin_, "ls", "/bin/busybox")[0] == NFS3_OK
+        _, ls = lookup(b, "bin/ls")
+        assert b.readlink(ls)[1]["data"] == b"/bin/busybox"
+        # rename of a file over a base file
+        assert b.rename(etc, "hostname", etc, "passwd")[0] == NFS3_OK
+        assert read_all(b, lookup(b, "etc/passwd")[1]) == b"base\n"
+        assert lookup(b, "etc/hostname")[0] == NFS3ERR_NOENT
+        # GUARDED create over a base name
+        assert b.create(etc, "passwd", how=GUARDED)[0] == NFS3ERR_EXIST
+        # rename a directory into itself
+        assert b.rename(opt, "a2", a2, "inside")[0] != NFS3_OK
+        # truncate of a base file copies it up
+        _, bb = lookup(b, "bin/busybox")
+        assert b.setattr(bb, size=3)[0] == NFS3_OK
+        assert read_all(b, lookup(b, "bin/sh")[1]) == b"\x7fEL"
+    finally:
+        b.close()
+    assert tree_digest(farm["base"]) == farm["before"]

@@ -157,7 +157,8 @@ class BoardBackend(Backend):
         self.base_fd = os.open(self.base_path, DIRR)
         self.boards_fd = os.open(os.fsencode(boards_dir), DIRR)
         self.base_view = Virtfs(self.base_fd).view if virtfs_base else (lambda p, st: st)
-        self.fsid = zlib.crc32(b"board:" + name) & 0xFFFFFFFF
+        # its own fsid: per base and board (the client keys its caches on it)
+        self.fsid = zlib.crc32(b"board:" + self.base_path + b"@" + name) & 0xFFFFFFFF
         self.lock = threading.RLock()
         self.paths: dict = {}     # fileid -> merged path (verified on use)
         self._missing: dict = {}  # (fileid, gen) -> when a search did not find it
