@@ -81,6 +81,16 @@ echo "failures: $fails"
 exit $fails
 '''
 
+AFTER_RESET = CHECK_FN + r'''
+check test "$(cat etc/hostname)" = base
+check test ! -e dev-console
+check test -e opt/app/main.py
+check test ! -e app2
+check test ! -e new
+echo "failures: $fails"
+exit $fails
+'''
+
 
 def test_two_boards_from_a_guest(kit, tmp_path):
     base = tmp_path / "rootfs"
@@ -96,6 +106,15 @@ def test_two_boards_from_a_guest(kit, tmp_path):
         assert res.rc == 0 and not fails, res.describe()
         srv.restart()
         res = guest.run(AGAIN, nfs_port=srv.port, export="%s@b1" % base, timeout=600,
+                        mem=384)
+        fails = [ln for ln in res.output.splitlines() if ln.startswith("FAIL")]
+        assert res.rc == 0 and not fails, res.describe()
+        # reset while the server runs: the board boots the base again
+        r = subprocess.run([sys.executable, "-m", "fastnfs", "boards", "reset", "b1",
+                            "--boards", str(tmp_path / "boards")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        res = guest.run(AFTER_RESET, nfs_port=srv.port, export="%s@b1" % base, timeout=600,
                         mem=384)
         fails = [ln for ln in res.output.splitlines() if ln.startswith("FAIL")]
         assert res.rc == 0 and not fails, res.describe()
