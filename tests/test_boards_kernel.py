@@ -195,3 +195,53 @@ def test_debian_boots_from_a_board_layer(vm_ok, tmp_path):
         if srv is not None:
             srv.stop()
         subprocess.run(["rm", "-rf", "--one-file-system", str(top)])
+
+
+RESET_WHILE_MOUNTED = CHECK_FN + r'''
+echo made > made-by-board
+echo board > etc/hostname
+mkdir newdir
+check test "$(cat etc/hostname)" = board
+exec 3<made-by-board
+echo "READY-FOR-RESET"
+i=0
+while [ "$(cat etc/hostname 2>/dev/null)" != base ] && [ $i -lt 100 ]; do
+    sleep 0.3; i=$((i+1))
+done
+check test "$(cat etc/hostname)" = base
+check test ! -e made-by-board
+check test ! -e newdir
+# the board's handle of a file that went with the layer is stale now
+if cat <&3 >/dev/null 2>/tmp/err; then echo "FAIL read of a reset file succeeded"; fi
+check grep -qi stale /tmp/err
+exec 3<&-
+echo again > made-by-board
+check test "$(cat made-by-board)" = again
+echo "failures: $fails"
+exit $fails
+'''
+
+
+def test_reset_while_the_kernel_has_it_mounted(kit, tmp_path):
+    base = tmp_path / "rootfs"
+    make_base(base)
+    boards = tmp_path / "boards"
+    srv = FastnfsProcess(base, ["--boards", str(boards)]).start()
+    done = []
+
+    def echo(line):
+        if "READY-FOR-RESET" in line and not done:
+            r = subprocess.run([sys.executable, "-m", "fastnfs", "boards", "reset", "r1",
+                                "--boards", str(boards)], capture_output=True, text=True,
+                               timeout=60)
+            done.append(r)
+
+    try:
+        res = guest.run(RESET_WHILE_MOUNTED, nfs_port=srv.port, export="%s@r1" % base,
+                        mount_opts="noac,lookupcache=none", timeout=600, mem=384, echo=echo)
+        assert done and done[0].returncode == 0, done
+        fails = [ln for ln in res.output.splitlines() if ln.startswith("FAIL")]
+        assert res.rc == 0 and not fails, res.describe()
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log(), srv.log()[-4000:]
