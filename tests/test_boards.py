@@ -609,3 +609,34 @@ def test_more_union_cases(farm):
     finally:
         b.close()
     assert tree_digest(farm["base"]) == farm["before"]
+
+
+def test_forged_handles_lead_nowhere(farm):
+    from rpcclient import fh_fields
+    import struct
+    b1, b2 = connect(farm, "@f1"), connect(farm, "@f2")
+    try:
+        st, r = b2.create(b2.root, "secret-of-f2", how=GUARDED)
+        assert st == NFS3_OK
+        f = fh_fields(b1.root)
+
+        def forge(ino, gen=0):
+            return struct.pack(">BBHIQII", 1, 0, 0, f["export_id"], ino, f["dev"], gen)
+
+        layer = farm["boards"] / "f2"
+        outside = [os.lstat(layer / "layer.db").st_ino,
+                   os.lstat(layer / "upper" / "secret-of-f2").st_ino,
+                   os.lstat(layer / "upper").st_ino,
+                   os.lstat(farm["boards"]).st_ino,
+                   os.lstat("/etc/passwd").st_ino,
+                   r["attrs"]["fileid"]]
+        for ino in outside:
+            assert b1.getattr(forge(ino))[0] == NFS3ERR_STALE, ino
+        # a wrong device field or a junk export id never resolves either
+        bad = bytearray(b1.root)
+        bad[16:20] = b"\xff\xff\xff\xff"
+        assert b1.getattr(bytes(bad))[0] == NFS3ERR_STALE
+        assert b1.getattr(b1.root[:4] + b"\0\0\0\1" + b1.root[8:])[0] == NFS3ERR_STALE
+    finally:
+        b1.close()
+        b2.close()

@@ -114,6 +114,21 @@ def _open_dir(root_fd: int, path: bytes, flags: int = DIRP) -> int:
     return fd
 
 
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def _open_base(dfd: int, name: bytes) -> int:
+    """Open a base file for reading without touching its atime where allowed
+    (O_NOATIME needs the file's owner or CAP_FOWNER)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    if _NOATIME:
+        try:
+            return os.open(name, flags | _NOATIME, dir_fd=dfd)
+        except PermissionError:
+            pass
+    return os.open(name, flags, dir_fd=dfd)
+
+
 def _lstat_in(root_fd: int, path: bytes):
     """lstat of path under root_fd (no symlink followed on the way), or None."""
     d, name = _split(path)
@@ -465,7 +480,7 @@ class BoardBackend(Backend):
         bd, bn = _split(bpath)
         bdfd = _open_dir(self.base_fd, bd)
         try:
-            src = os.open(bn, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=bdfd)
+            src = _open_base(bdfd, bn)
         finally:
             os.close(bdfd)
         try:
@@ -572,8 +587,7 @@ class BoardBackend(Backend):
         bd, bn = _split(loc.bpath)
         dfd = _open_dir(self.base_fd, bd)
         try:
-            return os.open(bn, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                           dir_fd=dfd)
+            return _open_base(dfd, bn)
         finally:
             os.close(dfd)
 
