@@ -33,6 +33,7 @@ import stat as S
 import threading
 import time
 import zlib
+from collections import OrderedDict
 
 from .. import perm
 from ..boards import Layer
@@ -45,6 +46,7 @@ from ..virtfs.overlay import Virtfs
 from ..virtfs.store import (HIDDEN, Meta, link_meta, make_rdev, meta_dir_only, remove_meta,
                             rename_meta, rmdir_meta_dir, write_meta, write_root_meta)
 from . import Backend, DirOp
+from .listing import listing_start
 
 log = logging.getLogger("fastnfs.boards")
 
@@ -177,6 +179,8 @@ class BoardBackend(Backend):
         self.lock = threading.RLock()
         self.paths: dict = {}     # fileid -> merged path (verified on use)
         self._missing: dict = {}  # (fileid, gen) -> when a search did not find it
+        self.listings: OrderedDict = OrderedDict()  # merged path -> (version, listing)
+        self.name_gen = 0         # bumped by every change of a name
         self.layer = None
         self._open_layer()
         bst = fstat(self.base_fd)
@@ -684,6 +688,7 @@ class BoardBackend(Backend):
     def _new_entry(self, cred, op, fmt: int, mode: int, make, attrs, rdev: int = -1):
         """Make a new upper entry with make(pfd, name); its metadata; the new Obj."""
         with self.lock:
+            self.name_gen += 1
             path = _join(op.d.path, op.name)
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
@@ -791,6 +796,7 @@ class BoardBackend(Backend):
     def _drop(self, path: bytes, loc: Loc, base_had: bool) -> None:
         """Remove the entry at path from the merged view (its upper object, if any)."""
         L = self.layer
+        self.name_gen += 1
         if loc.kind == U:
             parent, name = _split(path)
             pfd = _open_dir(L.upper_fd, parent)
@@ -857,6 +863,7 @@ class BoardBackend(Backend):
         with self.lock:
             spath = _join(src.d.path, src.name)
             dpath = _join(dst.d.path, dst.name)
+            self.name_gen += 1
             loc = self._victim(cred, src)
             if spath == dpath:
                 return
@@ -920,6 +927,7 @@ class BoardBackend(Backend):
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
             self.copy_up(obj.path)
+            self.name_gen += 1
             L = self.layer
             sp, sn = _split(obj.path)
             spfd = _open_dir(L.upper_fd, sp)
@@ -974,37 +982,63 @@ class BoardBackend(Backend):
                     os.close(fd)
         return sorted(n for n in names if n not in self.hidden)
 
+    def _dir_version(self, path: bytes) -> tuple:
+        """What a merged listing of path depends on: both directories' change
+        times, the layer, and the backend's count of name changes."""
+        L = self.layer
+        u = fstat(L.upper_fd) if path == b"." else _lstat_in(L.upper_fd, path)
+        bd = self.base_dir_of(path)
+        bst = None if bd is None else (fstat(self.base_fd) if bd == b"." else
+                                       _lstat_in(self.base_fd, bd))
+        return (L.ino, self.name_gen, bd,
+                None if u is None else (u.st_ino, u.st_mtime_ns, u.st_ctime_ns),
+                None if bst is None else (bst.st_ino, bst.st_mtime_ns, bst.st_ctime_ns))
+
+    def _listing(self, path: bytes) -> list:
+        """[(cookie, name, fileid)] of the merged directory at path, sorted by
+        cookie; cached per version, so paging a big directory costs one merge."""
+        self._L()
+        version = self._dir_version(path)
+        hit = self.listings.get(path)
+        if hit is not None and hit[0] == version:
+            self.listings.move_to_end(path)
+            return hit[1]
+        items = []
+        for n in self._merged_names(path):
+            p = _join(path, n)
+            try:
+                loc = self.locate(p)
+            except (NFSError, OSError):
+                continue
+            self.paths[loc.fileid] = p
+            items.append((name_cookie(n), n, loc.fileid))
+        items.sort()
+        self.listings[path] = (version, items)
+        if len(self.listings) > 64:
+            self.listings.popitem(last=False)
+        return items
+
     def _entries(self, d, cookie: int):
         with self.lock:
-            items = []
-            for n in self._merged_names(d.path):
-                try:
-                    loc = self.locate(_join(d.path, n))
-                except (NFSError, OSError):
-                    continue
-                self.paths[loc.fileid] = _join(d.path, n)
-                items.append((name_cookie(n), n, loc))
-            items.sort(key=lambda t: t[0])
+            items = self._listing(d.path)
             parent = d.path if d.path == b"." else _split(d.path)[0]
             pino = self.locate(parent).fileid
         out = []
         if cookie == 0:
-            out.append((1, b".", d.ino, None))
+            out.append((1, b".", d.ino))
         if cookie <= 1:
-            out.append((2, b"..", pino, None))
-        for c, n, loc in items:
-            if c > cookie:
-                out.append((c, n, loc.fileid, loc))
+            out.append((2, b"..", pino))
+        i = listing_start([c for c, _n, _f in items], cookie) if cookie > 2 else 0
+        out.extend(items[i:])
         return out
 
     def readdir(self, cred, d, cookie: int):
-        for c, n, fid, _loc in self._entries(d, cookie):
-            yield c, n, fid
+        yield from self._entries(d, cookie)
 
     def readdirplus(self, export, cred, d, cookie: int, p, budget: int, dirbudget: int,
                     sent: int):
         anc = d.child_anc()
-        for c, name, fid, loc in self._entries(d, cookie):
+        for c, name, fid in self._entries(d, cookie):
             pad = (len(name) + 3) & ~3
             size, dsize = 24 + pad + 88 + 8 + 24 + 8 * len(anc), 20 + pad
             if size > budget or (dsize > dirbudget and sent):
@@ -1019,7 +1053,20 @@ class BoardBackend(Backend):
                 p.u32(0)
                 p.u32(0)
             else:
-                st = d.st if name == b"." else loc.st
+                if name == b".":
+                    st = d.st
+                else:
+                    try:
+                        with self.lock:
+                            loc = self.locate(_join(d.path, name))
+                    except (NFSError, OSError):
+                        loc = None
+                    if loc is None or loc.fileid != fid:   # gone or replaced meanwhile
+                        p.u32(0)
+                        p.u32(0)
+                        sent += 1
+                        continue
+                    st = loc.st
                 p.u32(1)
                 put_fattr3(p, st, self.fsid)
                 p.u32(1)
