@@ -196,6 +196,7 @@ class BoardBackend(Backend):
     def _open_layer(self) -> None:
         old = self.layer
         self.layer = Layer(self.boards_fd, self.name, self.base_fd, self.base_path)
+        self._clean_work()
         self.upper_view = Virtfs(self.layer.upper_fd).view
         self.index_view = Virtfs(self.layer.index_fd).view
         self.paths = {}
@@ -206,6 +207,20 @@ class BoardBackend(Backend):
         if old is not None:
             old.close()
             log.info("board %s: layer reset, serving the base again", self.name.decode())
+
+    def _clean_work(self) -> None:
+        """Copy-ups that a crash left half made in work/ (never in upper/) go."""
+        from ..boards import _rmtree_at
+        wfd = self.layer.work_fd
+        for n in os.listdir(wfd):
+            n = os.fsencode(n)
+            try:
+                if S.S_ISDIR(lstatat(wfd, n).st_mode):
+                    _rmtree_at(wfd, n)
+                else:
+                    os.unlink(n, dir_fd=wfd)
+            except OSError:
+                pass
 
     def _L(self) -> Layer:
         if not self.layer.current():
