@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -125,10 +126,11 @@ def test_two_boards_from_a_guest(kit, tmp_path):
     assert os.path.isdir(tmp_path / "boards" / "b1" / "upper")
 
 
-def test_debian_boots_from_a_board_layer(vm_ok, tmp_path):
-    """The farm's case: a real Debian (systemd) boots with BASE@deb1 as its NFS
-    root over a virtfs base, served by an ordinary user; everything it writes
-    lands in the board's layer, the base is unchanged."""
+def test_two_debian_boards_boot_from_one_base(vm_ok, tmp_path):
+    """The farm's case: two real Debians (systemd) boot at once with BASE@deb1
+    and BASE@deb2 as their NFS roots over one virtfs base, served by an
+    ordinary user; what each writes lands in its own layer, the base is
+    unchanged."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -173,21 +175,38 @@ def test_debian_boots_from_a_board_layer(vm_ok, tmp_path):
                 sys.executable = real
         else:
             srv = FastnfsProcess(base, args, log_path=tmp_path / "fastnfs.log").start()
-        res = guest.run("exec /sbin/init", nfs_port=srv.port, export="%s@deb1" % base,
-                        mode="nfsroot", timeout=900, mem=512, until=deb.DONE,
-                        kernel_args="systemd.show_status=1 "
-                                    "systemd.mask=serial-getty@ttyS0.service")
-        console = deb._ANSI.sub("", res.console)
-        assert res.ok, "the guest did not get to the check:\n%s\n%s" % (
-            res.failure, "\n".join(console.splitlines()[-60:]))
-        for needle in ("Kernel panic", "Stale file handle", "Input/output error"):
-            assert needle not in console, "\n".join(
-                ln for ln in console.splitlines() if needle in ln)
+        # two boards boot at once from the same base, each into its own layer
+        results = {}
+
+        def boot(i):
+            results[i] = guest.run(
+                "exec /sbin/init", nfs_port=srv.port, export="%s@deb%d" % (base, i),
+                mode="nfsroot", timeout=900, mem=512, until=deb.DONE, vm_id=i,
+                kernel_args="systemd.show_status=1 systemd.mask=serial-getty@ttyS0.service")
+
+        threads = [threading.Thread(target=boot, args=(i,)) for i in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in (1, 2):
+            res = results[i]
+            console = deb._ANSI.sub("", res.console)
+            assert res.ok, "guest %d did not get to the check:\n%s\n%s" % (
+                i, res.failure, "\n".join(console.splitlines()[-60:]))
+            for needle in ("Kernel panic", "Stale file handle", "Input/output error"):
+                assert needle not in console, "\n".join(
+                    ln for ln in console.splitlines() if needle in ln)
         srv.stop()
         assert "Traceback" not in srv.log(), srv.log()[-4000:]
-        # what the board wrote is in its layer, not in the base
-        assert (boards / "deb1" / "upper" / deb.LIST).is_file()
+        # what each board wrote is in its layer, not in the base
+        for i in (1, 2):
+            assert (boards / ("deb%d" % i) / "upper" / deb.LIST).is_file()
         assert not (base / deb.LIST).exists()
+        id1 = (boards / "deb1" / "upper" / "etc" / "machine-id")
+        id2 = (boards / "deb2" / "upper" / "etc" / "machine-id")
+        if id1.exists() and id2.exists():
+            assert id1.read_text() != id2.read_text()   # each board its own identity
         assert tree_digest(base) == before
         print("board layer after a systemd boot: %d entries" % sum(
             len(fs) + len(ds) for _d, ds, fs in os.walk(boards / "deb1" / "upper")))
