@@ -640,3 +640,16 @@ def test_forged_handles_lead_nowhere(farm):
     finally:
         b1.close()
         b2.close()
+
+
+def test_exports_option_boards_checked(tmp_path):
+    f = tmp_path / "exports"
+    f.write_text("/srv/rootfs (rw,boards=/srv/boards)\n")
+    r = subprocess.run([sys.executable, "-m", "fastnfs", "exports", "check", str(f)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for bad in ("boards", "boards=", "boards=relative/dir"):
+        f.write_text("/srv/rootfs (rw,%s)\n" % bad)
+        r = subprocess.run([sys.executable, "-m", "fastnfs", "exports", "check", str(f)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "boards" in (r.stdout + r.stderr), (bad, r.stdout)

@@ -4,7 +4,9 @@ One guest mounts board b1 (on /mnt) and board b2 (on /mnt2), changes b1 the
 way a booted root is changed (write, append, chmod, chown, mknod, rename,
 unlink, rmdir, hard links, a renamed base directory) and checks that b2 and
 the base see none of it; a second guest mounts b1 again after a server
-restart.
+restart, and a third after `boards reset`; another guest keeps a board
+mounted while it is reset.  The last test boots two Debians (systemd) at once
+from one virtfs base, each board as its own NFS root.
 """
 
 from __future__ import annotations

@@ -102,12 +102,14 @@ def _join(d: bytes, name: bytes) -> bytes:
 
 def _open_dir(root_fd: int, path: bytes, flags: int = DIRP) -> int:
     """An fd of the directory at path under root_fd, walked one no-follow step at a time."""
-    fd = os.open(b".", flags, dir_fd=root_fd)
     if path == b".":
-        return fd
+        return os.open(b".", flags, dir_fd=root_fd)
+    fd = os.open(b".", DIRP, dir_fd=root_fd)
     try:
-        for comp in path.split(b"/"):
-            nfd = os.open(comp, DIRP if flags == DIRP else flags, dir_fd=fd)
+        comps = path.split(b"/")
+        for i, comp in enumerate(comps):
+            # search rights suffice on the way (O_PATH); the last one opened as asked
+            nfd = os.open(comp, flags if i == len(comps) - 1 else DIRP, dir_fd=fd)
             os.close(fd)
             fd = nfd
     except BaseException:
