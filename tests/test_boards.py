@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from conftest import FastnfsProcess
-from rpcclient import (FILE_SYNC, GUARDED, NF3CHR, NF3DIR, NFS3_OK, NFS3ERR_EXIST,
+from rpcclient import (FILE_SYNC, GUARDED, NF3CHR, NFS3_OK, NFS3ERR_EXIST,
                        NFS3ERR_NOENT, NFS3ERR_NOTEMPTY, NFS3ERR_ROFS, NFS3ERR_STALE, AuthSys,
                        Nfs3)
 

@@ -133,7 +133,6 @@ def test_two_debian_boards_boot_from_one_base(vm_ok, tmp_path):
     and BASE@deb2 as their NFS roots over one virtfs base, served by an
     ordinary user; what each writes lands in its own layer, the base is
     unchanged."""
-    import shutil
     import tempfile
     from pathlib import Path
 

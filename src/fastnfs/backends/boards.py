@@ -26,7 +26,6 @@ permissions itself on the merged attributes (``fastnfs.perm``), as virtfs does.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat as S
@@ -276,8 +275,6 @@ class BoardBackend(Backend):
             view = self.upper_view(path, ust)
             if path == b".":
                 loc.fileid, loc.gen = self.root_ino, fstat(self.base_fd).gen
-                if not L.ids:
-                    pass
             else:
                 loc.fileid, loc.gen = L.ids.get(ust.st_ino) or (
                     TAG | (L.epoch << INO_BITS) | (ust.st_ino & ((1 << INO_BITS) - 1)),
@@ -1119,7 +1116,3 @@ def read_only_base(backend):
     backend.__class__ = cls
     backend.lane = False
     return backend
-
-
-def _errno_name(e: int) -> str:
-    return errno.errorcode.get(e, str(e))
