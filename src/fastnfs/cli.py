@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "the target with S_IFLNK metadata (what QEMU's mapped-file guests "
                         "read), 'host' as real symlinks (ptxdist), 'auto' as the export's "
                         "existing symlinks are (default)")
+    s.add_argument("--boards", metavar="DIR",
+                   help="a private copy-on-write layer per board, kept under DIR: a client "
+                        "mounting PATH@NAME (nfsroot=HOST:PATH@board3) gets PATH plus board "
+                        "NAME's own layer, created empty on first mount; PATH itself is then "
+                        "served read-only and never written (manage with 'fastnfs boards')")
+    s.add_argument("--board-by-address", action="store_true",
+                   help="with --boards: a client mounting PATH itself gets the layer named "
+                        "after its address (10.0.0.7 -> board 10.0.0.7)")
     s.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default: info")
     s.add_argument("--fhcache-size", type=int, default=262144, metavar="N",
@@ -109,6 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("virtfs", help="virtfs tree tools: import SRC DST, check DIR",
                        add_help=False)
     v.add_argument("args", nargs=argparse.REMAINDER)
+    b = sub.add_parser("boards", help="list, diff, reset or remove board layers",
+                       description="Manage the per-board layers of 'fastnfs serve PATH "
+                                   "--boards DIR' (works while the server runs).")
+    bs = b.add_subparsers(dest="boards_command", required=True)
+    for cmd, text in (("list", "each board: size of its layer, changed/created/deleted "
+                               "entries, last mount"),
+                      ("diff", "what board NAME added, modified, deleted or changed only "
+                               "the metadata of"),
+                      ("reset", "board NAME back to the base, in O(1) (its layer is renamed "
+                                "aside and removed in the background)"),
+                      ("rm", "remove board NAME's layer")):
+        c = bs.add_parser(cmd, help=text, description=text)
+        if cmd != "list":
+            c.add_argument("name", metavar="NAME")
+        c.add_argument("--boards", metavar="DIR", default=os.environ.get("FASTNFS_BOARDS"),
+                       required=not os.environ.get("FASTNFS_BOARDS"),
+                       help="the boards directory (default: $FASTNFS_BOARDS)")
+        if cmd in ("diff", "list"):
+            c.add_argument("--base", metavar="PATH",
+                           help="the base the boards are layered over (diff: to tell "
+                                "modified from metadata-only; list: to tell layers made "
+                                "against an older base)")
+        if cmd == "list":
+            c.add_argument("--json", action="store_true", help="print JSON")
     x = sub.add_parser("exports", help="exports file tools")
     xs = x.add_subparsers(dest="exports_command", required=True)
     xc = xs.add_parser("check", help="check an exports file: exit 0 if it is valid, else 1",
@@ -177,6 +209,10 @@ def exports_for(args):
     return [entry], None
 
 
+def _any_boards(entries) -> bool:
+    return any(spec.options.boards for e in entries for spec in e.clients)
+
+
 def serve(args, base: bytes = b"") -> int:
     from .server import Config, Server, banner, run
 
@@ -200,9 +236,12 @@ def serve(args, base: bytes = b"") -> int:
         foreground=not args.detach, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
         metacache_size=args.metacache_size,
         single_user=args.single_user, virtfs=args.virtfs, virtfs_symlinks=args.virtfs_symlinks,
-        workers=max(1, args.workers),
+        # a board's layer bookkeeping lives in one process
+        workers=1 if args.boards or _any_boards(entries) else max(1, args.workers),
         preload=None if args.virtfs else detect_preload(),
         pseudo=os.path.abspath(args.pseudo) if args.pseudo else None,
+        boards=os.path.abspath(args.boards) if args.boards else None,
+        board_by_address=args.board_by_address,
         max_connections=args.max_connections, idle_timeout=args.idle_timeout,
         metrics=args.metrics,
         io_threads=args.io_threads)
@@ -232,6 +271,62 @@ def serve(args, base: bytes = b"") -> int:
     return run(server)
 
 
+def boards_main(args) -> int:
+    import json
+    import time
+
+    from .boards import BoardNameError, Boards, base_stamp
+    try:
+        bd = Boards(args.boards)
+        if args.boards_command == "list":
+            stamp = None
+            if getattr(args, "base", None):
+                fd = os.open(args.base, os.O_RDONLY | os.O_DIRECTORY)
+                stamp = base_stamp(fd)
+                os.close(fd)
+            rows = []
+            for n in bd.names():
+                try:
+                    i = bd.info(n)
+                except Exception as e:  # a layer being made or removed right now
+                    print("fastnfs: board %s: %s" % (n, e), file=sys.stderr)
+                    continue
+                if stamp is not None:
+                    i["older_base"] = i["base_stamp"] != stamp
+                rows.append(i)
+            if args.json:
+                print(json.dumps(rows, indent=1))
+                return 0
+            print("%-20s %10s %8s %8s %8s  %s" % ("BOARD", "SIZE", "CHANGED", "CREATED",
+                                                  "DELETED", "LAST MOUNT"))
+            for i in rows:
+                lm = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["last_mount"]))
+                      if i["last_mount"] else "never")
+                print("%-20s %10d %8d %8d %8d  %s%s" % (
+                    i["name"], i["size"], i["changed"], i["created"], i["deleted"], lm,
+                    "  (made against an older base)" if i["older_base"] else ""))
+            return 0
+        if args.boards_command == "diff":
+            for kind, path in bd.diff(args.name, args.base):
+                print("%-9s /%s" % (kind, path))
+            return 0
+        if args.boards_command == "reset":
+            bd.reset(args.name)
+            print("fastnfs: board %s reset to the base" % args.name)
+            return 0
+        if args.boards_command == "rm":
+            bd.rm(args.name)
+            print("fastnfs: board %s removed" % args.name)
+            return 0
+    except BoardNameError as e:
+        print("fastnfs: %s" % e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print("fastnfs: %s" % e, file=sys.stderr)
+        return 1
+    return 2
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["virtfs"]:  # its own parser, options and --help included
@@ -245,6 +340,8 @@ def main(argv=None) -> int:
     if args.command == "virtfs":
         from .virtfs.tools import main as virtfs_main
         return virtfs_main(args.args)
+    if args.command == "boards":
+        return boards_main(args)
     if args.command == "exports":
         from .exports import check_main
         return check_main(args.files)

@@ -145,6 +145,8 @@ class ExportOptions:
     secure: bool = True
     removable: bool = False
     fixed: bool = False   # accepted for completeness: always "not removable"
+    boards: Optional[str] = None   # boards=DIR: a private layer per board (BASE@NAME)
+    board_by_address: bool = False  # BASE alone: the layer named after the client address
 
     def __str__(self) -> str:
         """The options in exports(5) spelling, e.g. ``rw,no_root_squash,insecure``."""
@@ -160,6 +162,10 @@ class ExportOptions:
             words.append("insecure")
         if self.removable:
             words.append("removable")
+        if self.boards:
+            words.append("boards=%s" % self.boards)
+        if self.board_by_address:
+            words.append("board_by_address")
         return ",".join(words)
 
 
@@ -377,6 +383,7 @@ _FLAGS = {
     "all_squash": ("all_squash", True), "no_all_squash": ("all_squash", False),
     "secure": ("secure", True), "insecure": ("secure", False),
     "removable": ("removable", True), "fixed": ("removable", False),
+    "board_by_address": ("board_by_address", True),
 }
 _ID_OPTIONS = ("anonuid", "anongid")
 # Linux knfsd options people copy into exports files; unfsd ignores them too.
@@ -611,6 +618,13 @@ class _Parser:
             if n > MAX_ID:
                 self.error(vpos, "%s=%s is out of range (expected 0-%d)" % (name, value, MAX_ID))
             values[name] = n
+        elif name == "boards":
+            if not value:
+                self.error(npos if value is None else vpos,
+                           "boards needs a directory (boards=DIR)")
+            if not value.startswith("/"):
+                self.error(vpos, "boards=%s: the directory must be an absolute path" % value)
+            values["boards"] = value
         elif name == "password":
             self.error(npos, "option 'password' is not supported (fastnfs cannot ask clients"
                              " for unfsd mount passwords); restrict the clients instead")

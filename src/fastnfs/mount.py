@@ -7,6 +7,7 @@ import os
 
 from . import creds
 from .dispatch import Program
+from .boards import BoardNameError, board_name_of_address, check_board_name
 from .fs import NFSError
 
 log = logging.getLogger("fastnfs.mount")
@@ -65,6 +66,8 @@ class MountState:
             creds.become_server()  # the mount path is walked with the server's rights
         if not dirpath.startswith(b"/"):
             return MNT3ERR_NOENT
+        if b"@" in dirpath:
+            return self.find_board(call, dirpath)
         path = normpath(dirpath)
         if any(c == b".." for c in path.split(b"/")):
             return MNT3ERR_ACCES
@@ -81,6 +84,17 @@ class MountState:
                 self.nfs.admit(call, e)
             except NFSError:
                 continue
+            boards = getattr(e, "boards", None)
+            if boards is not None and boards.by_address and not rest.strip(b"/"):
+                try:  # --board-by-address: BASE alone is the client's own layer
+                    name = board_name_of_address(call.peer[0])
+                except BoardNameError as err:
+                    log.warning("refused mount of %s by %s: %s", os.fsdecode(dirpath),
+                                call.peer[0], err)
+                    return MNT3ERR_INVAL
+                b = boards.get(name)
+                b.backend.mounted()
+                return b, b.resolve(b.root_fh)
             obj = e.resolve(e.root_fh)
             try:
                 for comp in rest.split(b"/"):
@@ -93,6 +107,40 @@ class MountState:
             return e, obj
         return MNT3ERR_ACCES
 
+
+def _find_board(self, call, dirpath: bytes):
+    """BASE@NAME: board NAME's own view of the export BASE (fastnfs.boards)."""
+    e = None
+    for x in self.nfs.exports:   # BASE is an export with boards; NAME all after its "@"
+        pre = x.name.rstrip(b"/") + b"@"
+        if getattr(x, "boards", None) is not None and dirpath.startswith(pre):
+            e, name = x, dirpath[len(pre):]
+            break
+    base = dirpath[:dirpath.find(b"@")]
+    if e is None:
+        log.warning("refused mount of %s by %s: %s is not an export with boards",
+                    os.fsdecode(dirpath), call.peer[0], os.fsdecode(base))
+        return MNT3ERR_NOENT
+    try:
+        check_board_name(name)
+    except BoardNameError as err:
+        log.warning("refused mount of %s by %s: %s", os.fsdecode(dirpath), call.peer[0], err)
+        return MNT3ERR_INVAL
+    try:
+        self.nfs.admit(call, e)
+    except NFSError:
+        return MNT3ERR_ACCES
+    try:
+        b = e.boards.get(name)
+        b.backend.mounted()
+        return b, b.resolve(b.root_fh)
+    except (NFSError, OSError) as err:
+        log.error("board %s of %s: cannot open its layer: %s", os.fsdecode(name),
+                  os.fsdecode(base), err)
+        return MNT3ERR_IO
+
+
+MountState.find_board = _find_board
 
 _MNT_OF_NFS = {2: MNT3ERR_NOENT, 20: MNT3ERR_NOTDIR, 13: MNT3ERR_ACCES, 63: MNT3ERR_NAMETOOLONG}
 

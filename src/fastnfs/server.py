@@ -55,6 +55,8 @@ class Config:
     idle_timeout: float = 360.0       # seconds; 0 keeps idle connections forever
     metrics: str | None = None        # "HOST:PORT" for the Prometheus endpoint
     backend: object = None            # path -> backends.Backend (default: plain/virtfs/-s)
+    boards: str | None = None         # --boards DIR: a private layer per board (BASE@NAME)
+    board_by_address: bool = False    # --board-by-address: BASE gives the client's own layer
 
 
 class Server:
@@ -115,13 +117,37 @@ class Server:
             if self.config.backend is None:
                 real = os.path.realpath(real)
             e = old.get(real)
+            boards_dir, by_address = self._boards_of(entry)
             if e is None:
-                e = Export(real, self._make_backend(real), entry=entry, name=entry.path)
+                backend = self._make_backend(real)
+                if boards_dir:
+                    from .backends.boards import read_only_base
+                    backend = read_only_base(backend)  # the base is never written
+                e = Export(real, backend, entry=entry, name=entry.path)
+                if boards_dir:
+                    from .boards import BoardExports
+                    e.boards = BoardExports(e, boards_dir, virtfs=self.config.virtfs,
+                                            by_address=by_address,
+                                            register=lambda b: self.nfs.add_export(b))
             else:
                 e.set_entry(entry)
                 e.name = entry.path
+                if getattr(e, "boards", None) is not None:
+                    e.boards.set_entry(entry)
             out.append(e)
         return out
+
+    def _boards_of(self, entry) -> tuple:
+        """(boards directory or None, board by address?) of an exports entry:
+        --boards for the command line's export, else its boards= option."""
+        c = self.config
+        if c.boards:
+            return c.boards, c.board_by_address
+        for spec in entry.clients:
+            if spec.options.boards:
+                return spec.options.boards, spec.options.board_by_address or \
+                    c.board_by_address
+        return None, False
 
     def reload_exports(self) -> bool:
         """Re-read the exports file; a broken file leaves the current exports in force."""
@@ -142,6 +168,8 @@ class Server:
         for e in self.exports:
             if e not in new:
                 e.close()
+                if getattr(e, "boards", None) is not None:
+                    e.boards.close()
         self.exports = new
         self.nfs.set_exports(new)
         self._share_warnings(stats_dir(self.port))

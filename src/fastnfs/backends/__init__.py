@@ -19,6 +19,10 @@ Backends here:
   permissions itself (the rules: ``fastnfs.perm``).
 * ``singleuser.SingleUserBackend`` -- plain storage seen as ``unfsd -s`` shows
   it: what the server's user owns looks the caller's.
+* ``boards.BoardBackend`` -- one board's copy-on-write view of a read-only
+  base (``serve --boards``): the base plus the board's own layer
+  (``fastnfs.boards``), objects located by merged path, ownership of the
+  layer in virtfs metadata.
 
 The interface (``Backend`` below)
 ---------------------------------

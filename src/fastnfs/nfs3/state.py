@@ -46,13 +46,35 @@ class NFS3State:
     def set_exports(self, exports: list[Export]) -> None:
         self.exports = list(exports)
         self._by_id = {e.export_id: e for e in exports}
+        for e in exports:
+            boards = getattr(e, "boards", None)
+            if boards is not None:
+                self._by_id.update((b.export_id, b) for b in boards.exports.values())
         self._admitted = {}
+
+    def add_export(self, e: Export) -> None:
+        """A board's export (BASE@NAME): its handles resolve, EXPORT does not list it."""
+        self._by_id[e.export_id] = e
+
+    def _board_export(self, eid: int):
+        """A board export not made yet in this process (after a restart), or None."""
+        for base in self.exports:
+            boards = getattr(base, "boards", None)
+            if boards is not None:
+                e = boards.by_id(eid)
+                if e is not None:
+                    self._by_id[eid] = e
+                    return e
+        return None
 
     # -- handles and access -------------------------------------------------
     def export_of(self, fh: bytes) -> Export:
         if len(fh) < 24:
             raise NFSError(C.NFS3ERR_BADHANDLE)
-        e = self._by_id.get(int.from_bytes(fh[4:8], "big"))
+        eid = int.from_bytes(fh[4:8], "big")
+        e = self._by_id.get(eid)
+        if e is None:
+            e = self._board_export(eid)
         if e is None:
             raise NFSError(C.NFS3ERR_STALE if fh[0] == 1 else C.NFS3ERR_BADHANDLE)
         return e
