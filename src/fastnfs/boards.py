@@ -328,9 +328,6 @@ class Boards:
         db, fd = self._db(name)
         try:
             m = dict(db.execute("SELECT k, v FROM meta"))
-            wh = db.execute("SELECT COUNT(*) FROM whiteout").fetchone()[0]
-            ids = db.execute("SELECT COUNT(*) FROM ids").fetchone()[0]
-            meta_only = db.execute("SELECT COUNT(*) FROM attrs").fetchone()[0]
         finally:
             db.close()
         size = 0
