@@ -1,10 +1,11 @@
 # cython: language_level=3
 """Unix permission rules in Cython: the twin of fastnfs.perm.
 
-The general path calls ``allowed`` and ``access3`` (through ``perm``); the
-fast lane cimports ``allowed_ids`` and ``access3_ids`` (``_perm.pxd``), so the
-two paths apply one rule.  Plain-Python twin: perm.py (``py_allowed``,
-``py_access3``); tests/test_perm.py holds them to the same answers.
+The general path calls ``allowed``, ``io_allowed`` and ``access3`` (through
+``perm``); the fast lane cimports their ``*_ids`` forms (``_perm.pxd``), so
+the two paths apply one rule.  Plain-Python twin: perm.py (``py_allowed``,
+``py_io_allowed``, ``py_access3``); tests/test_perm.py holds them to the same
+answers.
 """
 
 from libc.stdint cimport uint32_t
@@ -42,6 +43,18 @@ cdef bint allowed_ids(uint32_t cuid, uint32_t cgid, tuple cgids, uint32_t uid, u
     return (bits & want) == want
 
 
+cdef bint io_allowed_ids(uint32_t cuid, uint32_t cgid, tuple cgids, uint32_t uid, uint32_t gid,
+                         uint32_t mode, int want) noexcept:
+    """READ/WRITE of a file where the server checks (virtfs): the owner may
+    always (a file created 0444 stays writable through the open that created
+    it); others need the mode bits; a file that may be executed may be read."""
+    if cuid == uid:
+        return True
+    if want == R_OK and allowed_ids(cuid, cgid, cgids, uid, gid, mode, X_OK):
+        return True
+    return allowed_ids(cuid, cgid, cgids, uid, gid, mode, want)
+
+
 cdef uint32_t access3_ids(uint32_t cuid, uint32_t cgid, tuple cgids, bint read_only,
                           uint32_t uid, uint32_t gid, uint32_t mode,
                           uint32_t requested) noexcept:
@@ -65,6 +78,11 @@ cdef uint32_t access3_ids(uint32_t cuid, uint32_t cgid, tuple cgids, bint read_o
 def allowed(cred, uid, gid, mode, want) -> bool:
     """perm.allowed: may cred get every bit of want (R|W|X) on the object?"""
     return allowed_ids(cred.uid, cred.gid, tuple(cred.gids), uid, gid, mode, want)
+
+
+def io_allowed(cred, uid, gid, mode, want) -> bool:
+    """perm.io_allowed: may cred READ (want R) or WRITE (want W) the file?"""
+    return io_allowed_ids(cred.uid, cred.gid, tuple(cred.gids), uid, gid, mode, want)
 
 
 def access3(cred, st, requested, read_only) -> int:

@@ -5,6 +5,28 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 
+# big-endian loads and stores (XDR's byte order, RFC 4506 section 4.1), for
+# every Cython module that reads or writes wire bytes itself
+cdef inline uint32_t get_be32(const unsigned char* d) noexcept nogil:
+    return (<uint32_t>d[0] << 24) | (<uint32_t>d[1] << 16) | (<uint32_t>d[2] << 8) | d[3]
+
+
+cdef inline uint64_t get_be64(const unsigned char* d) noexcept nogil:
+    return (<uint64_t>get_be32(d) << 32) | get_be32(d + 4)
+
+
+cdef inline void put_be32(unsigned char* d, uint32_t v) noexcept nogil:
+    d[0] = v >> 24
+    d[1] = (v >> 16) & 0xFF
+    d[2] = (v >> 8) & 0xFF
+    d[3] = v & 0xFF
+
+
+cdef inline void put_be64(unsigned char* d, uint64_t v) noexcept nogil:
+    put_be32(d, <uint32_t>(v >> 32))
+    put_be32(d + 4, <uint32_t>v)
+
+
 cdef class Unpacker:
     cdef Py_buffer _view            # held for the Unpacker's lifetime
     cdef bint _have_view

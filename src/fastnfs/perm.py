@@ -36,6 +36,18 @@ def allowed(cred, uid: int, gid: int, mode: int, want: int) -> bool:
     return (mode_bits_for(cred, uid, gid, mode) & want) == want
 
 
+def io_allowed(cred, uid: int, gid: int, mode: int, want: int) -> bool:
+    """READ (want R) or WRITE (want W) of a file where the server checks
+    (virtfs): the owner may always (a file created 0444 stays writable through
+    the open that created it); others need the mode bits; a file that may be
+    executed may be read."""
+    if cred.uid == uid:
+        return True
+    if want == R and allowed(cred, uid, gid, mode, X):
+        return True
+    return allowed(cred, uid, gid, mode, want)
+
+
 def access3(cred, st, requested: int, read_only: bool) -> int:
     """ACCESS3 bits granted to cred on an object with attributes st."""
     mode, uid, gid = st.st_mode, st.st_uid, st.st_gid
@@ -57,8 +69,10 @@ def access3(cred, st, requested: int, read_only: bool) -> int:
 
 
 py_allowed = allowed
+py_io_allowed = io_allowed
 py_access3 = access3
 _cx = load("_perm")
 if _cx is not None:  # the Cython twin, which the fast lane shares
     allowed = _cx.allowed  # noqa: F811
+    io_allowed = _cx.io_allowed  # noqa: F811
     access3 = _cx.access3  # noqa: F811

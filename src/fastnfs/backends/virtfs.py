@@ -64,14 +64,9 @@ class VirtfsBackend(PlainBackend):
             raise NFSError(C.NFS3ERR_ACCES)
 
     def check_io(self, cred, st, want: int) -> None:
-        """READ/WRITE: the owner may always (a file created 0444 stays writable
-        through the open that created it); others need the mode bits; a file
-        that may be executed may be read."""
-        if cred.uid == st.st_uid:
-            return
-        if want == perm.R and perm.allowed(cred, st.st_uid, st.st_gid, st.st_mode, perm.X):
-            return
-        self.check(cred, st, want)
+        """READ/WRITE (perm.io_allowed)."""
+        if not perm.io_allowed(cred, st.st_uid, st.st_gid, st.st_mode, want):
+            raise NFSError(C.NFS3ERR_ACCES)
 
     def check_delete(self, cred, dir_st, victim_st) -> None:
         """Removing or renaming an entry: sticky directories protect others' files."""

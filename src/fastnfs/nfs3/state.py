@@ -52,6 +52,11 @@ class NFS3State:
                 self._by_id.update((b.export_id, b) for b in boards.exports.values())
         self._admitted = {}
 
+    @property
+    def by_id(self) -> dict:
+        """export id -> Export (a new dict after each set_exports)."""
+        return self._by_id
+
     def add_export(self, e: Export) -> None:
         """A board's export (BASE@NAME): its handles resolve, EXPORT does not list it."""
         self._by_id[e.export_id] = e

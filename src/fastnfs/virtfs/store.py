@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 from .meta import KEYS, LIMITS, MetaCache
 
-__all__ = ["META_DIR", "META_ROOT", "HIDDEN", "MAX_META_SIZE", "Meta", "write_meta", "write_root_meta", "remove_meta", "rename_meta",
+__all__ = ["META_DIR", "META_ROOT", "HIDDEN", "MAX_META_SIZE", "Meta", "NO_META", "write_meta", "write_root_meta", "remove_meta", "rename_meta",
            "link_meta", "meta_dir_only", "rmdir_meta_dir", "split_rdev", "make_rdev",
            "format_meta", "MetaCache"]
 
@@ -62,6 +62,10 @@ class Meta(NamedTuple):
     gid: int
     mode: int
     rdev: int
+
+
+#: what a metadata file that gives no key (or no file at all) says: nothing
+NO_META = Meta(-1, -1, -1, -1)
 
 
 # ------------------------------------------------------------------ helpers
