@@ -43,5 +43,21 @@ def test_access3_twins_agree(cred, uid, gid, mode, requested, read_only):
         perm.py_access3(cred, s, requested, read_only)
 
 
+@settings(max_examples=400, deadline=None)
+@given(creds, ids, ids, modes, st.sampled_from([perm.R, perm.W]))
+def test_io_allowed_twins_agree(cred, uid, gid, mode, want):
+    assert _cx.io_allowed(cred, uid, gid, mode, want) == \
+        perm.py_io_allowed(cred, uid, gid, mode, want)
+
+
+def test_io_allowed_lets_the_owner_and_readers_of_executables_in():
+    owner, other = Cred(1, 100, 100, (), b"m"), Cred(1, 1000, 1000, (), b"m")
+    for f in (perm.py_io_allowed, _cx.io_allowed):
+        assert f(owner, 100, 100, S.S_IFREG | 0o000, perm.W)      # created 0444, still writable
+        assert f(other, 100, 100, S.S_IFREG | 0o711, perm.R)      # may execute: may read
+        assert not f(other, 100, 100, S.S_IFREG | 0o700, perm.R)
+
+
 def test_the_module_uses_the_cython_twin():
     assert perm.allowed is _cx.allowed and perm.access3 is _cx.access3
+    assert perm.io_allowed is _cx.io_allowed

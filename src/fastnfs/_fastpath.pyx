@@ -45,12 +45,13 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 
 from fastnfs._fhcache cimport FHCache
-from fastnfs._handles cimport FH_MAX, FH_MAX_ANC, fh_child_anc, fh_pack, fh_t, fh_unpack
+from fastnfs._handles cimport (FH_MAX, FH_MAX_ANC, fh_child_anc, fh_pack, fh_put_anc, fh_t,
+                               fh_unpack)
 from fastnfs._perm cimport access3_ids, allowed_ids, io_allowed_ids
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                               STATX_BTIME, c_statx, generation, makedev, statx,
                               statx_btime_ns, statx_names)
-from fastnfs._xdr cimport Packer, get_be32, get_be64, put_be32, put_be64
+from fastnfs._xdr cimport Packer, get_be32, get_be64, put_be32
 from fastnfs.virtfs._meta cimport (MetaCache, cached_meta_at, child_meta_path_into,
                                    hidden_name, meta_path_into, overlay_statx)
 
@@ -246,13 +247,10 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
     cdef _Export x = _make_export(e)
     if x is None:
         return None
-    cdef uint32_t nanc = len(anc)
-    if nanc > FH_MAX_ANC or len(names) != len(cookies) or len(inos) != len(cookies):
-        raise ValueError("bad listing or ancestors")
+    if len(names) != len(cookies) or len(inos) != len(cookies):
+        raise ValueError("bad listing")
     cdef unsigned char anc_be[8 * FH_MAX_ANC]
-    cdef uint32_t k
-    for k in range(nanc):
-        put_be64(anc_be + 8 * k, anc[k])
+    cdef uint32_t nanc = fh_put_anc(anc_be, anc)
     cdef bint root = dpath == b"."
     cdef Py_ssize_t i, size, dsize, pad
     cdef Py_ssize_t n = len(cookies)
@@ -299,7 +297,7 @@ cdef int _put_fh(Packer p, _Export x, statx* sx, const unsigned char* anc_be,
     """nfs_fh3 of the object sx (RFC 1813 section 2.5) with nanc ancestors."""
     cdef unsigned char w[FH_MAX]
     cdef Py_ssize_t n = fh_pack(w, x.export_id, sx.stx_ino,
-                                <uint32_t>(makedev(sx.stx_dev_major, sx.stx_dev_minor) & 0xFFFFFFFF),
+                                makedev(sx.stx_dev_major, sx.stx_dev_minor),
                                 generation(statx_btime_ns(sx)), anc_be, nanc)
     p.write_opaque(w, n)
     return 0
@@ -506,7 +504,7 @@ cdef class FastPath:
             real_mode = sx.stx_mode
             _overlay(x, bpath, &sx)
         cdef Packer p = self.out       # reused: the reply leaves as a copy, below
-        p._len = 0
+        p.restart()
         out = None
         cdef unsigned char* w = p.extend(28)
         put_be32(w, 0)
@@ -586,7 +584,7 @@ cdef class FastPath:
                 p.write_u32(1)
                 _fattr3(p, &dsx, x.fsid)
         if out is None:
-            out = PyBytes_FromStringAndSize(<const char*>p._data, p._len)
+            out = PyBytes_FromStringAndSize(<const char*>p.bytes_at(), p.size())
         clock_gettime(CLOCK_MONOTONIC, &t1)
         self._count(proc, status == NFS3_OK,
                     (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec),
@@ -671,18 +669,13 @@ cdef class FastPath:
                 or fsx.stx_ino != sx.stx_ino or statx_btime_ns(&fsx) != statx_btime_ns(sx):
             close(fd)
             return None
-        if x.meta is not None:
-            # seen as clients see it: sx, the same regular file, carries the
-            # metadata already (an overlay changes no more than these of one)
-            fsx.stx_uid = sx.stx_uid
-            fsx.stx_gid = sx.stx_gid
-            fsx.stx_mode = sx.stx_mode
+        _overlay(x, path, &fsx)          # seen as clients see it
         p.write_u32(NFS3_OK)
         p.write_u32(1)
         _fattr3(p, &fsx, x.fsid)
         p.write_u64(0)                       # count and eof, known after the read
         p.write_u32(0)                       # the data's length
-        cdef Py_ssize_t head = p._len
+        cdef Py_ssize_t head = p.size()
         cdef Py_ssize_t got = 0
         cdef iovec iov
         if count == 0 or offset > 0x7FFFFFFFFFFFFFFF:
@@ -700,7 +693,7 @@ cdef class FastPath:
         if got < count:                      # the end of the file: a shorter reply
             out = PyBytes_FromStringAndSize(<const char*>w, head + ((got + 3) & ~3))
             w = <unsigned char*>PyBytes_AS_STRING(out)
-        memcpy(w, p._data, head)
+        memcpy(w, p.bytes_at(), head)
         put_be32(w + head - 12, <uint32_t>got)
         put_be32(w + head - 8, 1 if offset + got >= fsx.stx_size else 0)
         put_be32(w + head - 4, <uint32_t>got)

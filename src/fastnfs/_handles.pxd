@@ -18,7 +18,8 @@ cdef struct fh_t:
     const unsigned char* anc    # nanc big-endian u64 ancestors, inside the handle
 
 cdef int fh_unpack(const unsigned char* fh, Py_ssize_t n, fh_t* out) noexcept nogil
-cdef Py_ssize_t fh_pack(unsigned char* w, uint32_t export_id, uint64_t ino, uint32_t dev,
+cdef Py_ssize_t fh_pack(unsigned char* w, uint32_t export_id, uint64_t ino, uint64_t dev,
                         uint32_t gen, const unsigned char* anc_be, uint32_t nanc) noexcept nogil
 cdef uint32_t fh_child_anc(unsigned char* anc_be, uint64_t dir_ino,
                            const fh_t* dir_fh) noexcept nogil
+cdef uint32_t fh_put_anc(unsigned char* anc_be, tuple anc) except? 0xFFFFFFFF

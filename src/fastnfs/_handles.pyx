@@ -32,16 +32,17 @@ cdef int fh_unpack(const unsigned char* fh, Py_ssize_t n, fh_t* out) noexcept no
     return 0
 
 
-cdef Py_ssize_t fh_pack(unsigned char* w, uint32_t export_id, uint64_t ino, uint32_t dev,
+cdef Py_ssize_t fh_pack(unsigned char* w, uint32_t export_id, uint64_t ino, uint64_t dev,
                         uint32_t gen, const unsigned char* anc_be, uint32_t nanc) noexcept nogil:
-    """A handle into w (room for FH_MAX bytes); its length."""
+    """A handle into w (room for FH_MAX bytes); its length.  dev is the
+    whole st_dev: the handle keeps its low 32 bits."""
     w[0] = FH_VERSION
     w[1] = nanc
     w[2] = 0
     w[3] = 0
     put_be32(w + 4, export_id)
     put_be64(w + 8, ino)
-    put_be32(w + 16, dev)
+    put_be32(w + 16, <uint32_t>(dev & 0xFFFFFFFFULL))
     put_be32(w + 20, gen)
     if nanc:
         memcpy(w + FH_HEAD, anc_be, 8 * nanc)
@@ -59,18 +60,24 @@ cdef uint32_t fh_child_anc(unsigned char* anc_be, uint64_t dir_ino,
     return nanc
 
 
-def encode_fh(uint32_t export_id, uint64_t ino, dev, uint32_t gen, tuple anc):
-    """handles.py_encode_fh: the handle of an object (dev: any st_dev, its low 32 bits kept)."""
-    cdef Py_ssize_t nanc = len(anc)
+cdef uint32_t fh_put_anc(unsigned char* anc_be, tuple anc) except? 0xFFFFFFFF:
+    """A tuple of ancestor inodes as a handle carries them (room for
+    FH_MAX_ANC); their number.  ValueError for too many."""
+    cdef Py_ssize_t i, nanc = len(anc)
     if nanc > FH_MAX_ANC:
         raise ValueError("too many ancestors")
-    cdef unsigned char anc_be[8 * FH_MAX_ANC]
-    cdef unsigned char w[FH_MAX]
-    cdef Py_ssize_t i
     for i in range(nanc):
         put_be64(anc_be + 8 * i, <uint64_t>anc[i])
-    cdef Py_ssize_t n = fh_pack(w, export_id, ino, <uint32_t>(dev & 0xFFFFFFFF), gen,
-                                anc_be, <uint32_t>nanc)
+    return <uint32_t>nanc
+
+
+def encode_fh(uint32_t export_id, uint64_t ino, dev, uint32_t gen, tuple anc):
+    """handles.py_encode_fh: the handle of an object (dev: any st_dev, its low 32 bits kept)."""
+    cdef unsigned char anc_be[8 * FH_MAX_ANC]
+    cdef unsigned char w[FH_MAX]
+    cdef uint32_t nanc = fh_put_anc(anc_be, anc)
+    cdef Py_ssize_t n = fh_pack(w, export_id, ino, <uint64_t>(dev & 0xFFFFFFFFFFFFFFFF), gen,
+                                anc_be, nanc)
     return PyBytes_FromStringAndSize(<const char*>w, n)
 
 

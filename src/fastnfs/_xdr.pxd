@@ -53,6 +53,9 @@ cdef class Packer:
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _exports        # live buffer exports (getbuffer views)
 
+    cdef Py_ssize_t size(self) noexcept                   # bytes packed so far
+    cdef const unsigned char* bytes_at(self) noexcept     # where they are (valid until the next write)
+    cdef int restart(self) except -1                      # truncate(0)
     cdef unsigned char* extend(self, Py_ssize_t n) except NULL  # n bytes appended, uninitialised
     cdef int write_u32(self, uint32_t v) except -1
     cdef int write_i32(self, int32_t v) except -1

@@ -618,6 +618,19 @@ cdef class Packer:
         put_be64(_extend(self, 8), <uint64_t>v)
         return 0
 
+    cdef Py_ssize_t size(self) noexcept:
+        return self._len
+
+    cdef const unsigned char* bytes_at(self) noexcept:
+        return self._data
+
+    cdef int restart(self) except -1:
+        """Empty the buffer for the next reply (truncate(0) in C)."""
+        if self._exports:
+            raise BufferError("Existing exports of data: object cannot be re-sized")
+        self._len = 0
+        return 0
+
     cdef int write_raw(self, const unsigned char* p, Py_ssize_t n) except -1:
         cdef unsigned char* d = _extend(self, n)
         if n:
