@@ -51,7 +51,7 @@ from fastnfs._perm cimport access3_ids, allowed_ids, io_allowed_ids
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                               STATX_BTIME, c_statx, generation, makedev, statx,
                               statx_btime_ns, statx_names)
-from fastnfs._xdr cimport Packer, get_be32, get_be64, put_be32
+from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32
 from fastnfs.virtfs._meta cimport (MetaCache, cached_meta_at, child_meta_path_into,
                                    hidden_name, meta_path_into, overlay_statx)
 
@@ -119,15 +119,6 @@ cdef enum:
     X_OK = 1
 
 
-# ftype3 (RFC 1813 section 2.6) by the file type bits >> 12; anything unknown
-# reads as a regular file, as nfs3.types.put_fattr3 has it
-cdef uint32_t[16] _FTYPE3 = [1, 7, 4, 1, 2, 1, 3, 1, 1, 1, 5, 1, 6, 1, 1, 1]
-
-
-cdef inline uint32_t _ftype(uint32_t mode) noexcept nogil:
-    return _FTYPE3[(mode & S_IFMT) >> 12]
-
-
 cdef class _Export:
     """What the fast lane needs of one handles.Export and its backend, read once."""
 
@@ -151,7 +142,7 @@ cdef class _Probe:
 
 cdef inline int _fattr3(Packer p, statx* sx, uint64_t fsid) except -1:
     cdef uint32_t mode = sx.stx_mode
-    p.write_fattr3(_ftype(mode), mode & 0o7777, sx.stx_nlink, sx.stx_uid, sx.stx_gid,
+    p.write_fattr3(ftype3(mode), mode & 0o7777, sx.stx_nlink, sx.stx_uid, sx.stx_gid,
                    sx.stx_size, sx.stx_blocks * 512, sx.stx_rdev_major, sx.stx_rdev_minor,
                    fsid, sx.stx_ino,
                    sx.stx_atime.tv_sec * 1000000000 + sx.stx_atime.tv_nsec,

@@ -27,6 +27,25 @@ cdef inline void put_be64(unsigned char* d, uint64_t v) noexcept nogil:
     put_be32(d + 4, <uint32_t>v)
 
 
+# ftype3 (RFC 1813 section 2.6) of a mode's file type bits; anything unknown
+# reads as a regular file (nfs3.types.put_fattr3's table is the Python twin)
+cdef inline uint32_t ftype3(uint32_t mode) noexcept nogil:
+    cdef uint32_t t = mode & 0o170000
+    if t == 0o040000:
+        return 2                    # NF3DIR
+    if t == 0o060000:
+        return 3                    # NF3BLK
+    if t == 0o020000:
+        return 4                    # NF3CHR
+    if t == 0o120000:
+        return 5                    # NF3LNK
+    if t == 0o140000:
+        return 6                    # NF3SOCK
+    if t == 0o010000:
+        return 7                    # NF3FIFO
+    return 1                        # NF3REG
+
+
 cdef class Unpacker:
     cdef Py_buffer _view            # held for the Unpacker's lifetime
     cdef bint _have_view
