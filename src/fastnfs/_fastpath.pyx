@@ -7,11 +7,11 @@ nfs3/*.py) spends most of its time building Python objects.
 ``FastPath.answer`` takes the record, and when everything about the call is
 ordinary (NFSv3 with AUTH_SYS, a well-formed handle the filehandle cache
 places, a caller admitted before, the thread already holding the caller's
-credentials, a READ of at most 64 KiB the page cache holds, well-formed
-virtfs metadata) it builds the reply itself: statx(2) straight into the
-reply buffer, READ data by preadv2(RWF_NOWAIT) into the bytes that are sent.
-Anything else (an error other than a missing name, a cache miss, an unknown
-caller, a flawed metadata file, unfsd's -s view) returns None, and the
+credentials, a READ of at most 64 KiB the page cache holds) it builds the
+reply itself: statx(2) straight into the reply buffer, READ data by
+preadv2(RWF_NOWAIT) into the bytes that are sent.  Anything else (an error
+other than a missing name, a filehandle cache miss, an unknown caller, a
+symlink kept as a file, unfsd's -s view) returns None, and the
 general path answers; it is the reference, and tests/test_fastpath.py and the
 fuzzer's dispatch target hold the two to the same bytes.
 

@@ -11,7 +11,8 @@ the export root's own is ``ROOT/.virtfs_metadata_root``.  Both names are in
 ``HIDDEN``: the server must not list them, look them up or let clients create them.
 
 Reading is not here: the server reads metadata through ``virtfs.overlay``
-(and the fast lane), with its own stamp-checked cache.  The writers take an
+(the fast lane too, through the blocks of ``virtfs._meta``), with its own
+stamp-checked cache.  The writers take an
 optional ``cache=`` (a ``MetaCache`` keyed by ``(dir_key, name)``, where
 ``dir_key`` defaults to ``(st_dev, st_ino)`` of ``fstat(dir_fd)``) and keep
 it current: what they write is remembered under the new file's stamp
