@@ -76,30 +76,55 @@ def test_device_as_file_rule():
         assert f(S.S_IFDIR | 0o755, 1, 2, 4096, 0, NO_META) == (S.S_IFDIR | 0o755, 1, 2, 4096, 0)
 
 
-def test_cached_meta_twins_agree(tmp_path):
+def _both(fd, mp):
+    """meta_at's answer from each twin, each with a cache of its own kind."""
+    return [f(c, fd, mp, NO_META) for c, f in ((_py_cache, overlay.py_meta_at),
+                                              (_cx_cache, _cx.meta_at_py))]
+
+
+_py_cache = _cx_cache = None
+
+
+def test_meta_at_twins_agree(tmp_path):
+    global _py_cache, _cx_cache
     from fastnfs.virtfs.meta import MetaCache
+    _py_cache, _cx_cache = PyMetaCache(), MetaCache()
     d = tmp_path / "d"
-    (d / META_DIR.decode()).mkdir(parents=True)
-    mp = META_DIR + b"/f"
+    md = d / META_DIR.decode()
+    md.mkdir(parents=True)
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        caches = (PyMetaCache(), MetaCache())
-        for c, f in zip(caches, (overlay.py_cached_meta, _cx.cached_meta)):
-            assert f(c, fd, mp, NO_META) is NO_META            # no metadata file
-        (d / mp.decode()).write_text("virtfs.uid=7\n")
-        meta = Meta(7, -1, -1, -1)
-        for c, f in zip(caches, (overlay.py_cached_meta, _cx.cached_meta)):
-            assert f(c, fd, mp, NO_META) is None              # a miss
-            st = lstatat(fd, mp)
-            c.put((st.st_dev, st.st_ino), (st.st_size, st.st_mtime_ns, st.st_ctime_ns), meta)
-            assert f(c, fd, mp, NO_META) == meta              # a hit
-        (d / mp.decode()).write_text("virtfs.uid=8\nvirtfs.gid=8\n")
-        for c, f in zip(caches, (overlay.py_cached_meta, _cx.cached_meta)):
-            assert f(c, fd, mp, NO_META) is None              # rewritten: a miss again
+        assert _both(fd, META_DIR + b"/f") == [NO_META, NO_META]          # no metadata file
+        (md / "f").write_text("virtfs.uid=7\n")
+        assert _both(fd, META_DIR + b"/f") == [Meta(7, -1, -1, -1)] * 2   # read and cached
+        assert len(_py_cache) == len(_cx_cache) == 1
+        assert _both(fd, META_DIR + b"/f") == [Meta(7, -1, -1, -1)] * 2   # a hit
+        (md / "f").write_text("virtfs.uid=8\nvirtfs.gid=9\nvirtfs.mode=8630\nvirtfs.rdev=1283\n")
+        assert _both(fd, META_DIR + b"/f") == [Meta(8, 9, 8630, 1283)] * 2  # rewritten: read again
+        (md / "g").write_text("\n")
+        assert _both(fd, META_DIR + b"/g") == [NO_META, NO_META]          # says nothing
+        # flaws are left to Virtfs.meta, which warns: nothing cached here
+        (md / "bad").write_text("virtfs.uid=oops\n")
+        (md / "big").write_bytes(b"virtfs.uid=1\n" + b" " * 5000)
+        (md / "dir").mkdir()
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "h").write_text("virtfs.uid=4242\n")
+        (d / "lnk").symlink_to(outside)
+        os.symlink("../outside/h", md / "sym")
+        for mp in (b"bad", b"big", b"dir", b"sym"):
+            assert _both(fd, META_DIR + b"/" + mp) == [None, None], mp
+        assert _both(fd, b"lnk/h") == [None, None]                       # a symlink on the way
+        assert len(_py_cache) == len(_cx_cache) == 2                     # f and g only
     finally:
         os.close(fd)
 
 
+def test_metadata_size_limit_is_the_stores():
+    from fastnfs.virtfs.store import MAX_META_SIZE
+    assert MAX_META_SIZE == 4096   # virtfs/_meta.pyx's MAX_META_SIZE
+
+
 def test_the_module_uses_the_cython_twins():
     assert overlay.overlay_fields is _cx.overlay_fields
-    assert overlay.meta_path is _cx.meta_path and overlay.cached_meta is _cx.cached_meta
+    assert overlay.meta_path is _cx.meta_path and overlay.meta_at is _cx.meta_at_py

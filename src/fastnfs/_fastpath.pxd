@@ -67,7 +67,7 @@ cdef class FastPath:
     cdef int _count(self, uint32_t proc, bint ok, int64_t ns, host, Py_ssize_t nin,
                     Py_ssize_t nout) except -1
     cdef int _readlink(self, Packer p, _Export x, bytes path, statx* sx) except -2
-    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
-                      Py_ssize_t count)
+    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, object applied,
+                      uint64_t offset, Py_ssize_t count)
     cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
                            const fh_t* dir_fh) except -1

@@ -52,8 +52,8 @@ from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_ST
                               STATX_BTIME, c_statx, generation, makedev, statx,
                               statx_btime_ns, statx_names)
 from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32
-from fastnfs.virtfs._meta cimport (MetaCache, cached_meta_at, child_meta_path_into,
-                                   hidden_name, meta_path_into, overlay_statx)
+from fastnfs.virtfs._meta cimport (MetaCache, child_meta_path_into, hidden_name, meta_at,
+                                   meta_path_into, overlay_statx)
 
 from fastnfs import creds as creds_mod
 from fastnfs.fs import NFSError
@@ -155,21 +155,22 @@ cdef inline int _stat(int dirfd, const char* path, int flags, statx* sx) noexcep
     return c_statx(dirfd, path, flags, STATX_BASIC_STATS | STATX_BTIME, sx)
 
 
-cdef int _overlay(_Export x, bytes path, statx* sx) except -1:
-    """The object at path as clients see it (overlay.Virtfs.view): the cached
-    metadata laid over sx, or on a miss what the backend's reader reads."""
+cdef object _overlay(_Export x, bytes path, statx* sx):
+    """The object at path as clients see it (overlay.Virtfs.view): its
+    metadata laid over sx; the Meta laid, or None."""
     if x.meta is None:
-        return 0
+        return None
     cdef char mp[MAX_PATH]
     if meta_path_into(PyBytes_AS_STRING(path), len(path), mp, MAX_PATH) < 0:
         m = None
     else:
-        m = cached_meta_at(x.meta, x.root_fd, mp, x.no_meta)
+        m = meta_at(x.meta, x.root_fd, mp, x.no_meta)
     if m is None:
-        m = x.read_meta(path)
-    if m is not None and m is not x.no_meta:
-        overlay_statx(sx, m)
-    return 0
+        m = x.read_meta(path)     # a flaw: the backend reads it leniently, and warns
+    if m is None or m is x.no_meta:
+        return None
+    overlay_statx(sx, m)
+    return m
 
 
 cdef int _overlay_child(_Export x, int dirfd, bytes dpath, bytes name, statx* sx) except -1:
@@ -181,7 +182,7 @@ cdef int _overlay_child(_Export x, int dirfd, bytes dpath, bytes name, statx* sx
                             mp, sizeof(mp)) < 0:
         m = None
     else:
-        m = cached_meta_at(x.meta, dirfd, mp, x.no_meta)
+        m = meta_at(x.meta, dirfd, mp, x.no_meta)
     if m is None:
         m = x.read_meta(name if dpath == b"." else dpath + b"/" + name)
     if m is not None and m is not x.no_meta:
@@ -485,6 +486,7 @@ cdef class FastPath:
         cdef int fd
         cdef int rc
         cdef uint32_t real_mode = 0
+        applied = None
         if proc != LOOKUP or ino == x.root_ino:
             if ino == x.root_ino:
                 rc = _stat(x.root_fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &sx)
@@ -493,7 +495,7 @@ cdef class FastPath:
             if rc != 0 or not statx_names(&sx, ino, fh.dev, fh.gen):
                 return None
             real_mode = sx.stx_mode
-            _overlay(x, bpath, &sx)
+            applied = _overlay(x, bpath, &sx)
         cdef Packer p = self.out       # reused: the reply leaves as a copy, below
         p.restart()
         out = None
@@ -526,7 +528,7 @@ cdef class FastPath:
             if x.meta is not None and not io_allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid,
                                                          sx.stx_gid, sx.stx_mode, R_OK):
                 return None   # (VirtfsBackend.check_io) the general path refuses it
-            out = self._read(p, x, bpath, &sx, roff, count)
+            out = self._read(p, x, bpath, &sx, applied, roff, count)
             if out is None:
                 return None
         else:
@@ -645,8 +647,8 @@ cdef class FastPath:
         p.write_opaque(<const unsigned char*>buf, k)
         return 0
 
-    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
-                      Py_ssize_t count):
+    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, object applied,
+                      uint64_t offset, Py_ssize_t count):
         """The whole READ reply from the page cache only (RFC 1813 section 3.3.6):
         the header from p, the data read by the kernel straight into the bytes
         that leave.  None to decline: a read that would wait for the disk goes
@@ -660,7 +662,8 @@ cdef class FastPath:
                 or fsx.stx_ino != sx.stx_ino or statx_btime_ns(&fsx) != statx_btime_ns(sx):
             close(fd)
             return None
-        _overlay(x, path, &fsx)          # seen as clients see it
+        if applied is not None:          # seen as clients see it, as sx is
+            overlay_statx(&fsx, applied)
         p.write_u32(NFS3_OK)
         p.write_u32(1)
         _fattr3(p, &fsx, x.fsid)

@@ -23,7 +23,8 @@ cdef Py_ssize_t meta_path_into(const char* path, Py_ssize_t n, char* out,
                                Py_ssize_t cap) noexcept nogil
 cdef Py_ssize_t child_meta_path_into(const unsigned char* name, Py_ssize_t n, char* out,
                                      Py_ssize_t cap) noexcept nogil
-# the cached metadata of the file at dirfd/mp: absent when there is no such file, None on a miss
-cdef object cached_meta_at(MetaCache cache, int dirfd, const char* mp, object absent)
+# the metadata in the file dirfd/mp, from the cache or read: absent when there is no such
+# file, None for one with a flaw (overlay.Virtfs.meta reads that one and warns)
+cdef object meta_at(MetaCache cache, int dirfd, const char* mp, object absent)
 # a Meta laid over a statx result (the device-as-file rule included)
 cdef int overlay_statx(statx* sx, object meta) except -1

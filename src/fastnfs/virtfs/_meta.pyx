@@ -17,9 +17,9 @@ twins are in virtfs/store.py and virtfs/overlay.py:
 
 * ``hidden_name`` / ``is_hidden``: store.HIDDEN, the metadata's own names;
 * ``meta_path_into`` / ``meta_path``: overlay.py_meta_path;
-* ``cached_meta_at`` / ``cached_meta``: overlay.py_cached_meta, the cache hit
-  (the metadata file's stat checked against the stamp); a miss is read by
-  ``overlay.Virtfs.meta``, the one reader;
+* ``meta_at``: overlay.py_meta_at, the metadata reader with its cache (the
+  file's stat checked against the stamp; a clean file read, parsed and
+  cached); a file with a flaw is left to ``overlay.Virtfs.meta``, which warns;
 * ``overlay_statx`` / ``overlay_fields``: overlay.py_overlay_fields, the
   metadata laid over the disk's attributes with the device-as-file rule.
 """
@@ -28,13 +28,35 @@ cimport cython
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize,
                             PyBytes_GET_SIZE)
 from cpython.dict cimport PyDict_DelItem, PyDict_SetItem
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.object cimport Py_EQ, PyObject, PyObject_RichCompareBool
 from libc.stdint cimport UINT64_MAX, uint64_t
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memset
+from posix.unistd cimport close
 
 from fastnfs._fhcache cimport FHCache, _Node
-from fastnfs._fsstat cimport AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, c_statx, makedev, statx
+from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, c_statx,
+                              makedev, statx)
+
+cdef extern from "<fcntl.h>" nogil:
+    int O_RDONLY
+    int O_NONBLOCK
+    int O_NOCTTY
+    int O_NOFOLLOW
+    int O_CLOEXEC
+
+cdef extern from "<sys/syscall.h>" nogil:
+    long SYS_openat2
+    long syscall(long number, ...)
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t c_read "read"(int fd, void* buf, size_t count)
+
+cdef struct open_how:              # <linux/openat2.h>
+    unsigned long long flags
+    unsigned long long mode
+    unsigned long long resolve
 
 cdef extern from "<sys/sysmacros.h>" nogil:
     unsigned int c_major "major"(unsigned long long dev)
@@ -52,6 +74,10 @@ cdef enum:
     S_IFBLK = 0o060000
     S_IFIFO = 0o010000
     S_IFSOCK = 0o140000
+    MAX_META_SIZE = 4096            # store.MAX_META_SIZE (tests/test_virtfs_twins.py checks)
+    RESOLVE_NO_MAGICLINKS = 0x02
+    RESOLVE_NO_SYMLINKS = 0x04
+    RESOLVE_BENEATH = 0x08
 
 # store.META_DIR and store.META_ROOT (with their lengths)
 cdef const char* META_DIR = b".virtfs_metadata"
@@ -311,25 +337,56 @@ def meta_path(bytes path):
     return out[:k]
 
 
-cdef object cached_meta_at(MetaCache cache, int dirfd, const char* mp, object absent):
-    """The cached metadata of the file mp beneath dirfd, checked against its
-    stamp: absent when there is no such file, None on a miss (then
-    overlay.Virtfs.meta reads it)."""
-    cdef statx ms
-    cdef int rc
+cdef object meta_at(MetaCache cache, int dirfd, const char* mp, object absent):
+    """The metadata in the file mp beneath dirfd (overlay.py_meta_at's twin):
+    absent when there is no such file; from the cache when its stamp still
+    holds; else read, parsed and cached when the file is clean; None for a
+    file with any flaw (not a regular file, too big, a symlink on the way, a
+    problem in its lines), which overlay.Virtfs.meta reads and warns about.
+    absent is store.NO_META, and its type the one a Meta is made of."""
+    cdef statx ms, fs
+    cdef int rc, fd
+    cdef open_how how
+    cdef char buf[MAX_META_SIZE + 1]
+    cdef ssize_t k = -1
     with nogil:
         rc = c_statx(dirfd, mp, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &ms)
     if rc != 0:
         return absent
     key = (makedev(ms.stx_dev_major, ms.stx_dev_minor), ms.stx_ino)
-    return cache.lookup_stamp3(key, ms.stx_size,
-                               ms.stx_mtime.tv_sec * 1000000000 + ms.stx_mtime.tv_nsec,
-                               ms.stx_ctime.tv_sec * 1000000000 + ms.stx_ctime.tv_nsec)
+    cdef long long mtime = ms.stx_mtime.tv_sec * 1000000000 + ms.stx_mtime.tv_nsec
+    cdef long long ctime = ms.stx_ctime.tv_sec * 1000000000 + ms.stx_ctime.tv_nsec
+    m = cache.lookup_stamp3(key, ms.stx_size, mtime, ctime)
+    if m is not None:
+        return m
+    if (ms.stx_mode & S_IFMT) != S_IFREG or ms.stx_size > MAX_META_SIZE:
+        return None
+    memset(&how, 0, sizeof(how))
+    how.flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+    with nogil:
+        fd = <int>syscall(SYS_openat2, dirfd, mp, &how, sizeof(how))
+        if fd >= 0:
+            if c_statx(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &fs) == 0 \
+                    and fs.stx_ino == ms.stx_ino:
+                k = c_read(fd, buf, MAX_META_SIZE + 1)
+            close(fd)
+    if k < 0 or k > MAX_META_SIZE:
+        return None
+    uid, gid, mode, rdev, problems = parse_meta(PyBytes_FromStringAndSize(buf, k))
+    if problems:
+        return None
+    if uid < 0 and gid < 0 and mode < 0 and rdev < 0:
+        m = absent
+    else:
+        m = type(absent)(uid, gid, mode, rdev)
+    cache.store(key, ((ms.stx_size, mtime, ctime), m))
+    return m
 
 
-def cached_meta(MetaCache cache, int dirfd, bytes mp, absent):
-    """cached_meta_at for Python (overlay.py_cached_meta's twin)."""
-    return cached_meta_at(cache, dirfd, PyBytes_AS_STRING(mp), absent)
+def meta_at_py(MetaCache cache, int dirfd, bytes mp, absent):
+    """meta_at for Python (overlay uses it as ``meta_at``)."""
+    return meta_at(cache, dirfd, PyBytes_AS_STRING(mp), absent)
 
 
 cdef inline bint _stored_as_file(unsigned int real, unsigned long long size,
@@ -377,9 +434,12 @@ cdef int _overlay_meta(attrs_t* a, object meta) except -1:
     # a store.Meta: a tuple subclass of four integers
     if not PyTuple_Check(meta) or PyTuple_GET_SIZE(meta) != 4:
         raise TypeError("not a Meta: %r" % (meta,))
-    r = <object>PyTuple_GET_ITEM(meta, 3)
+    cdef object r = <object>PyTuple_GET_ITEM(meta, 3)
+    cdef int over = 0
+    cdef long long rdev = PyLong_AsLongLongAndOverflow(r, &over)   # -1: no key
     _overlay(a, <object>PyTuple_GET_ITEM(meta, 0), <object>PyTuple_GET_ITEM(meta, 1),
-             <object>PyTuple_GET_ITEM(meta, 2), r >= 0, <unsigned long long>r if r >= 0 else 0)
+             <object>PyTuple_GET_ITEM(meta, 2), over > 0 or rdev >= 0,
+             <unsigned long long>r if over > 0 else <unsigned long long>rdev)
     return 0
 
 

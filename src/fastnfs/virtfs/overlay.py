@@ -11,11 +11,11 @@ Reads cost one lstat of the metadata file on a cache hit: the cache is keyed
 by the metadata file's inode and checked against its stamp (size, mtime,
 ctime), so a file rewritten by anyone (a ptxdist rebuild) is read again.
 
-The rules (where the metadata lives, the cache hit, the overlay with the
-device-as-file rule) are in C in ``virtfs._meta``, which the fast lane
-cimports; the ``py_*`` functions here are their pure-Python twins
-(tests/test_virtfs_twins.py holds them equal).  ``Virtfs.meta`` is the one
-reader of a metadata file on a cache miss, for both paths.
+The rules (where the metadata lives, the reader with its cache, the overlay
+with the device-as-file rule) are in C in ``virtfs._meta``, which the fast
+lane cimports; the ``py_*`` functions here are their pure-Python twins
+(tests/test_virtfs_twins.py holds them equal).  A file with a flaw is left
+by both paths to ``Virtfs.meta``, which reads it leniently and warns once.
 """
 
 from __future__ import annotations
@@ -70,20 +70,70 @@ def py_meta_path(path: bytes) -> bytes:
     return path[:i] + b"/" + META_DIR + path[i:]
 
 
-def py_cached_meta(cache, dirfd: int, mp: bytes, absent):
-    """The cached metadata of the file mp beneath dirfd, checked against its
-    stamp: absent when there is no such file, None on a miss."""
+def py_meta_at(cache, dirfd: int, mp: bytes, absent):
+    """The metadata in the file mp beneath dirfd: absent when there is no such
+    file; from the cache when its stamp still holds; else read, parsed and
+    cached when the file is clean; None for a file with any flaw (not a
+    regular file, too big, a symlink on the way, a problem in its lines),
+    which Virtfs.meta reads and warns about.  absent is store.NO_META."""
     try:
         st = lstatat(dirfd, mp)
     except OSError:
         return absent
-    return cache.get((st.st_dev, st.st_ino), (st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    key = (st.st_dev, st.st_ino)
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    m = cache.get(key, stamp)
+    if m is not None:
+        return m
+    if not S.S_ISREG(st.st_mode) or st.st_size > MAX_META_SIZE:
+        return None
+    try:
+        fd = _open_beneath(dirfd, mp)
+    except OSError:
+        return None
+    try:
+        if fstat(fd).st_ino != st.st_ino:
+            return None
+        data = os.read(fd, MAX_META_SIZE + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_META_SIZE:
+        return None
+    uid, gid, mode, rdev, problems = parse_meta(data)
+    if problems:
+        return None
+    m = Meta(uid, gid, mode, rdev)
+    if m == absent:
+        m = absent
+    cache.put(key, stamp, m)
+    return m
 
 
-overlay_fields, meta_path, cached_meta = py_overlay_fields, py_meta_path, py_cached_meta
+def _open_beneath(dirfd: int, path: bytes) -> int:
+    """Open path beneath dirfd with no symlink anywhere on the way (openat2's
+    RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, one component at a time)."""
+    *dirs, last = path.split(b"/")
+    fd = dirfd
+    try:
+        for c in dirs:
+            if c in (b"", b".", b".."):
+                raise OSError(errno.EXDEV, "not beneath")
+            nfd = os.open(c, _DIR_PATH, dir_fd=fd)
+            if fd != dirfd:
+                os.close(fd)
+            fd = nfd
+        return os.open(last, _READ_FLAGS, dir_fd=fd)
+    finally:
+        if fd != dirfd:
+            os.close(fd)
+
+
+overlay_fields, meta_path, meta_at = py_overlay_fields, py_meta_path, py_meta_at
 _cx = load("virtfs._meta")
 if _cx is not None and MetaCache is _cx.MetaCache:  # the Cython twins, which the lane cimports
-    overlay_fields, meta_path, cached_meta = _cx.overlay_fields, _cx.meta_path, _cx.cached_meta
+    overlay_fields, meta_path, meta_at = _cx.overlay_fields, _cx.meta_path, _cx.meta_at_py
 
 
 class VStat:
@@ -160,14 +210,15 @@ class Virtfs:
     def meta(self, path: bytes) -> Meta | None:
         """The metadata of the object at path, or None when it has none."""
         mp = meta_path(path)
-        m = cached_meta(self.cache, self.root_fd, mp, NO_META)
+        m = meta_at(self.cache, self.root_fd, mp, NO_META)
         if m is None:
-            m = self._read(mp)
+            m = self._read(mp)   # a flaw: read it the lenient way, and warn
         return None if m is NO_META else m
 
     def _read(self, mp: bytes) -> Meta:
-        """Read, check and cache the metadata file at mp (a cache miss);
-        NO_META for one that says nothing or cannot be used (with a warning)."""
+        """Read, check and cache a metadata file meta_at found a flaw in (a
+        symlink above the entry's directory is allowed here); the warning
+        names the flaw.  NO_META for one that says nothing or cannot be used."""
         try:
             st = lstatat(self.root_fd, mp)
         except OSError:
