@@ -162,32 +162,35 @@ cdef object _overlay(_Export x, bytes path, statx* sx):
         return None
     cdef char mp[MAX_PATH]
     if meta_path_into(PyBytes_AS_STRING(path), len(path), mp, MAX_PATH) < 0:
-        m = None
-    else:
-        m = meta_at(x.meta, x.root_fd, mp, x.no_meta)
-    if m is None:
-        m = x.read_meta(path)     # a flaw: the backend reads it leniently, and warns
-    if m is None or m is x.no_meta:
-        return None
-    overlay_statx(sx, m)
-    return m
+        return _lay(x, None, path, sx)
+    return _lay(x, meta_at(x.meta, x.root_fd, mp, x.no_meta), path, sx)
 
 
-cdef int _overlay_child(_Export x, int dirfd, bytes dpath, bytes name, statx* sx) except -1:
+cdef object _overlay_child(_Export x, int dirfd, bytes dpath, bytes name, statx* sx):
     """_overlay for the entry name of the directory dpath, open at dirfd."""
     if x.meta is None:
-        return 0
+        return None
     cdef char mp[MAXNAMLEN + 32]
     if child_meta_path_into(<const unsigned char*>PyBytes_AS_STRING(name), len(name),
                             mp, sizeof(mp)) < 0:
         m = None
     else:
         m = meta_at(x.meta, dirfd, mp, x.no_meta)
+    path = None
+    if m is None:      # the entry's own path, for the reader (built only then)
+        path = name if dpath == b"." else dpath + b"/" + name
+    return _lay(x, m, path, sx)
+
+
+cdef object _lay(_Export x, m, bytes path, statx* sx):
+    """Lay m (what meta_at found) over sx; None from meta_at, a file with a
+    flaw, is read by the backend's lenient reader, which warns."""
     if m is None:
-        m = x.read_meta(name if dpath == b"." else dpath + b"/" + name)
-    if m is not None and m is not x.no_meta:
-        overlay_statx(sx, m)
-    return 0
+        m = x.read_meta(path)
+    if m is None or m is x.no_meta:
+        return None
+    overlay_statx(sx, m)
+    return m
 
 
 cdef inline bint _allowed(_Caller c, statx* sx, int want) noexcept:
