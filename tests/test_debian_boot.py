@@ -31,6 +31,7 @@ fastnfs is tried; if neither works, import and server run as root
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -174,6 +175,41 @@ def unprivileged_python() -> tuple[list[str] | None, dict, str]:
         if probe.returncode == 0 and probe.stdout.strip() == want:
             return setpriv + argv, env, note
     return None, {}, "no interpreter here can import this fastnfs as uid %d" % NOBODY
+
+
+def boot_setup(who: str):
+    """The cached tarball and how to run as uid 65534: (tar, timings, notes,
+    run_as, run_env); the notes say who runs as whom."""
+    timings: dict = {}
+    tar, built = rootfs_tar()
+    if built is not None:
+        timings["debootstrap+tar"] = built
+    run_as, run_env, note = unprivileged_python()
+    if run_as is None:
+        notes = ["%s run as ROOT (%s)" % (who, note)]
+    else:
+        notes = ["%s run as uid/gid %d via %s" % (who, NOBODY, note)]
+    return tar, timings, notes, run_as, run_env
+
+
+@contextlib.contextmanager
+def scratch_base(prefix: str):
+    """A /tmp directory owned by uid 65534 for a test's tree, and a list for the
+    servers serving it: the servers are stopped afterwards, and the directory is
+    removed unless the test failed (or FASTNFS_KEEP_TREE is set)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(base, 0o755)
+    os.chown(base, NOBODY, NOBODY)
+    servers: list = []
+    ok = False
+    try:
+        yield base, servers
+        ok = True
+    finally:
+        for srv in servers:
+            srv.stop()
+        if ok and not os.environ.get("FASTNFS_KEEP_TREE"):
+            subprocess.run(["rm", "-rf", "--one-file-system", str(base)])
 
 
 def serve_as(run_as, run_env: dict, dst: Path, args: list, tmp_path: Path):
@@ -347,7 +383,7 @@ def parse_guest_list(text: str) -> tuple[dict, list, list, str, list]:
     return entries, failed, errors, state, journal
 
 
-def compare(want: dict, got: dict, boot_start: float) -> tuple[list, dict]:
+def compare(want: dict, got: dict, since: float) -> tuple[list, dict]:
     """Mismatches (one line each) and counters.  Size and mtime are compared
     only for entries the boot did not modify (guest mtime before the boot)."""
     bad = []
@@ -370,7 +406,7 @@ def compare(want: dict, got: dict, boot_start: float) -> tuple[list, dict]:
             diffs.append("target %r != %r" % (g["target"], w["target"]))
         if w["rdev"] is not None and w["rdev"] != g.get("rdev"):
             diffs.append("rdev %s != %s" % (g.get("rdev"), w["rdev"]))
-        touched = g["mtime"] >= boot_start - 2
+        touched = g["mtime"] >= since - 2
         counts["touched_by_boot"] += touched
         if not touched:
             if w["size"] is not None and w["size"] != g["size"]:
@@ -403,9 +439,12 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # ---------------------------------------------------------------------------
 # booting and checking
 
-def boot_and_check(srv, dst: Path, tar: Path, notes: list, timings: dict, capsys) -> list:
+def boot_and_check(srv, dst: Path, tar: Path, notes: list, timings: dict, capsys,
+                   since: float) -> list:
     """Boot /sbin/init from DST served by srv, run the check unit, and compare the
-    guest's view of every entry with the tarball; returns the problems found."""
+    guest's view of every entry with the tarball (entries changed after `since`,
+    by the test's additions or the boot, are compared by type, owner and mode only);
+    returns the problems found."""
     # 3. boot systemd from it
     seen = {}
     t_boot = time.monotonic()
@@ -414,7 +453,6 @@ def boot_and_check(srv, dst: Path, tar: Path, notes: list, timings: dict, capsys
         if "multi-user.target" in line and "Reached target" in line:
             seen.setdefault("multi-user", time.monotonic() - t_boot)
 
-    boot_start = time.time()
     res = guest.run("exec /sbin/init", nfs_port=srv.port, export=str(dst),
                     mode="nfsroot", timeout=600, mem=512, until=DONE, echo=echo,
                     kernel_args="systemd.show_status=1 "
@@ -453,7 +491,7 @@ def boot_and_check(srv, dst: Path, tar: Path, notes: list, timings: dict, capsys
         problems.append("errors in the guest listing:\n    " + "\n    ".join(errors[:20]))
     t0 = time.monotonic()
     want = expected_entries(tar)
-    bad, counts = compare(want, got, boot_start)
+    bad, counts = compare(want, got, since)
     timings["compare"] = time.monotonic() - t0
     if bad:
         problems.append("%d entries differ from the tarball (guest != tar; first 40):"
@@ -482,26 +520,11 @@ def vm_ok():
 
 
 def test_debian_systemd_boots_from_a_virtfs_tree(vm_ok, tmp_path, capsys):
-    timings = {}
-    notes = []
-    tar, built = rootfs_tar()
-    if built is not None:
-        timings["debootstrap+tar"] = built
-
-    run_as, run_env, note = unprivileged_python()
-    if run_as is None:
-        notes.append("import and server run as ROOT (%s)" % note)
-    else:
-        notes.append("import and server run as uid/gid %d via %s" % (NOBODY, note))
+    tar, timings, notes, run_as, run_env = boot_setup("import and server")
     owner = (NOBODY, NOBODY)
 
-    base = Path(tempfile.mkdtemp(prefix="fastnfs-debian-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    os.chown(base, *owner)
-    dst = base / "root"
-    srv = None
-    keep = False
-    try:
+    with scratch_base("fastnfs-debian-") as (base, servers):
+        dst = base / "root"
         # 1. import the tarball as an ordinary user
         t0 = time.monotonic()
         if run_as is not None:
@@ -518,6 +541,7 @@ def test_debian_systemd_boots_from_a_virtfs_tree(vm_ok, tmp_path, capsys):
         assert (st.st_uid, st.st_gid) == owner
 
         # the check unit, as root-owned files of the tree
+        since = time.time()
         add_file(dst, "usr/local/sbin/fnfs-check", CHECK_SCRIPT, 0o755, owner)
         add_file(dst, "etc/systemd/system/fnfs-check.service", CHECK_UNIT, 0o644, owner)
         add_dirs(dst / "etc/systemd/system/multi-user.target.wants", owner)
@@ -532,15 +556,10 @@ def test_debian_systemd_boots_from_a_virtfs_tree(vm_ok, tmp_path, capsys):
 
         # 2. serve it (same user)
         srv = serve_as(run_as, run_env, dst, ["--virtfs"], tmp_path)
+        servers.append(srv)
 
-        problems = boot_and_check(srv, dst, tar, notes, timings, capsys)
-        keep = bool(problems)
+        problems = boot_and_check(srv, dst, tar, notes, timings, capsys, since)
         assert not problems, "\n".join(problems) + "\n(tree kept in %s)" % base
-    finally:
-        if srv is not None:
-            srv.stop()
-        if not keep and not os.environ.get("FASTNFS_KEEP_TREE"):
-            subprocess.run(["rm", "-rf", "--one-file-system", str(base)])
 
 
 PSEUDO_ADD_CHECK = """set -e
@@ -566,27 +585,12 @@ def test_debian_systemd_boots_from_a_pseudo_database(vm_ok, tmp_path, capsys):
     from test_pseudodb import pseudo_env, stop_pseudo
     if not shutil.which("pseudo"):
         _skip_or_fail("pseudo is not installed")
-    timings = {}
-    notes = []
-    tar, built = rootfs_tar()
-    if built is not None:
-        timings["debootstrap+tar"] = built
-    run_as, run_env, note = unprivileged_python()
-    if run_as is None:
-        notes.append("pseudo and the server run as ROOT (%s)" % note)
-        as_user = []
-    else:
-        notes.append("pseudo and the server run as uid/gid %d via %s" % (NOBODY, note))
-        as_user = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"]
+    tar, timings, notes, run_as, run_env = boot_setup("pseudo and the server")
+    as_user = run_as[:run_as.index("--clear-groups") + 1] if run_as else []
 
-    base = Path(tempfile.mkdtemp(prefix="fastnfs-debian-pseudo-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    os.chown(base, NOBODY, NOBODY)
-    dst = base / "rootfs"
-    state = base / "rootfs.pseudo_state"          # runqemu-extract-sdk's choice
-    srv = None
-    keep = False
-    try:
+    with scratch_base("fastnfs-debian-pseudo-") as (base, servers):
+        dst = base / "rootfs"
+        state = base / "rootfs.pseudo_state"          # runqemu-extract-sdk's choice
         for d in (dst, state):
             d.mkdir()
             os.chown(d, NOBODY, NOBODY)
@@ -598,6 +602,7 @@ def test_debian_systemd_boots_from_a_pseudo_database(vm_ok, tmp_path, capsys):
                                           "-xpf", "-"], stdin=f, env=env, cwd="/",
                                capture_output=True, text=True)
         assert r.returncode == 0, "pseudo tar -x failed:\n" + r.stderr[-3000:]
+        since = time.time()
         r = subprocess.run(as_user + ["pseudo", "sh", "-c", PSEUDO_ADD_CHECK], env=env,
                            cwd=str(dst), capture_output=True, text=True)
         assert r.returncode == 0, "adding the check unit failed:\n" + r.stderr[-3000:]
@@ -608,12 +613,7 @@ def test_debian_systemd_boots_from_a_pseudo_database(vm_ok, tmp_path, capsys):
 
         # 2. serve it from the database, no pseudo running (same user)
         srv = serve_as(run_as, run_env, dst, ["--pseudo", str(state)], tmp_path)
+        servers.append(srv)
 
-        problems = boot_and_check(srv, dst, tar, notes, timings, capsys)
-        keep = bool(problems)
+        problems = boot_and_check(srv, dst, tar, notes, timings, capsys, since)
         assert not problems, "\n".join(problems) + "\n(tree kept in %s)" % base
-    finally:
-        if srv is not None:
-            srv.stop()
-        if not keep and not os.environ.get("FASTNFS_KEEP_TREE"):
-            subprocess.run(["rm", "-rf", "--one-file-system", str(base)])
