@@ -231,8 +231,10 @@ class Server:
             cmd += extra or []
         self.cmd = cmd
         env = dict(os.environ, **pseudo_env) if kind == "unfsd-pseudo" else None
+        # unfsd-pseudo: pseudo runs unfsd as its child; stop() signals the whole group
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
+                                     stdin=subprocess.DEVNULL, env=env,
+                                     start_new_session=kind == "unfsd-pseudo")
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
@@ -274,6 +276,11 @@ class Server:
         return tree_cpu_seconds(self.pid)
 
     def stop(self) -> None:
+        if self.kind == "unfsd-pseudo":
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)   # pseudo and the unfsd below it
+            except ProcessLookupError:
+                pass
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -287,10 +294,10 @@ class Server:
 
 
 def stop_pseudo(env: dict) -> None:
-    """`pseudo -S`: the pseudo server saves files.db and exits (else it would hold the
-    database locked for 30 s more, into the next server's round)."""
-    subprocess.run(["pseudo", "-S"], env=dict(os.environ, **env), capture_output=True,
-                   timeout=60)
+    """`pseudo -S`, and wait until the pseudo server has saved files.db and exited
+    (else it would hold the database locked for 30 s more, into the next round)."""
+    from fastnfs.backends.pseudowriter import stop_server
+    stop_server(env["PSEUDO_LOCALSTATEDIR"], env["PSEUDO_PREFIX"])
 
 
 def loadgen(args: list, cpu: int | None = None, timeout: float = 600) -> dict:

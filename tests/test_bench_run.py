@@ -133,3 +133,6 @@ def test_pseudo_workload_tiny_run(tmp_path, capsys):
     finally:
         con.close()
     assert n >= 60
+    # nothing left behind: no pseudo server holds files.db, no unfsd lingers
+    from fastnfs.backends.pseudowriter import server_alive
+    assert server_alive(str(tmp_path / "pseudo-tree.pseudo_state")) is None

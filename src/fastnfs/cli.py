@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve owners, modes and device numbers from pseudo's database "
                         "STATEDIR/files.db (Yocto: the image's pseudo/ directory, or "
                         "runqemu's DIR.pseudo_state), read without locking it; entries "
-                        "without a row keep their host attributes, changes made by clients "
-                        "are kept in memory")
+                        "without a row keep their host attributes; what clients change is "
+                        "made through `pseudo` (PSEUDO_PREFIX, else the one on PATH), which "
+                        "records it in files.db when fastnfs stops")
     s.add_argument("--virtfs-symlinks", choices=["auto", "qemu", "host"], default="auto",
                    help="with --virtfs, how new symlinks are stored: 'qemu' as a file holding "
                         "the target with S_IFLNK metadata (what QEMU's mapped-file guests "
@@ -252,8 +253,9 @@ def serve(args, base: bytes = b"") -> int:
             config.preload, config.preload)
     if config.pseudo:
         logging.getLogger("fastnfs").info(
-            "owners, modes and device numbers from %s/files.db (read only; what clients "
-            "change is kept in memory until fastnfs stops)", config.pseudo)
+            "owners, modes and device numbers from %s/files.db (read without a lock; what "
+            "clients change is made through pseudo, which saves it when fastnfs stops)",
+            config.pseudo)
     os.umask(0)  # modes are exactly what clients ask for; they apply their own umask
     try:
         server = Server(config)

@@ -443,9 +443,28 @@ class PlainBackend(HostPaths, Backend):
     def _removed(self, op) -> None:
         """After an entry of op's directory went (virtfs: its metadata goes too)."""
 
+    # -- the disk calls that change names (pseudo's backend has pseudo make them) --
+    def _unlink_disk(self, op) -> None:
+        os.unlink(op.name, dir_fd=op.dfd)
+
+    def _rmdir_disk(self, op) -> None:
+        os.rmdir(op.name, dir_fd=op.dfd)
+
+    def _rename_disk(self, src, dst) -> None:
+        os.rename(src.name, dst.name, src_dir_fd=src.dfd, dst_dir_fd=dst.dfd)
+
+    def _link_disk(self, obj, op) -> None:
+        fd = self.open_obj(obj, os.O_PATH)
+        try:
+            # linkat through the pinned O_PATH fd: no path walk, no symlink follow
+            os.link("/proc/self/fd/%d" % fd, op.name, dst_dir_fd=op.dfd,
+                    follow_symlinks=True)
+        finally:
+            os.close(fd)
+
     def remove(self, cred, op) -> None:
         st = self._victim(cred, op, op.name)
-        os.unlink(op.name, dir_fd=op.dfd)
+        self._unlink_disk(op)
         if st.st_nlink <= 1:
             self.cache.discard(st.st_ino)
         self._removed(op)
@@ -458,11 +477,11 @@ class PlainBackend(HostPaths, Backend):
     def rmdir(self, cred, op) -> None:
         st = self._victim(cred, op, op.name)
         try:
-            os.rmdir(op.name, dir_fd=op.dfd)
+            self._rmdir_disk(op)
         except OSError as err:
             if err.errno != errno.ENOTEMPTY or not self._only_bookkeeping(op):
                 raise
-            os.rmdir(op.name, dir_fd=op.dfd)
+            self._rmdir_disk(op)
         self.cache.discard(st.st_ino)
         self._removed(op)
 
@@ -485,7 +504,7 @@ class PlainBackend(HostPaths, Backend):
             old = None
         if old is not None:
             self._check_replace(cred, dst)
-        os.rename(fname, tname, src_dir_fd=src.dfd, dst_dir_fd=dst.dfd)
+        self._rename_disk(src, dst)
         self._renamed(src, dst)
         if old is not None and old.st_ino != st.st_ino:
             self.cache.discard(old.st_ino)
@@ -498,13 +517,7 @@ class PlainBackend(HostPaths, Backend):
         if obj.is_dir:
             raise NFSError(C.NFS3ERR_ISDIR)
         try:
-            fd = self.open_obj(obj, os.O_PATH)
-            try:
-                # linkat through the pinned O_PATH fd: no path walk, no symlink follow
-                os.link("/proc/self/fd/%d" % fd, op.name, dst_dir_fd=op.dfd,
-                        follow_symlinks=True)
-            finally:
-                os.close(fd)
+            self._link_disk(obj, op)
             self._linked(obj, op)
         except OSError as err:
             if err.errno == errno.ENOENT:
