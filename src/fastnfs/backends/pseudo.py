@@ -54,7 +54,8 @@ class PseudoBackend(VirtfsBackend):
         stop_server(os.path.abspath(statedir), prefix)   # files.db then holds its latest
         self.db = PseudoDB(statedir)
         self.changes: dict[tuple, Meta] = {}   # (dev, ino) -> what a client set
-        self.writer = None if prefix is None else PseudoWriter(self.db.statedir, prefix)
+        self.writer = None if prefix is None else PseudoWriter(self.path, self.db.statedir,
+                                                               prefix)
         if self.writer is None:
             log.warning("no pseudo on PATH: what clients change under %s is kept in memory "
                         "only and lost when fastnfs stops", os.fsdecode(self.path))
@@ -63,9 +64,6 @@ class PseudoBackend(VirtfsBackend):
         if self.writer is not None:
             self.writer.close()       # pseudo saves what it recorded
         PlainBackend.close(self)
-
-    def _abs(self, path: bytes) -> bytes:
-        return self.path if path == b"." else self.path + b"/" + path
 
     def view(self, path: bytes, st):
         meta = self.changes.get((st.st_dev, st.st_ino))
@@ -78,21 +76,21 @@ class PseudoBackend(VirtfsBackend):
         return VStat(st, meta)
 
     # -- what clients change: pseudo records it, this process serves it ------------
-    def _tell(self, abspath: bytes, meta) -> None:
+    def _tell(self, path: bytes, meta) -> None:
         """pseudo records the owner, group and mode (chmod after chown: chown
         clears set-id bits; a symlink's mode means nothing)."""
         if self.writer is None:
             return
-        self.writer.call("chown", abspath, meta.uid, meta.gid)
+        self.writer.call("chown", path, meta.uid, meta.gid)
         if not S.S_ISLNK(meta.mode):
-            self.writer.call("chmod", abspath, meta.mode & 0o7777)
+            self.writer.call("chmod", path, meta.mode & 0o7777)
 
     def _write_meta(self, obj, meta) -> None:
-        self._tell(self._abs(obj.path), meta)
+        self._tell(obj.path, meta)
         self.changes[(obj.st.st_dev, obj.ino)] = meta
 
     def _record_new(self, op, meta) -> None:
-        self._tell(self._abs(join(op.d.path, op.name)), meta)
+        self._tell(join(op.d.path, op.name), meta)
         st = lstatat(op.dfd, op.name)
         self.changes[(st.st_dev, st.st_ino)] = meta
 
@@ -102,7 +100,7 @@ class PseudoBackend(VirtfsBackend):
         mode = 0o644 if attrs.mode is None else attrs.mode & 0o7777
         dev = makedev(major, minor)
         # pseudo records a device (on disk: an empty file) or makes the fifo/socket
-        self.writer.call("mknod", self._abs(join(op.d.path, op.name)), fmt | 0o600, dev)
+        self.writer.call("mknod", join(op.d.path, op.name), fmt | 0o600, dev)
         attrs.mode = None
         return self._created_meta(cred, op, attrs,
                                   new_meta(cred, op.before, fmt, mode,
@@ -112,23 +110,23 @@ class PseudoBackend(VirtfsBackend):
     def _unlink_disk(self, op) -> None:
         if self.writer is None:
             return PlainBackend._unlink_disk(self, op)
-        self.writer.call("unlink", self._abs(join(op.d.path, op.name)))
+        self.writer.call("unlink", join(op.d.path, op.name))
 
     def _rmdir_disk(self, op) -> None:
         if self.writer is None:
             return PlainBackend._rmdir_disk(self, op)
-        self.writer.call("rmdir", self._abs(join(op.d.path, op.name)))
+        self.writer.call("rmdir", join(op.d.path, op.name))
 
     def _rename_disk(self, src, dst) -> None:
         if self.writer is None:
             return PlainBackend._rename_disk(self, src, dst)
-        self.writer.call("rename", self._abs(join(src.d.path, src.name)),
-                         self._abs(join(dst.d.path, dst.name)))
+        self.writer.call("rename", join(src.d.path, src.name),
+                         join(dst.d.path, dst.name))
 
     def _link_disk(self, obj, op) -> None:
         if self.writer is None:
             return PlainBackend._link_disk(self, obj, op)
-        self.writer.call("link", self._abs(obj.path), self._abs(join(op.d.path, op.name)))
+        self.writer.call("link", obj.path, join(op.d.path, op.name))
 
     def _read_link(self, obj) -> bytes:
         return os.readlink(obj.path, dir_fd=self.root_fd)

@@ -15,7 +15,9 @@ Before files.db is read, a pseudo server still alive for STATEDIR is asked to
 save and stop (``stop_server``), so the rows read are pseudo's latest.
 
 The protocol on the helper's stdin/stdout: one request a line, fields separated
-by tabs, paths hex-encoded (they are bytes); the answer is ``0`` or an errno.
+by tabs, paths relative to the export root and hex-encoded (they are bytes),
+walked by the helper one directory at a time without following symlinks; the
+answer is ``0`` or an errno.
 """
 
 from __future__ import annotations
@@ -35,25 +37,60 @@ log = logging.getLogger("fastnfs.pseudo")
 WRITER = r'''
 import os, sys
 inp, out = sys.stdin.buffer, sys.stdout.buffer
-P = lambda h: bytes.fromhex(h.decode())
-OPS = {
-    b"chown": lambda p, u, g: os.lchown(P(p), int(u), int(g)),
-    b"chmod": lambda p, m: os.chmod(P(p), int(m)),
-    b"mknod": lambda p, m, d: os.mknod(P(p), int(m), int(d)),
-    b"rename": lambda a, b: os.rename(P(a), P(b)),
-    b"unlink": lambda p: os.unlink(P(p)),
-    b"rmdir": lambda p: os.rmdir(P(p)),
-    b"link": lambda a, b: os.link(P(a), P(b), follow_symlinks=False),
-}
+root = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def at(rel, fds):
+    """(directory fd, name) of a path relative to the root, walked one component
+    at a time without following a symlink (a client may swap one in meanwhile)."""
+    *dirs, name = bytes.fromhex(rel.decode()).split(b"/")
+    fd = root
+    for d in dirs:
+        fd = os.open(d, DIR, dir_fd=fd)
+        fds.append(fd)
+    return fd, name
+
+
+def run(op, args, fds):
+    if op == b"chown":
+        fd, n = at(args[0], fds)
+        os.chown(n, int(args[1]), int(args[2]), dir_fd=fd, follow_symlinks=False)
+    elif op == b"chmod":
+        fd, n = at(args[0], fds)
+        os.chmod(n, int(args[1]), dir_fd=fd, follow_symlinks=False)
+    elif op == b"mknod":
+        fd, n = at(args[0], fds)
+        os.mknod(n, int(args[1]), int(args[2]), dir_fd=fd)
+    elif op == b"unlink":
+        fd, n = at(args[0], fds)
+        os.unlink(n, dir_fd=fd)
+    elif op == b"rmdir":
+        fd, n = at(args[0], fds)
+        os.rmdir(n, dir_fd=fd)
+    elif op in (b"rename", b"link"):
+        (fa, a), (fb, b) = at(args[0], fds), at(args[1], fds)
+        if op == b"rename":
+            os.rename(a, b, src_dir_fd=fa, dst_dir_fd=fb)
+        else:
+            os.link(a, b, src_dir_fd=fa, dst_dir_fd=fb, follow_symlinks=False)
+    else:
+        raise OSError(22, "unknown request")
+
+
 out.write(b"ready\n")
 out.flush()
 for line in inp:
     op, *args = line.rstrip(b"\n").split(b"\t")
+    fds = []
     try:
-        OPS[op](*args)
+        run(op, args, fds)
         out.write(b"0\n")
     except OSError as e:
         out.write(b"%d\n" % (e.errno or 5))
+    finally:
+        for fd in fds:
+            os.close(fd)
     out.flush()
 '''
 
@@ -130,14 +167,15 @@ def stop_server(statedir: str, prefix: str | None, timeout: float = 30.0) -> boo
 class PseudoWriter:
     """The helper under pseudo, started at the first change; one request at a time."""
 
-    def __init__(self, statedir: str, prefix: str):
+    def __init__(self, root: bytes, statedir: str, prefix: str):
+        self.root = root
         self.statedir = statedir
         self.prefix = prefix
         self._proc = None
         self._lock = threading.Lock()
 
     def _start(self):
-        proc = subprocess.Popen(["pseudo", sys.executable, "-c", WRITER],
+        proc = subprocess.Popen(["pseudo", sys.executable, "-c", WRITER, self.root],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 env=_env(self.statedir, self.prefix), cwd="/",
                                 start_new_session=True)
@@ -148,7 +186,8 @@ class PseudoWriter:
         return proc
 
     def call(self, op: str, *args) -> None:
-        """One libc call under pseudo; OSError as the call raised it."""
+        """One libc call under pseudo (paths relative to the root); OSError as
+        the call raised it."""
         fields = [op.encode()] + [a.hex().encode() if isinstance(a, bytes) else b"%d" % a
                                   for a in args]
         with self._lock:
