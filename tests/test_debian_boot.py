@@ -175,6 +175,31 @@ def unprivileged_python() -> tuple[list[str] | None, dict, str]:
     return None, {}, "no interpreter here can import this fastnfs as uid %d" % NOBODY
 
 
+def serve_as(run_as, run_env: dict, export: Path, args: list, tmp_path: Path):
+    """A started FastnfsProcess serving export with args, as the user run_as
+    (unprivileged_python()'s argv prefix) or, when it is None, as root."""
+    if run_as is None:
+        return FastnfsProcess(export, args, log_path=tmp_path / "fastnfs.log").start()
+    wrapper = tmp_path / "python-as-nobody"
+    wrapper.write_text("#!/bin/sh\nexec %s \"$@\"\n" % " ".join(run_as))
+    wrapper.chmod(0o755)
+    real = sys.executable
+    sys.executable = str(wrapper)
+    try:
+        return FastnfsProcess(export, args, env=run_env,
+                              log_path=tmp_path / "fastnfs.log").start()
+    finally:
+        sys.executable = real
+
+
+def cleanup(srv, base: Path, keep: bool) -> None:
+    """Stop the server; remove the tree unless a failure (or FASTNFS_KEEP_TREE) keeps it."""
+    if srv is not None:
+        srv.stop()
+    if not keep and not os.environ.get("FASTNFS_KEEP_TREE"):
+        subprocess.run(["rm", "-rf", "--one-file-system", str(base)])
+
+
 # ---------------------------------------------------------------------------
 # what the guest runs after multi-user.target
 
@@ -384,6 +409,76 @@ def _fmt(k, v):
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
+def boot_and_check(srv, dst: Path, tar: Path, notes: list, timings: dict, capsys,
+                   tag: str = "debian-boot") -> list:
+    """Boot systemd with dst served by srv as the NFS root, then check the console,
+    the journal, the failed units and the guest's view of every entry against the
+    tarball.  The problems found (empty: all is well)."""
+    # 3. boot systemd from it
+    seen = {}
+    t_boot = time.monotonic()
+
+    def echo(line):
+        if "multi-user.target" in line and "Reached target" in line:
+            seen.setdefault("multi-user", time.monotonic() - t_boot)
+
+    boot_start = time.time()
+    res = guest.run("exec /sbin/init", nfs_port=srv.port, export=str(dst),
+                    mode="nfsroot", timeout=600, mem=512, until=DONE, echo=echo,
+                    kernel_args="systemd.show_status=1 "
+                                "systemd.mask=serial-getty@ttyS0.service")
+    timings["boot to multi-user"] = seen.get("multi-user")
+    timings["boot to check done"] = res.timeline.get("UNTIL", (None,))[0]
+    timings["qemu wall"] = res.wall_seconds
+    console = _ANSI.sub("", res.console)
+    assert res.ok, "the guest did not get to the check:\n%s\n%s" % (
+        res.failure, "\n".join(console.splitlines()[-60:]))
+
+    # 4. console checks
+    problems = []
+    if "multi-user" not in seen:
+        problems.append("no 'Reached target multi-user.target' on the console")
+    for needle in ("Failed to start", "[FAILED]", "unsafe path transition",
+                   "Dependency failed", "Kernel panic", "Timed out",
+                   "Stale file handle"):
+        hits = [l for l in console.splitlines() if needle in l]
+        if hits:
+            problems.append("console has %r:\n    %s" % (needle, "\n    ".join(hits[:10])))
+
+    # 5. the guest's view of every entry against the tarball
+    listing = (dst / LIST).read_text(errors="replace")
+    got, failed, errors, state, journal = parse_guest_list(listing)
+    if not journal:
+        problems.append("the guest listed no journal")
+    for needle in ("unsafe path transition", "Failed to start", "Dependency failed",
+                   "Permission denied", "Stale file handle", "Input/output error"):
+        hits = [l for l in journal if needle in l]
+        if hits:
+            problems.append("journal has %r:\n    %s" % (needle, "\n    ".join(hits[:10])))
+    if failed:
+        problems.append("failed units: %s" % failed)
+    if errors:
+        problems.append("errors in the guest listing:\n    " + "\n    ".join(errors[:20]))
+    t0 = time.monotonic()
+    want = expected_entries(tar)
+    bad, counts = compare(want, got, boot_start)
+    timings["compare"] = time.monotonic() - t0
+    if bad:
+        problems.append("%d entries differ from the tarball (guest != tar; first 40):"
+                        "\n    %s"
+                        % (len(bad), "\n    ".join(bad[:40])))
+    with capsys.disabled():
+        sys.stdout.write("\n[%s] %s\n[%s] timings: %s\n"
+                         "[%s] entries: %s; systemd state: %s; console log %s\n"
+                         % (tag, "; ".join(notes), tag,
+                            ", ".join("%s %.1fs" % (k, v) for k, v in timings.items()
+                                      if v is not None),
+                            tag, counts, state, res.log_path))
+    if "Traceback" in srv.log():
+        problems.append("the server logged a traceback:\n" + srv.log()[-3000:])
+    return problems
+
+
 # ---------------------------------------------------------------------------
 # the test
 
@@ -444,86 +539,86 @@ def test_debian_systemd_boots_from_a_virtfs_tree(vm_ok, tmp_path, capsys):
         assert check.returncode == 0, "virtfs check after import:\n" + check.stdout[-3000:]
 
         # 2. serve it (same user)
-        if run_as is not None:
-            wrapper = tmp_path / "python-as-nobody"
-            wrapper.write_text("#!/bin/sh\nexec %s \"$@\"\n" % " ".join(run_as))
-            wrapper.chmod(0o755)
-            real = sys.executable
-            sys.executable = str(wrapper)
-            try:
-                srv = FastnfsProcess(dst, ["--virtfs"], env=run_env,
-                                     log_path=tmp_path / "fastnfs.log").start()
-            finally:
-                sys.executable = real
-        else:
-            srv = FastnfsProcess(dst, ["--virtfs"], log_path=tmp_path / "fastnfs.log").start()
+        srv = serve_as(run_as, run_env, dst, ["--virtfs"], tmp_path)
 
-        # 3. boot systemd from it
-        seen = {}
-        t_boot = time.monotonic()
-
-        def echo(line):
-            if "multi-user.target" in line and "Reached target" in line:
-                seen.setdefault("multi-user", time.monotonic() - t_boot)
-
-        boot_start = time.time()
-        res = guest.run("exec /sbin/init", nfs_port=srv.port, export=str(dst),
-                        mode="nfsroot", timeout=600, mem=512, until=DONE, echo=echo,
-                        kernel_args="systemd.show_status=1 "
-                                    "systemd.mask=serial-getty@ttyS0.service")
-        timings["boot to multi-user"] = seen.get("multi-user")
-        timings["boot to check done"] = res.timeline.get("UNTIL", (None,))[0]
-        timings["qemu wall"] = res.wall_seconds
-        console = _ANSI.sub("", res.console)
-        assert res.ok, "the guest did not get to the check:\n%s\n%s" % (
-            res.failure, "\n".join(console.splitlines()[-60:]))
-
-        # 4. console checks
-        problems = []
-        if "multi-user" not in seen:
-            problems.append("no 'Reached target multi-user.target' on the console")
-        for needle in ("Failed to start", "[FAILED]", "unsafe path transition",
-                       "Dependency failed", "Kernel panic", "Timed out",
-                       "Stale file handle"):
-            hits = [l for l in console.splitlines() if needle in l]
-            if hits:
-                problems.append("console has %r:\n    %s" % (needle, "\n    ".join(hits[:10])))
-
-        # 5. the guest's view of every entry against the tarball
-        listing = (dst / LIST).read_text(errors="replace")
-        got, failed, errors, state, journal = parse_guest_list(listing)
-        if not journal:
-            problems.append("the guest listed no journal")
-        for needle in ("unsafe path transition", "Failed to start", "Dependency failed",
-                       "Permission denied", "Stale file handle", "Input/output error"):
-            hits = [l for l in journal if needle in l]
-            if hits:
-                problems.append("journal has %r:\n    %s" % (needle, "\n    ".join(hits[:10])))
-        if failed:
-            problems.append("failed units: %s" % failed)
-        if errors:
-            problems.append("errors in the guest listing:\n    " + "\n    ".join(errors[:20]))
-        t0 = time.monotonic()
-        want = expected_entries(tar)
-        bad, counts = compare(want, got, boot_start)
-        timings["compare"] = time.monotonic() - t0
-        if bad:
-            problems.append("%d entries differ from the tarball (guest != tar; first 40):"
-                            "\n    %s"
-                            % (len(bad), "\n    ".join(bad[:40])))
-        with capsys.disabled():
-            sys.stdout.write("\n[debian-boot] %s\n[debian-boot] timings: %s\n"
-                             "[debian-boot] entries: %s; systemd state: %s; console log %s\n"
-                             % ("; ".join(notes),
-                                ", ".join("%s %.1fs" % (k, v) for k, v in timings.items()
-                                          if v is not None),
-                                counts, state, res.log_path))
-        if "Traceback" in srv.log():
-            problems.append("the server logged a traceback:\n" + srv.log()[-3000:])
+        problems = boot_and_check(srv, dst, tar, notes, timings, capsys)
         keep = bool(problems)
         assert not problems, "\n".join(problems) + "\n(tree kept in %s)" % base
     finally:
-        if srv is not None:
-            srv.stop()
-        if not keep and not os.environ.get("FASTNFS_KEEP_TREE"):
-            subprocess.run(["rm", "-rf", "--one-file-system", str(base)])
+        cleanup(srv, base, keep)
+
+
+PSEUDO_ADD = r"""
+import os, sys
+root = sys.argv[1]
+for rel, data, perm in ((sys.argv[2], sys.argv[3], 0o755), (sys.argv[4], sys.argv[5], 0o644)):
+    p = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "w") as f:
+        f.write(data)
+    os.chmod(p, perm)
+wants = os.path.join(root, "etc/systemd/system/multi-user.target.wants")
+os.makedirs(wants, exist_ok=True)
+os.symlink("/" + sys.argv[4], os.path.join(wants, os.path.basename(sys.argv[4])))
+"""
+
+
+def test_debian_systemd_boots_from_a_pseudo_tree(vm_ok, tmp_path, capsys):
+    """Yocto's way (issue 12): the tree is unpacked by `pseudo tar -x` as an
+    ordinary user (runqemu-extract-sdk), then served by `fastnfs serve ROOT
+    --pseudo STATEDIR` as that user with no pseudo running.  systemd reaches
+    multi-user.target, every entry looks as the tarball has it, and what the
+    boot changed went through pseudo (its database intact afterwards)."""
+    if not shutil.which("pseudo"):
+        _skip_or_fail("pseudo is not installed")
+    from fastnfs.backends.pseudowriter import server_alive
+    timings: dict = {}
+    tar, built = rootfs_tar()
+    if built is not None:
+        timings["debootstrap+tar"] = built
+    run_as, run_env, note = unprivileged_python()
+    if run_as is None:
+        _skip_or_fail("needs an ordinary user to unpack and serve as: " + note)
+    notes = ["pseudo tar -x and server as uid/gid %d via %s" % (NOBODY, note)]
+    setpriv, python = run_as[:-1], run_as[-1]
+    base = Path(tempfile.mkdtemp(prefix="fastnfs-debian-pseudo-", dir="/tmp"))
+    dst, state = base / "root", base / "root.pseudo_state"
+    for d in (base, dst, state):
+        d.mkdir(exist_ok=True)
+        os.chmod(d, 0o755)
+        os.chown(d, NOBODY, NOBODY)
+    env = dict(os.environ, PSEUDO_PREFIX="/usr", PSEUDO_LOCALSTATEDIR=str(state), **run_env)
+    srv = None
+    keep = False
+    try:
+        t0 = time.monotonic()
+        r = subprocess.run(setpriv + ["pseudo", "tar", "-C", str(dst), "--numeric-owner",
+                                      "-xf", str(tar)], env=env, cwd="/",
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = subprocess.run(setpriv + ["pseudo", python, "-c", PSEUDO_ADD, str(dst),
+                                      "usr/local/sbin/fnfs-check", CHECK_SCRIPT,
+                                      "etc/systemd/system/fnfs-check.service", CHECK_UNIT],
+                           env=env, cwd="/", capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        subprocess.run(setpriv + ["pseudo", "-S"], env=env, cwd="/", capture_output=True)
+        deadline = time.monotonic() + 60
+        while server_alive(str(state)) is not None:
+            assert time.monotonic() < deadline, "pseudo's server did not stop"
+            time.sleep(0.1)
+        timings["pseudo tar -x"] = time.monotonic() - t0
+        assert os.lstat(dst / "etc" / "passwd").st_uid == NOBODY    # the disk is the user's
+
+        srv = serve_as(run_as, run_env, dst, ["--pseudo", str(state)], tmp_path)
+        problems = boot_and_check(srv, dst, tar, notes, timings, capsys, "debian-pseudo")
+        srv.stop()
+        if server_alive(str(state)) is not None:
+            problems.append("a pseudo server still holds %s after fastnfs stopped" % state)
+        from test_pseudo import db_integrity
+        ok = db_integrity(state / "files.db")
+        if ok != "ok":
+            problems.append("files.db integrity_check: %s" % ok)
+        keep = bool(problems)
+        assert not problems, "\n".join(problems) + "\n(tree kept in %s)" % base
+    finally:
+        cleanup(srv, base, keep)

@@ -161,7 +161,8 @@ def pseudo_view(rootfs, state) -> dict:
     return out
 
 
-def _integrity(db) -> str:
+def db_integrity(db) -> str:
+    """PRAGMA integrity_check of a files.db, opened without a lock."""
     import sqlite3
     con = sqlite3.connect("file:%s?immutable=1" % db, uri=True)
     try:
@@ -207,7 +208,7 @@ def test_serve_pseudo_database_directly(yocto, tmp_path):
     finally:
         srv.stop()
     assert "Traceback" not in srv.log()
-    assert _integrity(state / "files.db") == "ok"
+    assert db_integrity(state / "files.db") == "ok"
     # pseudo's own view, after fastnfs stopped: what the board saw
     view = pseudo_view(rootfs, state)
     for name, a in seen.items():
@@ -258,7 +259,7 @@ def test_a_live_pseudo_server_is_stopped_before_files_db_is_read(yocto):
         n.close()
     finally:
         srv.stop()
-    assert _integrity(state / "files.db") == "ok"
+    assert db_integrity(state / "files.db") == "ok"
 
 
 def test_pseudo_database_rewritten_by_pseudo_is_seen(yocto):
