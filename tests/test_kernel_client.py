@@ -3,7 +3,8 @@
 Each test boots Debian's kernel with a busybox initramfs (tests/vm/guest.py),
 mounts the server over slirp (the guest reaches the host's loopback as
 10.0.2.2, or with ipv6=True the host's ::1 as fec0::2) and runs a shell script
-as guest root; the server runs as root here.
+as guest root; the server runs as root here (as an ordinary user for the
+op_chmod test on an unprivileged plain export).
 """
 
 from __future__ import annotations
