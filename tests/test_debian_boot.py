@@ -581,8 +581,11 @@ def test_debian_systemd_boots_from_a_pseudo_database(vm_ok, tmp_path, capsys):
     `pseudo tar -x` as an ordinary user, so on disk everything belongs to that
     user and devices are empty files, then `fastnfs serve ROOTFS --pseudo
     STATEDIR` as the same user: owners, modes and device numbers come from
-    pseudo's files.db, and the board boots with every entry as in the tarball."""
+    pseudo's files.db, and the board boots with every entry as in the tarball;
+    what the boot changed went through pseudo, its database intact afterwards."""
+    from test_pseudo import db_integrity
     from test_pseudodb import pseudo_env, stop_pseudo
+    from fastnfs.backends.pseudowriter import server_alive
     if not shutil.which("pseudo"):
         _skip_or_fail("pseudo is not installed")
     tar, timings, notes, run_as, run_env = boot_setup("pseudo and the server")
@@ -616,4 +619,11 @@ def test_debian_systemd_boots_from_a_pseudo_database(vm_ok, tmp_path, capsys):
         servers.append(srv)
 
         problems = boot_and_check(srv, dst, tar, notes, timings, capsys, since)
+        # what the boot changed went through pseudo: it saved and exited, intact
+        srv.stop()
+        if server_alive(str(state)) is not None:
+            problems.append("a pseudo server still holds %s after fastnfs stopped" % state)
+        ok = db_integrity(state / "files.db")
+        if ok != "ok":
+            problems.append("files.db integrity_check: %s" % ok)
         assert not problems, "\n".join(problems) + "\n(tree kept in %s)" % base

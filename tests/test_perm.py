@@ -43,5 +43,29 @@ def test_access3_twins_agree(cred, uid, gid, mode, requested, read_only):
         perm.py_access3(cred, s, requested, read_only)
 
 
+@settings(max_examples=400, deadline=None)
+@given(creds, ids, ids, modes, st.sampled_from([perm.R, perm.W]))
+def test_io_allowed_twins_agree(cred, uid, gid, mode, want):
+    assert _cx.io_allowed(cred, uid, gid, mode, want) == \
+        perm.py_io_allowed(cred, uid, gid, mode, want)
+
+
+@pytest.mark.parametrize("rule", [perm.py_io_allowed, perm.io_allowed])
+def test_the_owner_may_read_and_write_whatever_the_mode(rule):
+    """RFC 1813 section 4.4 (no open): knfsd's owner override, for READ and
+    WRITE only; ACCESS keeps reporting the mode bits."""
+    owner = Cred(1, 1000, 100, (), b"m")
+    other = Cred(1, 1001, 200, (), b"m")
+    for want in (perm.R, perm.W):
+        assert rule(owner, 1000, 100, S.S_IFREG | 0o000, want)
+        assert not rule(other, 1000, 100, S.S_IFREG | 0o000, want)
+    assert rule(other, 1000, 100, S.S_IFREG | 0o001, perm.R)      # read if executable
+    assert not rule(other, 1000, 100, S.S_IFREG | 0o001, perm.W)
+    assert rule(Cred(1, 1001, 100, (), b"m"), 1000, 100, S.S_IFREG | 0o060, perm.W)
+    granted = perm.access3(owner, _St(1000, 100, S.S_IFREG), 0x3F, False)
+    assert granted == 0
+
+
 def test_the_module_uses_the_cython_twin():
     assert perm.allowed is _cx.allowed and perm.access3 is _cx.access3
+    assert perm.io_allowed is _cx.io_allowed

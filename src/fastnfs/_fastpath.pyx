@@ -37,7 +37,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 
 from fastnfs._fhcache cimport FHCache
-from fastnfs._perm cimport access3_ids, allowed_ids
+from fastnfs._perm cimport access3_ids, allowed_ids, io_allowed_ids
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                               STATX_BTIME, c_statx, generation, makedev, statx)
 from fastnfs._xdr cimport Packer
@@ -704,8 +704,8 @@ cdef class FastPath:
         elif proc == READ:
             if (sx.stx_mode & S_IFMT) != S_IFREG:
                 return None
-            if x.meta is not None and c.uid != sx.stx_uid \
-                    and not _allowed(c, &sx, X_OK) and not _allowed(c, &sx, R_OK):
+            if x.meta is not None and not io_allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid,
+                                                         sx.stx_gid, sx.stx_mode, R_OK):
                 return None   # (VirtfsBackend.check_io) the general path refuses it
             out = self._read(p, x, bpath, &sx, roff, count)
             if out is None:

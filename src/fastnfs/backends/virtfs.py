@@ -64,14 +64,9 @@ class VirtfsBackend(PlainBackend):
             raise NFSError(C.NFS3ERR_ACCES)
 
     def check_io(self, cred, st, want: int) -> None:
-        """READ/WRITE: the owner may always (a file created 0444 stays writable
-        through the open that created it); others need the mode bits; a file
-        that may be executed may be read."""
-        if cred.uid == st.st_uid:
-            return
-        if want == perm.R and perm.allowed(cred, st.st_uid, st.st_gid, st.st_mode, perm.X):
-            return
-        self.check(cred, st, want)
+        """READ/WRITE: the owner always, whatever the mode now (perm.io_allowed)."""
+        if not perm.io_allowed(cred, st.st_uid, st.st_gid, st.st_mode, want):
+            raise NFSError(C.NFS3ERR_ACCES)
 
     def check_delete(self, cred, dir_st, victim_st) -> None:
         """Removing or renaming an entry: sticky directories protect others' files."""
@@ -111,7 +106,7 @@ class VirtfsBackend(PlainBackend):
         disk = _sattr(size=a.size, atime=a.atime, mtime=a.mtime)
         if getattr(st, "stored_as_file", False) and disk.size is not None:
             raise NFSError(C.NFS3ERR_INVAL)
-        self._set_disk(obj, disk, S.S_IFMT(getattr(st, "real_mode", st.st_mode)))
+        self._set_disk(obj, disk, S.S_IFMT(getattr(st, "real_mode", st.st_mode)), cred)
 
     def _read_link(self, obj) -> bytes:
         if getattr(obj.st, "stored_as_file", False):
