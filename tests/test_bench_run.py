@@ -84,3 +84,22 @@ def test_mnt_goes_to_the_mount_port_when_it_has_its_own(tmp_path):
         same.close()
     finally:
         s.stop()
+
+
+def test_pss_counts_pages_shared_with_a_forked_child_once():
+    import os
+    import signal
+    import time
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        time.sleep(0.2)
+        rss = run.tree_rss_mb(os.getpid())
+        pss = run.tree_rss_mb(os.getpid(), "Pss:", "smaps_rollup")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    # the child shares nearly all its pages with this process
+    assert 0 < pss < rss * 0.8, (pss, rss)
