@@ -12,8 +12,6 @@ test retries with more data and skips, saying so, when it cannot tell.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -96,31 +94,22 @@ def test_getattr_answered_while_another_client_commits(export_dir):
     assert "Traceback" not in srv.log()
 
 
-def _minor_faults(pid: int) -> int:
-    with open("/proc/%d/stat" % pid) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[7])    # field 10, minflt
 
-
-def test_big_reads_reuse_reply_memory(export_dir):
-    """1 MiB READ replies, four outstanding, come from memory the server already
-    has: not a new mapping per reply, each of whose 256 pages faults in
-    (server.keep_reply_memory)."""
-    (export_dir / "big.bin").write_bytes(os.urandom(64 * MiB))
-    srv = FastnfsProcess(export_dir, ["--workers", "1"]).start()
-    loadgen = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "bench", "loadgen.py")
-
-    def stream():
-        subprocess.run([sys.executable, loadgen, "stream", "--mode", "read", "--port",
-                        str(srv.port), "--mount-port", str(srv.port), "--export",
-                        str(export_dir), "--path", "big.bin", "--size", str(64 * MiB),
-                        "--depth", "4"], check=True, capture_output=True, timeout=120)
+def test_cached_says_whether_a_read_would_wait(tmp_path):
+    """offload.cached: all of a range in the page cache (READ sent from the file,
+    by the event loop) or not (READ in the pool, which may wait for the disk)."""
+    from fastnfs import offload
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom(4 * MiB))
+    fd = os.open(f, os.O_RDONLY)
     try:
-        stream()                                     # warm: the heap grows once
-        f0 = _minor_faults(srv.proc.pid)
-        stream()
-        faults = _minor_faults(srv.proc.pid) - f0
+        os.fsync(fd)
+        os.pread(fd, 4 * MiB, 0)
+        assert offload.cached(fd, 0, 4 * MiB) and offload.cached(fd, 12345, MiB)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)      # clean pages: dropped
+        assert not offload.cached(fd, 0, 1) and not offload.cached(fd, 3 * MiB, MiB)
+        os.pread(fd, 4096, 0)                # that page (and some read ahead), not all
+        assert offload.cached(fd, 0, 4096)
+        assert not offload.cached(fd, 0, 4 * MiB)
     finally:
-        srv.stop()
-    # measured: 0 with it; ~700 without (new mappings for part of the replies)
-    assert faults < 64 * 4, "%d page faults for 64 READs of 1 MiB" % faults
+        os.close(fd)

@@ -1,15 +1,21 @@
-"""The TCP transport reads records in place (transport.RpcStreamProtocol).
+"""The TCP transport reads records in place and sends READ data from the file
+(transport.RpcStreamProtocol).
 
 Records are received straight into the connection's buffer (asyncio's
 BufferedProtocol) and handed on as views of it; a big fragment moves to a big
 buffer and is read up to its end; a call answered later keeps its bytes while
-the connection reads on in another buffer.
+the connection reads on in another buffer.  A reply whose data is lent from a
+file goes out as its head, the file's bytes by sendfile and the padding, in
+order behind whatever the transport still holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import struct
+import threading
 
 from fastnfs import transport
 from fastnfs.stats import Stats
@@ -147,3 +153,91 @@ def test_fragmented_record_and_split_marks():
         d.seen.clear()
         feed(p, stream, step)
         assert [s for _, s in d.seen] == [body, b"next"]
+
+
+class SocketTransport(FakeTransport):
+    """Queues writes like an event loop's transport that could not send yet."""
+
+    def __init__(self, sock, queued=b""):
+        super().__init__()
+        self.sock = sock
+        self.queued = [queued] if queued else []
+
+    def write(self, data):
+        self.queued.append(bytes(data))
+
+    def get_write_buffer_size(self):
+        return sum(len(b) for b in self.queued)
+
+    def get_extra_info(self, name, default=None):
+        if name == "socket":
+            return self.sock
+        return super().get_extra_info(name, default)
+
+    def flush(self):
+        self.sock.setblocking(True)
+        for b in self.queued:
+            self.sock.sendall(b)
+        self.sock.close()
+
+
+def send_file_case(tmp_path, file_bytes: bytes, offset: int, count: int, queued=b""):
+    """What the peer receives for a reply head b"HEAD" lent count bytes of a file."""
+    f = tmp_path / "data"
+    f.write_bytes(file_bytes)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    p, _, _ = make()
+    t = SocketTransport(a, queued)
+    p.connection_made(t)
+    reply = Packer(4)
+    reply.raw(b"HEAD")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(_read_all(b)))
+    reply_fd = os.open(f, os.O_RDONLY)
+    p.send_file(reply, (reply_fd, offset, count))
+    reader.start()
+    t.flush()
+    reader.join(30)
+    b.close()
+    try:
+        os.fstat(reply_fd)
+        raise AssertionError("send_file left the file open")
+    except OSError:
+        pass
+    return got[0]
+
+
+def _read_all(sock) -> bytes:
+    out = bytearray()
+    while True:
+        k = sock.recv(1 << 20)
+        if not k:
+            return bytes(out)
+        out += k
+
+
+def test_send_file_head_data_padding(tmp_path):
+    data = os.urandom(100003)
+    out = send_file_case(tmp_path, data, 7, 70001)
+    pad = -70001 & 3
+    assert out == struct.pack(">I", 0x80000000 | (4 + 70001 + pad)) + b"HEAD" \
+        + data[7:7 + 70001] + bytes(pad)
+
+
+def test_send_file_more_than_the_socket_takes(tmp_path):
+    data = os.urandom(16 << 20)        # the peer reads nothing until all was handed over
+    out = send_file_case(tmp_path, data, 0, len(data))
+    assert out == struct.pack(">I", 0x80000000 | (4 + len(data))) + b"HEAD" + data
+
+
+def test_send_file_behind_queued_bytes(tmp_path):
+    data = os.urandom(200000)
+    out = send_file_case(tmp_path, data, 0, len(data), queued=b"EARLIER")
+    assert out == b"EARLIER" + struct.pack(">I", 0x80000000 | (4 + len(data))) + b"HEAD" + data
+
+
+def test_send_file_of_a_file_that_shrank_keeps_the_record(tmp_path):
+    data = os.urandom(100000)
+    out = send_file_case(tmp_path, data, 0, 150000)    # promised more than is left
+    assert out == struct.pack(">I", 0x80000000 | (4 + 150000)) + b"HEAD" + data + bytes(50000)

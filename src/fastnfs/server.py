@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import creds, portmap
+from . import creds, offload, portmap
 from .dispatch import Dispatcher, use_fast_path
 from .handles import Export
 from .mount import MOUNT_PROGRAM, mount_program
@@ -74,6 +74,7 @@ class Server:
         self.stats = self.dispatcher.stats
         self.nfs.stats = self.stats
         use_fast_path(self.dispatcher, self.nfs)
+        self.dispatcher.lend_files = offload.can_lend()
         self.connections = Connections(self.stats, config.max_connections, config.idle_timeout)
         self.stats.caches["filehandle"] = lambda: _sum_caches(
             e.backend.cache for e in self.exports if hasattr(e.backend, "cache"))
@@ -388,31 +389,6 @@ def raise_fd_limit() -> None:
             pass
 
 
-# glibc mallopt parameters (<malloc.h>)
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-BIG_REPLY_HEAP = 4 << 20    # replies and records up to this size come from the heap
-KEEP_FREE_HEAP = 8 << 20    # free heap kept mapped instead of returned to the kernel
-
-
-def keep_reply_memory() -> bool:
-    """Take 1 MiB READ replies from memory already mapped, not fresh pages.
-
-    glibc serves an allocation over its mmap threshold with a new mapping and
-    unmaps it when freed, so every 1 MiB READ reply touched 256 new pages (one
-    page fault each: 11 % of the server's CPU in a sequential READ).  From the
-    heap, with the freed space kept up to KEEP_FREE_HEAP, the next reply reuses
-    them.  False where there is no glibc mallopt."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, BIG_REPLY_HEAP)) and \
-        bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREE_HEAP))
-
-
 def new_event_loop():
     try:
         import uvloop
@@ -446,7 +422,6 @@ def run(server: Server) -> int:
             f.write("%d\n" % os.getpid())
         os.replace(tmp, c.pid_file)  # readers never see an empty pid file
     raise_fd_limit()
-    keep_reply_memory()
     try:
         if c.workers > 1:
             if c.metrics:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 import time
 from types import CoroutineType
@@ -118,6 +119,7 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
         self.max_inflight = max_inflight
         self.transport = None
         self.peer = ("?", 0)
+        self._sock = -1       # the socket's fd, for replies sent from a file
         self._set_buffer(bytearray(RECV_SIZE))
         self._lo = 0          # the first byte not yet parsed
         self._hi = 0          # the end of the bytes received
@@ -144,6 +146,9 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (client_host(peer[0]), peer[1])  # IPv6 gives (host, port, flow, scope)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._sock = sock.fileno()
         if self.connections is not None and not self.connections.admit(self):
             self.connections = None
             transport.abort()
@@ -305,6 +310,8 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
             self._inflight += 1
             self._update_reading()
             asyncio.ensure_future(r).add_done_callback(self._reply_done)
+        elif type(r) is tuple:
+            self.send_file(*r)
         else:
             self._send(r)
 
@@ -320,6 +327,51 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
             return
         p.put_u32_at(0, LAST_FRAGMENT | _send_size(p))
         t.write(p.getbuffer())
+
+    def send_file(self, p, tail) -> None:
+        """Send the reply p followed by count bytes of the file fd from offset
+        and the XDR padding, then close fd (tail is (fd, offset, count)).
+
+        When nothing waits in the transport's buffer, the head goes to the
+        socket at once and the data by sendfile, from the page cache without a
+        copy; what the socket does not take then (it is full) is read from the
+        file and queued behind it.  The record's length was promised in its
+        mark: a file that shrank meanwhile gives zeros for the missing bytes.
+        """
+        fd, offset, count = tail
+        pad = -count & 3
+        try:
+            t = self.transport
+            if t is None or t.is_closing():
+                return
+            p.put_u32_at(0, LAST_FRAGMENT | (_send_size(p) + count + pad))
+            head = p.getbuffer()
+            sent = 0
+            if self._sock >= 0 and not t.get_write_buffer_size():
+                try:
+                    k = os.write(self._sock, head)
+                    head = head[k:]
+                    while not len(head) and sent < count:
+                        k = os.sendfile(self._sock, fd, offset + sent, count - sent)
+                        if k == 0:
+                            break                # the file ended early
+                        sent += k
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    t.abort()                    # the connection is gone
+                    return
+            if len(head):
+                t.write(head)
+            if sent < count:
+                rest = os.pread(fd, count - sent, offset + sent)
+                t.write(rest)
+                if len(rest) < count - sent:
+                    t.write(bytes(count - sent - len(rest)))
+            if pad:
+                t.write(bytes(pad))
+        finally:
+            os.close(fd)
 
     def _update_reading(self):
         t = self.transport
