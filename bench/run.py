@@ -97,9 +97,9 @@ def tree_cpu_seconds(root: int) -> float:
     return total / TICK
 
 
-def tree_rss_mb(root: int, field: str = "VmRSS:") -> float:
-    """Resident memory (VmRSS, or another /proc status field such as VmHWM:, the peak)
-    of root and all its descendants, in MB."""
+def tree_rss_mb(root: int, field: str = "VmRSS:", source: str = "status") -> float:
+    """Resident memory (VmRSS, or another /proc status field such as VmHWM:, the peak;
+    with source "smaps_rollup", Pss:) of root and all its descendants, in MB."""
     kids: dict = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -112,7 +112,7 @@ def tree_rss_mb(root: int, field: str = "VmRSS:") -> float:
     while todo:
         p = todo.pop()
         try:
-            with open("/proc/%d/status" % p) as f:
+            with open("/proc/%d/%s" % (p, source)) as f:
                 for line in f:
                     if line.startswith(field):
                         total += int(line.split()[1])
@@ -549,6 +549,7 @@ def wl_memory(a) -> list:
             ("%s: server RSS when ready (MB)" % t, "rss_start_mb", res, False),
             ("%s: server RSS at the end (MB)" % t, "rss_mb", res, False),
             ("%s: server peak RSS, sum of VmHWM (MB)" % t, "hwm_mb", res, False),
+            ("%s: server PSS at the end (MB)" % t, "pss_mb", res, False),
             ("%s: walks/s" % t, "walks_per_s", res, True),
             ("%s: calls per walk" % t, "calls_per_walk", res, False),
             ("%s: time for all clients (s)" % t, "seconds", res, False),
@@ -581,7 +582,8 @@ def wl_bootstorm(a) -> list:
                  ("%s: server CPU (%% of a core)" % t, "server_cpu_pct", res, None),
                  ("%s: server CPU per op (us)" % t, "server_cpu_us_per_op", res, False),
                  ("%s: generator CPU per op (us)" % t, "gen_cpu_us_per_op", res, None),
-                 ("%s: server RSS after the storm (MB)" % t, "rss_mb", res, False)]
+                 ("%s: server RSS after the storm (MB)" % t, "rss_mb", res, False),
+                 ("%s: server PSS after the storm (MB)" % t, "pss_mb", res, False)]
     return rows
 
 
@@ -625,6 +627,8 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
         th.join()
         result["rss_mb"] = tree_rss_mb(s.pid)  # after every client walked the tree
         result["hwm_mb"] = tree_rss_mb(s.pid, "VmHWM:")  # sum of each process's peak
+        # pages shared by the processes (forked workers, libraries) counted once
+        result["pss_mb"] = tree_rss_mb(s.pid, "Pss:", "smaps_rollup")
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -686,6 +690,17 @@ def loopback(a, io: int) -> dict:
     return r
 
 
+def fresh_file(path: str) -> None:
+    """Empty the file WRITE goes to, right before it: the page cache it held is freed
+    just then and every server writes into memory as warm.  (On this VM memory the
+    guest frees is handed back to the host within ~1.5 s, and writing into it again
+    costs ~10x the CPU: emptied before the server starts, the write of a server slower
+    to start landed in cold memory more often; see README.md, stream.)"""
+    with open(path, "wb"):
+        pass
+    os.sync()
+
+
 def wl_stream(a) -> list:
     d = os.path.join(a.workdir, "stream")
     os.makedirs(d, exist_ok=True)
@@ -701,9 +716,6 @@ def wl_stream(a) -> list:
     res: dict = {}
     for rnd in range(a.rounds):
         for kind in servers_for(a):
-            with open(dst, "wb"):
-                pass
-            os.sync()
             s = start(a, kind, d, a.server_cpu)
             try:
                 c0 = s.cpu_seconds()
@@ -715,6 +727,7 @@ def wl_stream(a) -> list:
                 # the loopback limit at this READ's size, in the same round, right after
                 # it (the server is idle meanwhile)
                 lo = loopback(a, r["io_size"])
+                fresh_file(dst)
                 w = loadgen(["stream", "--mode", "write", "--port", s.port,
                              "--mount-port", s.mount_port, "--export", s.tree,
                              "--path", "write.bin", "--size", a.size, "--depth", a.depth],

@@ -136,3 +136,22 @@ def test_pseudo_workload_tiny_run(tmp_path, capsys):
     # nothing left behind: no pseudo server holds files.db, no unfsd lingers
     from fastnfs.backends.pseudowriter import server_alive
     assert server_alive(str(tmp_path / "pseudo-tree.pseudo_state")) is None
+
+
+def test_pss_counts_pages_shared_with_a_forked_child_once():
+    import os
+    import signal
+    import time
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        time.sleep(0.2)
+        rss = run.tree_rss_mb(os.getpid())
+        pss = run.tree_rss_mb(os.getpid(), "Pss:", "smaps_rollup")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    # the child shares nearly all its pages with this process
+    assert 0 < pss < rss * 0.8, (pss, rss)

@@ -19,7 +19,7 @@ import os
 import stat as S
 import time
 
-from .. import creds, perm
+from .. import creds, offload, perm
 from .._accel import load
 from ..fs import NFSError, join, nfsstat_of, check_name, scan_listing
 from ..fsstat import fstat, lstatat
@@ -303,6 +303,22 @@ class PlainBackend(HostPaths, Backend):
             return st, n
         finally:
             os.close(fd)
+
+    def lend_read(self, cred, obj, offset: int, count: int, head):
+        if offset > MAX_OFFSET:
+            return None
+        fd = self.open_obj(obj, os.O_RDONLY)
+        try:
+            st = self.view(obj.path, fstat(fd))
+            n = max(0, min(count, st.st_size - offset))
+            if not offload.lend_read(n) or not offload.cached(fd, offset, n):
+                os.close(fd)
+                return None
+        except BaseException:
+            os.close(fd)
+            raise
+        head(st)
+        return st, fd, n
 
     def write(self, cred, obj, offset: int, data, stable: int):
         fd = self.open_io(cred, obj, os.O_WRONLY)
