@@ -6,6 +6,7 @@
     python3 bench/run.py bootstorm --unfsd /path/to/unfsd [--clients 16,64]
     python3 bench/run.py stream    --unfsd /path/to/unfsd [--size 1G]
     python3 bench/run.py virtfs                            (fastnfs --virtfs vs fastnfs)
+    python3 bench/run.py pseudo    --unfsd /path/to/unfsd  (serve --pseudo vs pseudo unfsd)
     python3 bench/run.py memory    [--unfsd ...] --rounds 1 (RSS, 100,000-entry tree)
     python3 bench/run.py all       --unfsd /path/to/unfsd
     python3 bench/run.py all       --ganesha /usr/bin/ganesha.nfsd   (as root, rpcbind running)
@@ -96,9 +97,9 @@ def tree_cpu_seconds(root: int) -> float:
     return total / TICK
 
 
-def tree_rss_mb(root: int, field: str = "VmRSS:") -> float:
-    """Resident memory (VmRSS, or another /proc status field such as VmHWM:, the peak)
-    of root and all its descendants, in MB."""
+def tree_rss_mb(root: int, field: str = "VmRSS:", source: str = "status") -> float:
+    """Resident memory (VmRSS, or another /proc status field such as VmHWM:, the peak;
+    with source "smaps_rollup", Pss:) of root and all its descendants, in MB."""
     kids: dict = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -111,7 +112,7 @@ def tree_rss_mb(root: int, field: str = "VmRSS:") -> float:
     while todo:
         p = todo.pop()
         try:
-            with open("/proc/%d/status" % p) as f:
+            with open("/proc/%d/%s" % (p, source)) as f:
                 for line in f:
                     if line.startswith(field):
                         total += int(line.split()[1])
@@ -191,8 +192,10 @@ class Server:
     on the NFS port)."""
 
     def __init__(self, kind: str, tree: str, workdir: str, unfsd: str | None = None,
-                 cpu: int | None = None, extra: list | None = None, ganesha: str | None = None):
+                 cpu: int | None = None, extra: list | None = None, ganesha: str | None = None,
+                 pseudo_env: dict | None = None):
         self.kind = kind
+        self.pseudo_env = pseudo_env
         self.tree = os.path.realpath(tree)
         self.port = free_port()
         self.mount_port = self.port
@@ -210,21 +213,28 @@ class Server:
                 f.write(ganesha_config(self.tree, self.port, self.mount_port))
             cmd = pin + [ganesha, "-F", "-L", self.log.name, "-N", "NIV_EVENT", "-f", conf,
                          "-p", os.path.join(workdir, "ganesha-%d.pid" % self.port)]
-        elif kind == "unfsd":
+        elif kind in ("unfsd", "unfsd-pseudo"):
             exports = os.path.join(workdir, "exports-%d" % self.port)
             with open(exports, "w") as f:
                 f.write("%s (rw,no_root_squash,insecure)\n" % self.tree)
-            cmd = pin + [unfsd, "-e", exports, "-n", str(self.port), "-m", str(self.port),
-                         "-p", "-d", "-l", "127.0.0.1"]
+            # unfsd-pseudo: under pseudo's preload, as runqemu-export-rootfs starts it
+            cmd = pin + (["pseudo"] if kind == "unfsd-pseudo" else []) + [
+                unfsd, "-e", exports, "-n", str(self.port), "-m", str(self.port),
+                "-p", "-d", "-l", "127.0.0.1"]
         else:
             cmd = pin + [sys.executable, "-m", "fastnfs", "serve", self.tree, "-n", str(self.port),
                          "-p", "-d", "-l", "127.0.0.1"]
             if kind == "fastnfs-virtfs":
                 cmd.append("--virtfs")
+            if kind == "fastnfs-pseudo":   # pseudo's files.db read directly, no pseudo
+                cmd += ["--pseudo", pseudo_env["PSEUDO_LOCALSTATEDIR"]]
             cmd += extra or []
         self.cmd = cmd
+        env = dict(os.environ, **pseudo_env) if kind == "unfsd-pseudo" else None
+        # unfsd-pseudo: pseudo runs unfsd as its child; stop() signals the whole group
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=env,
+                                     start_new_session=kind == "unfsd-pseudo")
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
@@ -266,6 +276,11 @@ class Server:
         return tree_cpu_seconds(self.pid)
 
     def stop(self) -> None:
+        if self.kind == "unfsd-pseudo":
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)   # pseudo and the unfsd below it
+            except ProcessLookupError:
+                pass
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -273,7 +288,16 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.kind == "unfsd-pseudo":
+            stop_pseudo(self.pseudo_env)
         self.log.close()
+
+
+def stop_pseudo(env: dict) -> None:
+    """`pseudo -S`, and wait until the pseudo server has saved files.db and exited
+    (else it would hold the database locked for 30 s more, into the next round)."""
+    from fastnfs.backends.pseudowriter import stop_server
+    stop_server(env["PSEUDO_LOCALSTATEDIR"], env["PSEUDO_PREFIX"])
 
 
 def loadgen(args: list, cpu: int | None = None, timeout: float = 600) -> dict:
@@ -331,7 +355,8 @@ def servers_for(a) -> list:
 
 
 def start(a, kind: str, tree: str, cpu: int | None) -> Server:
-    return Server(kind, tree, a.workdir, a.unfsd, cpu=cpu, extra=a.fastnfs_arg, ganesha=a.ganesha)
+    return Server(kind, tree, a.workdir, a.unfsd, cpu=cpu, extra=a.fastnfs_arg, ganesha=a.ganesha,
+                  pseudo_env=getattr(a, "pseudo_env", None))
 
 
 # ---------------------------------------------------------------- workloads
@@ -360,6 +385,43 @@ def wl_getattr(a) -> list:
             ("generator CPU per op (us)", "gen_cpu_us_per_op", res, False)]
 
 
+def getattr_all_round(a, s: Server) -> dict:
+    """One getattr-all measurement against the started server s (stopped after):
+    loadgen collects every handle untimed, then GETATTRs them for --duration."""
+    try:
+        pin = ["taskset", "-c", str(a.cpu)] if a.cpu is not None else []
+        p = subprocess.Popen(pin + [sys.executable, LOADGEN, "getattr-all", "--sync",
+                                    "--port", str(s.port),
+                                    "--mount-port", str(s.mount_port),
+                                    "--export", s.tree,
+                                    "--duration", str(a.duration),
+                                    "--handles", str(a.handles)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            if p.stdout.readline().strip() != "collected":
+                raise RuntimeError("loadgen failed: %s" % p.communicate()[1][-3000:])
+            c0 = s.cpu_seconds()   # handles collected: the timed part starts
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            if p.stdout.readline().strip() != "timed":
+                raise RuntimeError("loadgen failed: %s" % p.communicate()[1][-3000:])
+            c1 = s.cpu_seconds()
+            out, err = p.communicate("go\n", timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if p.returncode != 0:
+            raise RuntimeError("loadgen failed: %s" % err[-3000:])
+        r = json.loads(out.strip().splitlines()[-1])
+        r["server_cpu_us_per_op"] = (c1 - c0) / r["ops"] * 1e6
+        r["rss_mb"] = tree_rss_mb(s.pid)
+    finally:
+        s.stop()
+    return r
+
+
 def wl_getattr_all(a) -> list:
     """GETATTR over every handle of each tree (shuffled), one connection, one outstanding."""
     rows = []
@@ -368,38 +430,7 @@ def wl_getattr_all(a) -> list:
         res: dict = {}
         for rnd in range(a.rounds):
             for kind in servers_for(a):
-                s = start(a, kind, tree, a.cpu)
-                try:
-                    pin = ["taskset", "-c", str(a.cpu)] if a.cpu is not None else []
-                    p = subprocess.Popen(pin + [sys.executable, LOADGEN, "getattr-all", "--sync",
-                                                "--port", str(s.port),
-                                                "--mount-port", str(s.mount_port),
-                                                "--export", s.tree,
-                                                "--duration", str(a.duration),
-                                                "--handles", str(a.handles)],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
-                    try:
-                        if p.stdout.readline().strip() != "collected":
-                            raise RuntimeError("loadgen failed: %s" % p.communicate()[1][-3000:])
-                        c0 = s.cpu_seconds()   # handles collected: the timed part starts
-                        p.stdin.write("go\n")
-                        p.stdin.flush()
-                        if p.stdout.readline().strip() != "timed":
-                            raise RuntimeError("loadgen failed: %s" % p.communicate()[1][-3000:])
-                        c1 = s.cpu_seconds()
-                        out, err = p.communicate("go\n", timeout=60)
-                    finally:
-                        if p.poll() is None:
-                            p.kill()
-                            p.wait()
-                    if p.returncode != 0:
-                        raise RuntimeError("loadgen failed: %s" % err[-3000:])
-                    r = json.loads(out.strip().splitlines()[-1])
-                    r["server_cpu_us_per_op"] = (c1 - c0) / r["ops"] * 1e6
-                    r["rss_mb"] = tree_rss_mb(s.pid)
-                finally:
-                    s.stop()
+                r = getattr_all_round(a, start(a, kind, tree, a.cpu))
                 log(a, "round %d %s %d entries: %d handles (collected in %.1f s, %s), "
                        "%.0f ops/s (%.1f passes) p50 %.1f us p99 %.1f us, server %.1f us/op, "
                        "%d errors" % (rnd + 1, kind, entries, r["handles"], r["collect_s"],
@@ -418,6 +449,83 @@ def wl_getattr_all(a) -> list:
                  ("%s: GETATTR errors" % t, "errors", res, False),
                  ("%s: handle collection, untimed (s)" % t, "collect_s", res, None)]
     return rows
+
+
+PSEUDO_TREE_CODE = r'''
+import os, stat, sys
+sys.path.insert(0, sys.argv[1])
+import mktree
+root, entries = sys.argv[2], int(sys.argv[3])
+n = mktree.make_tree(root, entries)
+# every entry gets an owner, a group (and some a setuid mode) of its own in pseudo's database
+i = 0
+for d, dirs, files in os.walk(root):
+    for name in dirs + files:
+        p = os.path.join(d, name)
+        i += 1
+        os.lchown(p, i % 7, i % 5)
+        if stat.S_ISREG(os.lstat(p).st_mode) and i % 11 == 0:
+            os.chmod(p, 0o4755)
+os.makedirs(os.path.join(root, "dev"), exist_ok=True)
+for k in range(16):
+    os.mknod(os.path.join(root, "dev", "tty%d" % k), stat.S_IFCHR | 0o620, os.makedev(4, k))
+print(n + 16)
+'''
+
+
+def pseudo_tree(a) -> tuple:
+    """WORKDIR/pseudo-tree (--entries, default 10,000) made under pseudo with its own
+    PSEUDO_LOCALSTATEDIR, WORKDIR/pseudo-tree.pseudo_state: mktree's tree, every entry
+    chown'ed (some chmod'ed setuid) through pseudo, 16 character devices made with
+    mknod; made once, reused while its stamp holds.  (tree, pseudo's environment)."""
+    entries = a.entries[0]
+    tree = os.path.join(a.workdir, "pseudo-tree")
+    state = tree + ".pseudo_state"
+    env = {"PSEUDO_PREFIX": a.pseudo_prefix, "PSEUDO_LOCALSTATEDIR": state}
+    stamp = os.path.join(state, "fastnfs-bench-done")
+    if not (os.path.exists(stamp) and open(stamp).read() == "%d\n" % entries):
+        if os.path.isdir(state):
+            stop_pseudo(env)
+        subprocess.run(["rm", "-rf", tree, state], check=True)
+        os.makedirs(state)
+        t0 = time.monotonic()
+        r = subprocess.run(["pseudo", sys.executable, "-c", PSEUDO_TREE_CODE, HERE, tree,
+                            str(entries)], env=dict(os.environ, **env), capture_output=True,
+                           text=True)
+        stop_pseudo(env)      # files.db saved before anyone reads it
+        if r.returncode != 0:
+            raise RuntimeError("making the tree under pseudo failed:\n" + r.stderr[-3000:])
+        log(a, "tree %s: %s entries owned through pseudo (%.1f s)"
+            % (tree, r.stdout.strip(), time.monotonic() - t0))
+        with open(stamp, "w") as f:
+            f.write("%d\n" % entries)
+    warm_tree(a, tree)
+    return os.path.realpath(tree), env
+
+
+def pseudo_kinds(a) -> list:
+    return ["fastnfs-pseudo"] + (["unfsd-pseudo"] if a.unfsd else [])
+
+
+def wl_pseudo(a) -> list:
+    """A Yocto rootfs owned through pseudo: GETATTR over every handle, fastnfs reading
+    files.db directly (`serve --pseudo STATEDIR`, no pseudo running) against unfsd
+    under pseudo's preload (`pseudo unfsd ...`, as runqemu starts it)."""
+    tree, a.pseudo_env = pseudo_tree(a)
+    res: dict = {}
+    for rnd in range(a.rounds):
+        for kind in pseudo_kinds(a):
+            r = getattr_all_round(a, start(a, kind, tree, a.cpu))
+            log(a, "round %d %s: %d handles, %.0f ops/s p50 %.1f us, server %.1f us/op, "
+                   "%d errors" % (rnd + 1, kind, r["handles"], r["ops_per_s"], r["p50_us"],
+                                  r["server_cpu_us_per_op"], r["errors"]))
+            res.setdefault(kind, []).append(r)
+    return [("filehandles (GETATTR targets)", "handles", res, None),
+            ("GETATTR ops/s (1 outstanding)", "ops_per_s", res, True),
+            ("GETATTR p50 latency (us)", "p50_us", res, False),
+            ("GETATTR p99 latency (us)", "p99_us", res, False),
+            ("server CPU per op (us)", "server_cpu_us_per_op", res, False),
+            ("GETATTR errors", "errors", res, False)]
 
 
 def wl_memory(a) -> list:
@@ -441,6 +549,7 @@ def wl_memory(a) -> list:
             ("%s: server RSS when ready (MB)" % t, "rss_start_mb", res, False),
             ("%s: server RSS at the end (MB)" % t, "rss_mb", res, False),
             ("%s: server peak RSS, sum of VmHWM (MB)" % t, "hwm_mb", res, False),
+            ("%s: server PSS at the end (MB)" % t, "pss_mb", res, False),
             ("%s: walks/s" % t, "walks_per_s", res, True),
             ("%s: calls per walk" % t, "calls_per_walk", res, False),
             ("%s: time for all clients (s)" % t, "seconds", res, False),
@@ -473,7 +582,8 @@ def wl_bootstorm(a) -> list:
                  ("%s: server CPU (%% of a core)" % t, "server_cpu_pct", res, None),
                  ("%s: server CPU per op (us)" % t, "server_cpu_us_per_op", res, False),
                  ("%s: generator CPU per op (us)" % t, "gen_cpu_us_per_op", res, None),
-                 ("%s: server RSS after the storm (MB)" % t, "rss_mb", res, False)]
+                 ("%s: server RSS after the storm (MB)" % t, "rss_mb", res, False),
+                 ("%s: server PSS after the storm (MB)" % t, "pss_mb", res, False)]
     return rows
 
 
@@ -517,6 +627,8 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
         th.join()
         result["rss_mb"] = tree_rss_mb(s.pid)  # after every client walked the tree
         result["hwm_mb"] = tree_rss_mb(s.pid, "VmHWM:")  # sum of each process's peak
+        # pages shared by the processes (forked workers, libraries) counted once
+        result["pss_mb"] = tree_rss_mb(s.pid, "Pss:", "smaps_rollup")
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -578,6 +690,17 @@ def loopback(a, io: int) -> dict:
     return r
 
 
+def fresh_file(path: str) -> None:
+    """Empty the file WRITE goes to, right before it: the page cache it held is freed
+    just then and every server writes into memory as warm.  (On this VM memory the
+    guest frees is handed back to the host within ~1.5 s, and writing into it again
+    costs ~10x the CPU: emptied before the server starts, the write of a server slower
+    to start landed in cold memory more often; see README.md, stream.)"""
+    with open(path, "wb"):
+        pass
+    os.sync()
+
+
 def wl_stream(a) -> list:
     d = os.path.join(a.workdir, "stream")
     os.makedirs(d, exist_ok=True)
@@ -593,9 +716,6 @@ def wl_stream(a) -> list:
     res: dict = {}
     for rnd in range(a.rounds):
         for kind in servers_for(a):
-            with open(dst, "wb"):
-                pass
-            os.sync()
             s = start(a, kind, d, a.server_cpu)
             try:
                 c0 = s.cpu_seconds()
@@ -607,6 +727,7 @@ def wl_stream(a) -> list:
                 # the loopback limit at this READ's size, in the same round, right after
                 # it (the server is idle meanwhile)
                 lo = loopback(a, r["io_size"])
+                fresh_file(dst)
                 w = loadgen(["stream", "--mode", "write", "--port", s.port,
                              "--mount-port", s.mount_port, "--export", s.tree,
                              "--path", "write.bin", "--size", a.size, "--depth", a.depth],
@@ -769,7 +890,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("workload", choices=["getattr", "getattr-all", "bootstorm", "stream", "virtfs",
-                                         "memory", "all"])
+                                         "pseudo", "memory", "all"])
     ap.add_argument("--unfsd", metavar="PATH", help="unfsd binary to compare with")
     ap.add_argument("--ganesha", metavar="PATH",
                     help="ganesha.nfsd binary to compare with (FSAL VFS; run as root, needs "
@@ -801,6 +922,9 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=parse_size, default=256 << 20,
                     help="stream: file size (default 256M; 1G for the full test)")
     ap.add_argument("--depth", type=int, default=4, help="stream: outstanding requests (default 4)")
+    ap.add_argument("--pseudo-prefix", default="/usr",
+                    help="pseudo: PSEUDO_PREFIX, where pseudo's lib/ and bin/ are (default "
+                         "/usr, Debian's pseudo; Yocto: $OECORE_NATIVE_SYSROOT/usr)")
     ap.add_argument("--fastnfs-arg", action="append", default=[],
                     help="extra argument for fastnfs serve (repeatable)")
     ap.add_argument("--py-spy", action="store_true",
@@ -841,8 +965,9 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         rows = {"getattr": wl_getattr, "getattr-all": wl_getattr_all,
                 "bootstorm": wl_bootstorm, "stream": wl_stream, "virtfs": wl_virtfs,
-                "memory": wl_memory}[w](a)
-        kinds = ["fastnfs-virtfs", "fastnfs"] if w == "virtfs" else servers_for(a)
+                "pseudo": wl_pseudo, "memory": wl_memory}[w](a)
+        kinds = {"virtfs": ["fastnfs-virtfs", "fastnfs"],
+                 "pseudo": pseudo_kinds(a)}.get(w) or servers_for(a)
         print()
         print("### %s (median of %d rounds, %.0f s)" % (w, a.rounds, time.monotonic() - t0))
         print()

@@ -84,3 +84,74 @@ def test_mnt_goes_to_the_mount_port_when_it_has_its_own(tmp_path):
         same.close()
     finally:
         s.stop()
+
+
+def test_pseudo_workload_arguments():
+    """`pseudo` takes --unfsd (run under pseudo) and --pseudo-prefix; fastnfs alone
+    without --unfsd, fastnfs --pseudo first (the numerator of the ratio)."""
+    import run as r
+    a = argparse.Namespace(unfsd=None)
+    assert r.pseudo_kinds(a) == ["fastnfs-pseudo"]
+    a.unfsd = "/x/unfsd"
+    assert r.pseudo_kinds(a) == ["fastnfs-pseudo", "unfsd-pseudo"]
+    with pytest.raises(SystemExit):
+        r.main(["pseudo", "--pseudo-prefix"])
+
+
+def test_pseudo_workload_tiny_run(tmp_path, capsys):
+    """A 60-entry tree owned through the real pseudo; fastnfs --pseudo serves every
+    handle without errors, and so does unfsd under pseudo when it is built here."""
+    import shutil
+    if not shutil.which("pseudo"):
+        pytest.skip("pseudo is not installed")
+    unfsd = "/work/peers/unfsd-0.11"
+    args = ["pseudo", "--entries", "60", "--rounds", "1", "--duration", "0.3",
+            "--workdir", str(tmp_path), "--fastnfs-arg=--workers=1"]
+    with_unfsd = Path(unfsd).exists()
+    if with_unfsd:
+        args += ["--unfsd", unfsd]
+    assert run.main(args) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in out.splitlines() if line.startswith("| ")}
+    assert rows["pseudo"][:1] == ["fastnfs-pseudo"]
+    assert int(rows["filehandles (GETATTR targets)"][0]) > 60
+    assert rows["GETATTR errors"][0] == "0"
+    assert float(rows["GETATTR ops/s (1 outstanding)"][0]) > 0
+    if with_unfsd:
+        assert rows["pseudo"][1] == "unfsd-pseudo"
+        assert rows["GETATTR errors"][1] == "0"
+        assert rows["filehandles (GETATTR targets)"][1] == rows[
+            "filehandles (GETATTR targets)"][0]
+    # the tree's owners are pseudo's: files.db holds a row per entry, saved by pseudo -S
+    import sqlite3
+    db = tmp_path / "pseudo-tree.pseudo_state" / "files.db"
+    con = sqlite3.connect("file:%s?immutable=1" % db, uri=True)
+    try:
+        n, = con.execute("SELECT count(*) FROM files WHERE path LIKE ?",
+                         ("%/pseudo-tree/%",)).fetchone()
+    finally:
+        con.close()
+    assert n >= 60
+    # nothing left behind: no pseudo server holds files.db, no unfsd lingers
+    from fastnfs.backends.pseudowriter import server_alive
+    assert server_alive(str(tmp_path / "pseudo-tree.pseudo_state")) is None
+
+
+def test_pss_counts_pages_shared_with_a_forked_child_once():
+    import os
+    import signal
+    import time
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        time.sleep(0.2)
+        rss = run.tree_rss_mb(os.getpid())
+        pss = run.tree_rss_mb(os.getpid(), "Pss:", "smaps_rollup")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    # the child shares nearly all its pages with this process
+    assert 0 < pss < rss * 0.8, (pss, rss)

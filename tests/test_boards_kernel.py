@@ -163,19 +163,7 @@ def test_two_debian_boards_boot_from_one_base(vm_ok, tmp_path):
         os.chown(boards, *owner)
         before = tree_digest(base)
         args = ["--virtfs", "--boards", str(boards)]
-        if run_as is not None:
-            wrapper = tmp_path / "python-as-nobody"
-            wrapper.write_text("#!/bin/sh\nexec %s \"$@\"\n" % " ".join(run_as))
-            wrapper.chmod(0o755)
-            real = sys.executable
-            sys.executable = str(wrapper)
-            try:
-                srv = FastnfsProcess(base, args, env=run_env,
-                                     log_path=tmp_path / "fastnfs.log").start()
-            finally:
-                sys.executable = real
-        else:
-            srv = FastnfsProcess(base, args, log_path=tmp_path / "fastnfs.log").start()
+        srv = deb.serve_as(run_as, run_env, base, args, tmp_path)
         # two boards boot at once from the same base, each into its own layer
         results = {}
 

@@ -1,4 +1,5 @@
-"""Boot a real Debian (systemd) from a virtfs tree served by fastnfs.
+"""Boot a real Debian (systemd) from a tree served by fastnfs: a virtfs tree, and a
+tree whose owners live in pseudo's database (``--pseudo``, the second test).
 
 The rootfs is ``debootstrap --variant=minbase --include=systemd-sysv bookworm``
 (about 7,800 entries), built once as root and cached as a tarball made with
@@ -30,6 +31,7 @@ fastnfs is tried; if neither works, import and server run as root
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -173,6 +175,56 @@ def unprivileged_python() -> tuple[list[str] | None, dict, str]:
         if probe.returncode == 0 and probe.stdout.strip() == want:
             return setpriv + argv, env, note
     return None, {}, "no interpreter here can import this fastnfs as uid %d" % NOBODY
+
+
+def boot_setup(who: str):
+    """The cached tarball and how to run as uid 65534: (tar, timings, notes,
+    run_as, run_env); the notes say who runs as whom."""
+    timings: dict = {}
+    tar, built = rootfs_tar()
+    if built is not None:
+        timings["debootstrap+tar"] = built
+    run_as, run_env, note = unprivileged_python()
+    if run_as is None:
+        notes = ["%s run as ROOT (%s)" % (who, note)]
+    else:
+        notes = ["%s run as uid/gid %d via %s" % (who, NOBODY, note)]
+    return tar, timings, notes, run_as, run_env
+
+
+@contextlib.contextmanager
+def scratch_base(prefix: str):
+    """A /tmp directory owned by uid 65534 for a test's tree, and a list for the
+    servers serving it: the servers are stopped afterwards, and the directory is
+    removed unless the test failed (or FASTNFS_KEEP_TREE is set)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(base, 0o755)
+    os.chown(base, NOBODY, NOBODY)
+    servers: list = []
+    ok = False
+    try:
+        yield base, servers
+        ok = True
+    finally:
+        for srv in servers:
+            srv.stop()
+        if ok and not os.environ.get("FASTNFS_KEEP_TREE"):
+            subprocess.run(["rm", "-rf", "--one-file-system", str(base)])
+
+
+def serve_as(run_as, run_env: dict, dst: Path, args: list, tmp_path: Path):
+    """fastnfs serving DST, as uid 65534 when run_as is given (else as this user)."""
+    if run_as is None:
+        return FastnfsProcess(dst, args, log_path=tmp_path / "fastnfs.log").start()
+    wrapper = tmp_path / "python-as-nobody"
+    wrapper.write_text("#!/bin/sh\nexec %s \"$@\"\n" % " ".join(run_as))
+    wrapper.chmod(0o755)
+    real = sys.executable
+    sys.executable = str(wrapper)
+    try:
+        return FastnfsProcess(dst, args, env=run_env, log_path=tmp_path / "fastnfs.log").start()
+    finally:
+        sys.executable = real
 
 
 # ---------------------------------------------------------------------------
@@ -331,7 +383,7 @@ def parse_guest_list(text: str) -> tuple[dict, list, list, str, list]:
     return entries, failed, errors, state, journal
 
 
-def compare(want: dict, got: dict, boot_start: float) -> tuple[list, dict]:
+def compare(want: dict, got: dict, since: float) -> tuple[list, dict]:
     """Mismatches (one line each) and counters.  Size and mtime are compared
     only for entries the boot did not modify (guest mtime before the boot)."""
     bad = []
@@ -354,7 +406,7 @@ def compare(want: dict, got: dict, boot_start: float) -> tuple[list, dict]:
             diffs.append("target %r != %r" % (g["target"], w["target"]))
         if w["rdev"] is not None and w["rdev"] != g.get("rdev"):
             diffs.append("rdev %s != %s" % (g.get("rdev"), w["rdev"]))
-        touched = g["mtime"] >= boot_start - 2
+        touched = g["mtime"] >= since - 2
         counts["touched_by_boot"] += touched
         if not touched:
             if w["size"] is not None and w["size"] != g["size"]:
@@ -385,6 +437,79 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 # ---------------------------------------------------------------------------
+# booting and checking
+
+def boot_and_check(srv, dst: Path, tar: Path, notes: list, timings: dict, capsys,
+                   since: float) -> list:
+    """Boot /sbin/init from DST served by srv, run the check unit, and compare the
+    guest's view of every entry with the tarball (entries changed after `since`,
+    by the test's additions or the boot, are compared by type, owner and mode only);
+    returns the problems found."""
+    # 3. boot systemd from it
+    seen = {}
+    t_boot = time.monotonic()
+
+    def echo(line):
+        if "multi-user.target" in line and "Reached target" in line:
+            seen.setdefault("multi-user", time.monotonic() - t_boot)
+
+    res = guest.run("exec /sbin/init", nfs_port=srv.port, export=str(dst),
+                    mode="nfsroot", timeout=600, mem=512, until=DONE, echo=echo,
+                    kernel_args="systemd.show_status=1 "
+                                "systemd.mask=serial-getty@ttyS0.service")
+    timings["boot to multi-user"] = seen.get("multi-user")
+    timings["boot to check done"] = res.timeline.get("UNTIL", (None,))[0]
+    timings["qemu wall"] = res.wall_seconds
+    console = _ANSI.sub("", res.console)
+    assert res.ok, "the guest did not get to the check:\n%s\n%s" % (
+        res.failure, "\n".join(console.splitlines()[-60:]))
+
+    # 4. console checks
+    problems = []
+    if "multi-user" not in seen:
+        problems.append("no 'Reached target multi-user.target' on the console")
+    for needle in ("Failed to start", "[FAILED]", "unsafe path transition",
+                   "Dependency failed", "Kernel panic", "Timed out",
+                   "Stale file handle"):
+        hits = [l for l in console.splitlines() if needle in l]
+        if hits:
+            problems.append("console has %r:\n    %s" % (needle, "\n    ".join(hits[:10])))
+
+    # 5. the guest's view of every entry against the tarball
+    listing = (dst / LIST).read_text(errors="replace")
+    got, failed, errors, state, journal = parse_guest_list(listing)
+    if not journal:
+        problems.append("the guest listed no journal")
+    for needle in ("unsafe path transition", "Failed to start", "Dependency failed",
+                   "Permission denied", "Stale file handle", "Input/output error"):
+        hits = [l for l in journal if needle in l]
+        if hits:
+            problems.append("journal has %r:\n    %s" % (needle, "\n    ".join(hits[:10])))
+    if failed:
+        problems.append("failed units: %s" % failed)
+    if errors:
+        problems.append("errors in the guest listing:\n    " + "\n    ".join(errors[:20]))
+    t0 = time.monotonic()
+    want = expected_entries(tar)
+    bad, counts = compare(want, got, since)
+    timings["compare"] = time.monotonic() - t0
+    if bad:
+        problems.append("%d entries differ from the tarball (guest != tar; first 40):"
+                        "\n    %s"
+                        % (len(bad), "\n    ".join(bad[:40])))
+    with capsys.disabled():
+        sys.stdout.write("\n[debian-boot] %s\n[debian-boot] timings: %s\n"
+                         "[debian-boot] entries: %s; systemd state: %s; console log %s\n"
+                         % ("; ".join(notes),
+                            ", ".join("%s %.1fs" % (k, v) for k, v in timings.items()
+                                      if v is not None),
+                            counts, state, res.log_path))
+    if "Traceback" in srv.log():
+        problems.append("the server logged a traceback:\n" + srv.log()[-3000:])
+    return problems
+
+
+# ---------------------------------------------------------------------------
 # the test
 
 @pytest.fixture
@@ -395,26 +520,11 @@ def vm_ok():
 
 
 def test_debian_systemd_boots_from_a_virtfs_tree(vm_ok, tmp_path, capsys):
-    timings = {}
-    notes = []
-    tar, built = rootfs_tar()
-    if built is not None:
-        timings["debootstrap+tar"] = built
-
-    run_as, run_env, note = unprivileged_python()
-    if run_as is None:
-        notes.append("import and server run as ROOT (%s)" % note)
-    else:
-        notes.append("import and server run as uid/gid %d via %s" % (NOBODY, note))
+    tar, timings, notes, run_as, run_env = boot_setup("import and server")
     owner = (NOBODY, NOBODY)
 
-    base = Path(tempfile.mkdtemp(prefix="fastnfs-debian-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    os.chown(base, *owner)
-    dst = base / "root"
-    srv = None
-    keep = False
-    try:
+    with scratch_base("fastnfs-debian-") as (base, servers):
+        dst = base / "root"
         # 1. import the tarball as an ordinary user
         t0 = time.monotonic()
         if run_as is not None:
@@ -431,6 +541,7 @@ def test_debian_systemd_boots_from_a_virtfs_tree(vm_ok, tmp_path, capsys):
         assert (st.st_uid, st.st_gid) == owner
 
         # the check unit, as root-owned files of the tree
+        since = time.time()
         add_file(dst, "usr/local/sbin/fnfs-check", CHECK_SCRIPT, 0o755, owner)
         add_file(dst, "etc/systemd/system/fnfs-check.service", CHECK_UNIT, 0o644, owner)
         add_dirs(dst / "etc/systemd/system/multi-user.target.wants", owner)
@@ -444,86 +555,75 @@ def test_debian_systemd_boots_from_a_virtfs_tree(vm_ok, tmp_path, capsys):
         assert check.returncode == 0, "virtfs check after import:\n" + check.stdout[-3000:]
 
         # 2. serve it (same user)
-        if run_as is not None:
-            wrapper = tmp_path / "python-as-nobody"
-            wrapper.write_text("#!/bin/sh\nexec %s \"$@\"\n" % " ".join(run_as))
-            wrapper.chmod(0o755)
-            real = sys.executable
-            sys.executable = str(wrapper)
-            try:
-                srv = FastnfsProcess(dst, ["--virtfs"], env=run_env,
-                                     log_path=tmp_path / "fastnfs.log").start()
-            finally:
-                sys.executable = real
-        else:
-            srv = FastnfsProcess(dst, ["--virtfs"], log_path=tmp_path / "fastnfs.log").start()
+        srv = serve_as(run_as, run_env, dst, ["--virtfs"], tmp_path)
+        servers.append(srv)
 
-        # 3. boot systemd from it
-        seen = {}
-        t_boot = time.monotonic()
-
-        def echo(line):
-            if "multi-user.target" in line and "Reached target" in line:
-                seen.setdefault("multi-user", time.monotonic() - t_boot)
-
-        boot_start = time.time()
-        res = guest.run("exec /sbin/init", nfs_port=srv.port, export=str(dst),
-                        mode="nfsroot", timeout=600, mem=512, until=DONE, echo=echo,
-                        kernel_args="systemd.show_status=1 "
-                                    "systemd.mask=serial-getty@ttyS0.service")
-        timings["boot to multi-user"] = seen.get("multi-user")
-        timings["boot to check done"] = res.timeline.get("UNTIL", (None,))[0]
-        timings["qemu wall"] = res.wall_seconds
-        console = _ANSI.sub("", res.console)
-        assert res.ok, "the guest did not get to the check:\n%s\n%s" % (
-            res.failure, "\n".join(console.splitlines()[-60:]))
-
-        # 4. console checks
-        problems = []
-        if "multi-user" not in seen:
-            problems.append("no 'Reached target multi-user.target' on the console")
-        for needle in ("Failed to start", "[FAILED]", "unsafe path transition",
-                       "Dependency failed", "Kernel panic", "Timed out",
-                       "Stale file handle"):
-            hits = [l for l in console.splitlines() if needle in l]
-            if hits:
-                problems.append("console has %r:\n    %s" % (needle, "\n    ".join(hits[:10])))
-
-        # 5. the guest's view of every entry against the tarball
-        listing = (dst / LIST).read_text(errors="replace")
-        got, failed, errors, state, journal = parse_guest_list(listing)
-        if not journal:
-            problems.append("the guest listed no journal")
-        for needle in ("unsafe path transition", "Failed to start", "Dependency failed",
-                       "Permission denied", "Stale file handle", "Input/output error"):
-            hits = [l for l in journal if needle in l]
-            if hits:
-                problems.append("journal has %r:\n    %s" % (needle, "\n    ".join(hits[:10])))
-        if failed:
-            problems.append("failed units: %s" % failed)
-        if errors:
-            problems.append("errors in the guest listing:\n    " + "\n    ".join(errors[:20]))
-        t0 = time.monotonic()
-        want = expected_entries(tar)
-        bad, counts = compare(want, got, boot_start)
-        timings["compare"] = time.monotonic() - t0
-        if bad:
-            problems.append("%d entries differ from the tarball (guest != tar; first 40):"
-                            "\n    %s"
-                            % (len(bad), "\n    ".join(bad[:40])))
-        with capsys.disabled():
-            sys.stdout.write("\n[debian-boot] %s\n[debian-boot] timings: %s\n"
-                             "[debian-boot] entries: %s; systemd state: %s; console log %s\n"
-                             % ("; ".join(notes),
-                                ", ".join("%s %.1fs" % (k, v) for k, v in timings.items()
-                                          if v is not None),
-                                counts, state, res.log_path))
-        if "Traceback" in srv.log():
-            problems.append("the server logged a traceback:\n" + srv.log()[-3000:])
-        keep = bool(problems)
+        problems = boot_and_check(srv, dst, tar, notes, timings, capsys, since)
         assert not problems, "\n".join(problems) + "\n(tree kept in %s)" % base
-    finally:
-        if srv is not None:
-            srv.stop()
-        if not keep and not os.environ.get("FASTNFS_KEEP_TREE"):
-            subprocess.run(["rm", "-rf", "--one-file-system", str(base)])
+
+
+PSEUDO_ADD_CHECK = """set -e
+mkdir -p usr/local/sbin etc/systemd/system/multi-user.target.wants
+cat >usr/local/sbin/fnfs-check <<'FNFS_EOF'
+%s
+FNFS_EOF
+chmod 0755 usr/local/sbin/fnfs-check
+cat >etc/systemd/system/fnfs-check.service <<'FNFS_EOF'
+%s
+FNFS_EOF
+chmod 0644 etc/systemd/system/fnfs-check.service
+ln -s /etc/systemd/system/fnfs-check.service etc/systemd/system/multi-user.target.wants/
+""" % (CHECK_SCRIPT.rstrip("\n"), CHECK_UNIT.rstrip("\n"))
+
+
+def test_debian_systemd_boots_from_a_pseudo_database(vm_ok, tmp_path, capsys):
+    """Yocto's tree without pseudo running (issue #12): the tarball unpacked by
+    `pseudo tar -x` as an ordinary user, so on disk everything belongs to that
+    user and devices are empty files, then `fastnfs serve ROOTFS --pseudo
+    STATEDIR` as the same user: owners, modes and device numbers come from
+    pseudo's files.db, and the board boots with every entry as in the tarball;
+    what the boot changed went through pseudo, its database intact afterwards."""
+    from test_pseudo import db_integrity
+    from test_pseudodb import pseudo_env, stop_pseudo
+    from fastnfs.backends.pseudowriter import server_alive
+    if not shutil.which("pseudo"):
+        _skip_or_fail("pseudo is not installed")
+    tar, timings, notes, run_as, run_env = boot_setup("pseudo and the server")
+    as_user = run_as[:run_as.index("--clear-groups") + 1] if run_as else []
+
+    with scratch_base("fastnfs-debian-pseudo-") as (base, servers):
+        dst = base / "rootfs"
+        state = base / "rootfs.pseudo_state"          # runqemu-extract-sdk's choice
+        for d in (dst, state):
+            d.mkdir()
+            os.chown(d, NOBODY, NOBODY)
+        env = pseudo_env(state)
+        # 1. unpack as Yocto does, then add the check unit (root-owned in pseudo's view)
+        t0 = time.monotonic()
+        with open(tar, "rb") as f:
+            r = subprocess.run(as_user + ["pseudo", "tar", "-C", str(dst), "--numeric-owner",
+                                          "-xpf", "-"], stdin=f, env=env, cwd="/",
+                               capture_output=True, text=True)
+        assert r.returncode == 0, "pseudo tar -x failed:\n" + r.stderr[-3000:]
+        since = time.time()
+        r = subprocess.run(as_user + ["pseudo", "sh", "-c", PSEUDO_ADD_CHECK], env=env,
+                           cwd=str(dst), capture_output=True, text=True)
+        assert r.returncode == 0, "adding the check unit failed:\n" + r.stderr[-3000:]
+        stop_pseudo(state)                       # pseudo saves files.db and exits
+        timings["pseudo tar -x"] = time.monotonic() - t0
+        if run_as is not None:
+            assert (dst / "etc" / "shadow").stat().st_uid == NOBODY
+
+        # 2. serve it from the database, no pseudo running (same user)
+        srv = serve_as(run_as, run_env, dst, ["--pseudo", str(state)], tmp_path)
+        servers.append(srv)
+
+        problems = boot_and_check(srv, dst, tar, notes, timings, capsys, since)
+        # what the boot changed went through pseudo: it saved and exited, intact
+        srv.stop()
+        if server_alive(str(state)) is not None:
+            problems.append("a pseudo server still holds %s after fastnfs stopped" % state)
+        ok = db_integrity(state / "files.db")
+        if ok != "ok":
+            problems.append("files.db integrity_check: %s" % ok)
+        assert not problems, "\n".join(problems) + "\n(tree kept in %s)" % base

@@ -3,7 +3,8 @@
 Each test boots Debian's kernel with a busybox initramfs (tests/vm/guest.py),
 mounts the server over slirp (the guest reaches the host's loopback as
 10.0.2.2, or with ipv6=True the host's ::1 as fec0::2) and runs a shell script
-as guest root; the server runs as root here.
+as guest root; the server runs as root here (as an ordinary user for the
+op_chmod test on an unprivileged plain export).
 """
 
 from __future__ import annotations
@@ -34,10 +35,31 @@ def fastnfs(export_dir):
     assert "Traceback" not in srv.log(), srv.log()[-4000:]
 
 
-def run_guest(srv, script, *, proto="tcp", opts="", timeout=600, mem=384, ipv6=False):
+def run_guest(srv, script, *, proto="tcp", opts="", timeout=600, mem=384, ipv6=False,
+              files=None):
     res = guest.run(script, nfs_port=srv.port, export=str(srv.export), proto=proto,
-                    mount_opts=opts, timeout=timeout, mem=mem, ipv6=ipv6)
+                    mount_opts=opts, timeout=timeout, mem=mem, ipv6=ipv6, files=files)
     return res
+
+
+def opchmod_program(tmp_path) -> dict:
+    """tests/vm/opchmod.c (cthon04's special/op_chmod sequence) built static for
+    the guest, as guest.run's files argument."""
+    out = tmp_path / "opchmod"
+    src = os.path.join(os.path.dirname(__file__), "vm", "opchmod.c")
+    r = subprocess.run(["gcc", "-static", "-O2", "-o", str(out), src],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("no static C toolchain for the guest's opchmod: " + r.stderr[-300:])
+    return {str(out): "opchmod"}
+
+
+# as uid 65534 in a world-writable directory: the caller owns the file it chmods 000
+OPCHMOD = r'''
+mkdir -m 1777 pub
+check opchmod pub/opchmod 65534
+check test "$(stat -c %a pub/opchmod)" = 0
+'''
 
 
 def check_lines(res):
@@ -92,10 +114,11 @@ exit $fails
 '''
 
 
-def test_basic_operations_tcp(kit, fastnfs):
+def test_basic_operations_tcp(kit, fastnfs, tmp_path):
     (fastnfs.export / "pre").mkdir()
     (fastnfs.export / "pre" / "hello.txt").write_text("hello from the host")
-    res = run_guest(fastnfs, BASIC_OPS)
+    script = BASIC_OPS.replace('echo "failures', OPCHMOD + 'echo "failures', 1)
+    res = run_guest(fastnfs, script, files=opchmod_program(tmp_path))
     check_lines(res)
     e = fastnfs.export
     st = os.lstat(e / "chardev")
@@ -109,6 +132,32 @@ def test_basic_operations_tcp(kit, fastnfs):
     # its writes, creates and renames are the general path's
     lane = _fast_lane(fastnfs)
     assert lane["answered"] > 0 and lane["declined"] > 0, lane
+
+
+def test_op_chmod_on_an_unprivileged_plain_export(kit, monkeypatch, tmp_path, public_dir):
+    """The server is an ordinary user owning the tree (and the files the guest
+    makes): cthon04's op_chmod sequence, then guest root reads the 000 file."""
+    from conftest import NOBODY, start_servers_as_nobody
+    files = opchmod_program(tmp_path)
+    start_servers_as_nobody(monkeypatch, tmp_path)
+    export = public_dir / "export"
+    export.mkdir()
+    os.chown(export, NOBODY, NOBODY)
+    srv = FastnfsProcess(export).start()
+    try:
+        res = run_guest(srv, CHECK_FN + OPCHMOD + r'''
+check opchmod by-root
+echo 3 > /proc/sys/vm/drop_caches
+check test "$(cat by-root)" = "written after chmod 000"
+check test "$(stat -c %a by-root)" = 0
+''' + 'test "$fails" = 0\n', files=files)
+    finally:
+        srv.stop()
+    check_lines(res)
+    assert "opchmod: ok" in res.output
+    assert os.lstat(export / "by-root").st_mode & 0o7777 == 0
+    assert os.lstat(export / "by-root").st_uid == NOBODY
+    assert "Traceback" not in srv.log()
 
 
 def _stats(srv) -> dict:

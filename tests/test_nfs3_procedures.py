@@ -243,6 +243,21 @@ def test_read_count_clamped_to_rtmax(wd):
     assert r["data"] == (wd.path / "big").read_bytes()[:MiB]
 
 
+def test_big_reads_sent_from_the_file(wd):
+    """READs over 64 KiB of a cached file go by sendfile (transport.send_file):
+    the same bytes, counts, eof and padding as any READ."""
+    data = os.urandom(3 * MiB + 5)
+    fh = wd.file("sent", data)
+    (wd.path / "sent").read_bytes()                   # in the page cache
+    for off, n in ((0, MiB), (1, MiB), (MiB, 65537), (3 * MiB - 70001, MiB),
+                   (3 * MiB + 1, 200000), (3 * MiB + 5, 100000)):
+        st, r = wd.nfs.read(fh, off, n)
+        want = data[off:off + n]
+        assert st == NFS3_OK
+        assert r["data"] == want and r["count"] == len(want), (off, n)
+        assert r["eof"] == (off + len(want) >= len(data)), (off, n)
+
+
 def test_read_over_udp_clamped(wd, server):
     fh = wd.file("f", os.urandom(100_000))
     u = Nfs3.connect(server.port, proto="udp")

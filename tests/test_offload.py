@@ -92,3 +92,24 @@ def test_getattr_answered_while_another_client_commits(export_dir):
     finally:
         srv.stop()
     assert "Traceback" not in srv.log()
+
+
+
+def test_cached_says_whether_a_read_would_wait(tmp_path):
+    """offload.cached: all of a range in the page cache (READ sent from the file,
+    by the event loop) or not (READ in the pool, which may wait for the disk)."""
+    from fastnfs import offload
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom(4 * MiB))
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.pread(fd, 4 * MiB, 0)
+        assert offload.cached(fd, 0, 4 * MiB) and offload.cached(fd, 12345, MiB)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)      # clean pages: dropped
+        assert not offload.cached(fd, 0, 1) and not offload.cached(fd, 3 * MiB, MiB)
+        os.pread(fd, 4096, 0)                # that page (and some read ahead), not all
+        assert offload.cached(fd, 0, 4096)
+        assert not offload.cached(fd, 0, 4 * MiB)
+    finally:
+        os.close(fd)

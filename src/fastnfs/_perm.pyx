@@ -1,11 +1,10 @@
 # cython: language_level=3
 """Unix permission rules in Cython: the twin of fastnfs.perm.
 
-The general path calls ``allowed``, ``io_allowed`` and ``access3`` (through
-``perm``); the fast lane cimports their ``*_ids`` forms (``_perm.pxd``), so
-the two paths apply one rule.  Plain-Python twin: perm.py (``py_allowed``,
-``py_io_allowed``, ``py_access3``); tests/test_perm.py holds them to the same
-answers.
+The general path calls ``allowed`` and ``access3`` (through ``perm``); the
+fast lane cimports ``allowed_ids``, ``io_allowed_ids`` and ``access3_ids`` (``_perm.pxd``), so the
+two paths apply one rule.  Plain-Python twin: perm.py (``py_allowed``,
+``py_access3``, ``py_io_allowed``); tests/test_perm.py holds them to the same answers.
 """
 
 from libc.stdint cimport uint32_t
@@ -43,11 +42,11 @@ cdef bint allowed_ids(uint32_t cuid, uint32_t cgid, tuple cgids, uint32_t uid, u
     return (bits & want) == want
 
 
-cdef bint io_allowed_ids(uint32_t cuid, uint32_t cgid, tuple cgids, uint32_t uid, uint32_t gid,
-                         uint32_t mode, int want) noexcept:
-    """READ/WRITE of a file where the server checks (virtfs): the owner may
-    always (a file created 0444 stays writable through the open that created
-    it); others need the mode bits; a file that may be executed may be read."""
+cdef bint io_allowed_ids(uint32_t cuid, uint32_t cgid, tuple cgids, uint32_t uid,
+                         uint32_t gid, uint32_t mode, int want) noexcept:
+    """READ (want R) or WRITE (want W) of a regular file: the owner always
+    (RFC 1813 section 4.4, no open in NFSv3: knfsd's owner override), read
+    if executable, else the mode bits."""
     if cuid == uid:
         return True
     if want == R_OK and allowed_ids(cuid, cgid, cgids, uid, gid, mode, X_OK):
@@ -81,7 +80,7 @@ def allowed(cred, uid, gid, mode, want) -> bool:
 
 
 def io_allowed(cred, uid, gid, mode, want) -> bool:
-    """perm.io_allowed: may cred READ (want R) or WRITE (want W) the file?"""
+    """perm.io_allowed: may cred READ (R) or WRITE (W) a regular file?"""
     return io_allowed_ids(cred.uid, cred.gid, tuple(cred.gids), uid, gid, mode, want)
 
 

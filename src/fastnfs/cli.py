@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve owners, modes and device numbers from pseudo's database "
                         "STATEDIR/files.db (Yocto: the image's pseudo/ directory, or "
                         "runqemu's DIR.pseudo_state), read without locking it; entries "
-                        "without a row keep their host attributes, changes made by clients "
-                        "are kept in memory")
+                        "without a row keep their host attributes; what clients change is "
+                        "made through `pseudo` (PSEUDO_PREFIX, else the one on PATH), which "
+                        "records it in files.db when fastnfs stops")
     s.add_argument("--virtfs-symlinks", choices=["auto", "qemu", "host"], default="auto",
                    help="with --virtfs, how new symlinks are stored: 'qemu' as a file holding "
                         "the target with S_IFLNK metadata (what QEMU's mapped-file guests "
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtfs metadata cache entries (default 65536)")
     s.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="worker processes sharing the ports (default: the number of CPUs, "
-                        "%(default)s here)")
+                        "%(default)s here; --pseudo serves from one)")
     s.add_argument("--max-connections", type=int, default=4096, metavar="N",
                    help="open TCP connections per worker; more are refused with a log line "
                         "(default 4096)")
@@ -236,8 +237,9 @@ def serve(args, base: bytes = b"") -> int:
         foreground=not args.detach, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
         metacache_size=args.metacache_size,
         single_user=args.single_user, virtfs=args.virtfs, virtfs_symlinks=args.virtfs_symlinks,
-        # a board's layer bookkeeping lives in one process
-        workers=1 if args.boards or _any_boards(entries) else max(1, args.workers),
+        # what clients change under --pseudo lives in one process's memory
+        # (and goes to pseudo through its one helper)
+        workers=1 if args.pseudo or args.boards or _any_boards(entries) else max(1, args.workers),
         preload=None if args.virtfs else detect_preload(),
         pseudo=os.path.abspath(args.pseudo) if args.pseudo else None,
         boards=os.path.abspath(args.boards) if args.boards else None,
@@ -252,8 +254,9 @@ def serve(args, base: bytes = b"") -> int:
             config.preload, config.preload)
     if config.pseudo:
         logging.getLogger("fastnfs").info(
-            "owners, modes and device numbers from %s/files.db (read only; what clients "
-            "change is kept in memory until fastnfs stops)", config.pseudo)
+            "owners, modes and device numbers from %s/files.db (read without a lock; what "
+            "clients change is made through pseudo, which saves it when fastnfs stops)",
+            config.pseudo)
     os.umask(0)  # modes are exactly what clients ask for; they apply their own umask
     try:
         server = Server(config)

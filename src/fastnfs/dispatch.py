@@ -44,7 +44,7 @@ class Call:
     """Everything a procedure needs to know about the request it serves."""
 
     __slots__ = ("xid", "prog", "vers", "proc", "cred", "peer", "proto", "maxdata",
-                 "opts", "ucred")
+                 "opts", "ucred", "lend", "tail")
 
     def __init__(self, h: rpc.CallHeader, peer, proto: str, maxdata: int):
         self.xid = h.xid
@@ -57,6 +57,14 @@ class Call:
         self.maxdata = maxdata
         self.opts = None   # ExportOptions for this client, once a handle is resolved
         self.ucred = None  # the credentials after squashing
+        self.lend = False  # may a READ leave its data in the file (transport.send_file)?
+        self.tail = None   # (fd, offset, count): the reply's last bytes, sent from fd
+
+    def drop_tail(self) -> None:
+        """The reply will not be sent as it was made: close the file lent to it."""
+        if self.tail is not None:
+            os.close(self.tail[0])
+            self.tail = None
 
 
 class DuplicateRequestCache:
@@ -103,13 +111,16 @@ class Dispatcher:
         self.maxdata = {"tcp": tcp_maxdata, "udp": udp_maxdata}
         self.stats = Stats()
         self.fast = None  # a FastPath (see use_fast_path): transports try it first
+        self.lend_files = False  # TCP READ data may be sent from the file (offload.can_lend)
 
     def dispatch(self, data, peer, proto: str):
         """Answer one call record.
 
         Returns a Packer holding the reply (4 reserved bytes at the front for
         the record mark), None when nothing must be sent, or an awaitable
-        resolving to either.
+        resolving to either; or, with lend_files over TCP, (Packer, (fd,
+        offset, count)): the reply's data follows from the file (its length
+        and the padding included in the record, transport.send_file).
         """
         if len(data) < 8:
             return None
@@ -152,26 +163,34 @@ class Dispatcher:
             self.drc.begin(drc_key)
 
         call = Call(h, peer, proto, self.maxdata[proto])
+        call.lend = self.lend_files and proto == "tcp"
         mark = len(p)
         rpc.begin_accepted(p, xid)
         try:
             later = table[h.proc](call, u, p)
         except XdrError:
+            call.drop_tail()
             p.truncate(mark)
             rpc.encode_reject(p, xid, RpcReject("garbage_args"))
             later = None
         except RpcReject as e:
+            call.drop_tail()
             p.truncate(mark)
             self._reject(p, xid, e, peer)
             later = None
         except Exception:
             log.exception("procedure %s.%d.%d failed", prog.name, h.vers, h.proc)
+            call.drop_tail()
             p.truncate(mark)
             rpc.encode_reject(p, xid, RpcReject("system_err"))
             later = None
         if later is None:
             if drc_key is not None:
                 self.drc.finish(drc_key, bytes(p.getbuffer()[4:]))
+            tail = call.tail
+            if tail is not None:
+                self._count(h, p, mark, t0, peer, len(data), tail[2] + (-tail[2] & 3))
+                return p, tail
             self._count(h, p, mark, t0, peer, len(data))
             return p
         return self._finish_later(later, p, mark, xid, prog, h, drc_key, t0, peer, len(data))
@@ -182,9 +201,9 @@ class Dispatcher:
                                      "refused call from %s: auth_stat %d", peer[0], e.values[0])
         rpc.encode_reject(p, xid, e)
 
-    def _count(self, h, p, mark: int, t0: int, peer, nin: int) -> None:
+    def _count(self, h, p, mark: int, t0: int, peer, nin: int, tail: int = 0) -> None:
         """Statistics of one answered call; the status is the first word of the result."""
-        n = len(p)
+        n = len(p) + tail
         ok = True
         if h.proc and (h.prog == 100003 or h.proc == 1):
             ok = rpc.zeros_at(p, mark + 20, 8)  # accept_stat SUCCESS, then status 0

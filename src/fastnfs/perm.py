@@ -37,10 +37,12 @@ def allowed(cred, uid: int, gid: int, mode: int, want: int) -> bool:
 
 
 def io_allowed(cred, uid: int, gid: int, mode: int, want: int) -> bool:
-    """READ (want R) or WRITE (want W) of a file where the server checks
-    (virtfs): the owner may always (a file created 0444 stays writable through
-    the open that created it); others need the mode bits; a file that may be
-    executed may be read."""
+    """May cred READ (want R) or WRITE (want W) a regular file?  NFSv3 has no
+    open (RFC 1813 section 4.4): the client checked access when its program
+    opened the file, so the owner may always, whatever the mode says now
+    (knfsd's NFSD_MAY_OWNER_OVERRIDE: a file chmod'ed 000 while open, or
+    created 0444, stays usable); a file that may be executed may be read
+    (NFSD_MAY_READ_IF_EXEC); others need the mode bits."""
     if cred.uid == uid:
         return True
     if want == R and allowed(cred, uid, gid, mode, X):
@@ -69,10 +71,10 @@ def access3(cred, st, requested: int, read_only: bool) -> int:
 
 
 py_allowed = allowed
-py_io_allowed = io_allowed
 py_access3 = access3
+py_io_allowed = io_allowed
 _cx = load("_perm")
 if _cx is not None:  # the Cython twin, which the fast lane shares
     allowed = _cx.allowed  # noqa: F811
-    io_allowed = _cx.io_allowed  # noqa: F811
     access3 = _cx.access3  # noqa: F811
+    io_allowed = _cx.io_allowed  # noqa: F811

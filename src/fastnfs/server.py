@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import creds, portmap
+from . import creds, offload, portmap
 from .dispatch import Dispatcher, use_fast_path
 from .handles import Export
 from .mount import MOUNT_PROGRAM, mount_program
@@ -74,6 +74,7 @@ class Server:
         self.stats = self.dispatcher.stats
         self.nfs.stats = self.stats
         use_fast_path(self.dispatcher, self.nfs)
+        self.dispatcher.lend_files = offload.can_lend()
         self.connections = Connections(self.stats, config.max_connections, config.idle_timeout)
         self.stats.caches["filehandle"] = lambda: _sum_caches(
             e.backend.cache for e in self.exports if hasattr(e.backend, "cache"))

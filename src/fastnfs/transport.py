@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 import time
 from types import CoroutineType
@@ -18,9 +19,20 @@ from types import CoroutineType
 log = logging.getLogger("fastnfs.transport")
 
 LAST_FRAGMENT = 0x80000000
-LARGE_RECORD = 65536  # records from this size on are handed over without a copy
+RECV_SIZE = 16384     # a connection's receive buffer; bigger fragments get a big one
+MAX_SPARES = 2        # big receive buffers a process keeps for the next big record
+_spares: list = []
+_EMPTY = bytearray()
 _u32 = struct.Struct(">I").unpack_from
 _monotonic = time.monotonic
+
+
+def _take_spare(need: int):
+    """A big receive buffer of at least need bytes from the spares, or None."""
+    for i, b in enumerate(_spares):
+        if len(b) >= need:
+            return _spares.pop(i)
+    return None
 
 
 def _send_size(p) -> int:
@@ -83,7 +95,20 @@ class Connections:
         return len(idle)
 
 
-class RpcStreamProtocol(asyncio.Protocol):
+class RpcStreamProtocol(asyncio.BufferedProtocol):
+    """Records of one TCP connection, received in place (RFC 5531 section 11).
+
+    The socket is read straight into the connection's buffer (a
+    BufferedProtocol) and every whole record is handed on as a view of it, so
+    a call's bytes are never copied in user space: a big WRITE's data goes
+    from the socket into the buffer and from there by pwrite into the page
+    cache.  A fragment too big for the small buffer moves, with what has
+    arrived of it, into a big one of this process's spares, and the socket
+    then reads exactly up to its end.  A call answered later (off the event
+    loop) keeps its view: the connection leaves that buffer to it and goes on
+    in a new one.
+    """
+
     def __init__(self, dispatcher, max_record: int, max_inflight: int = 32,
                  connections: Connections | None = None):
         self.dispatcher = dispatcher
@@ -94,12 +119,26 @@ class RpcStreamProtocol(asyncio.Protocol):
         self.max_inflight = max_inflight
         self.transport = None
         self.peer = ("?", 0)
-        self._buf = bytearray()
+        self._sock = -1       # the socket's fd, for replies sent from a file
+        self._set_buffer(bytearray(RECV_SIZE))
+        self._lo = 0          # the first byte not yet parsed
+        self._hi = 0          # the end of the bytes received
+        self._want = 0        # the end of the fragment being received, when it is known
+        self._held = False    # a call answered later holds a view of the buffer
         self._frags: list = []
         self._fraglen = 0
         self._inflight = 0
         self._paused_reading = False
         self._write_blocked = False
+
+    def _set_buffer(self, rb: bytearray) -> None:
+        self._rb = rb
+        self._rv = memoryview(rb)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed."""
+        return self._hi - self._lo
 
     # -- asyncio callbacks -------------------------------------------------
     def connection_made(self, transport):
@@ -107,12 +146,15 @@ class RpcStreamProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (client_host(peer[0]), peer[1])  # IPv6 gives (host, port, flow, scope)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._sock = sock.fileno()
         if self.connections is not None and not self.connections.admit(self):
             self.connections = None
             transport.abort()
 
     def connection_lost(self, exc):
-        self._buf = bytearray()
+        self._drop_buffer()
         self._frags = []
         if self.connections is not None:
             self.connections.gone(self)
@@ -129,26 +171,71 @@ class RpcStreamProtocol(asyncio.Protocol):
         self._write_blocked = False
         self._update_reading()
 
-    def data_received(self, data):
+    def get_buffer(self, sizehint):
+        rb = self._rb
+        hi = self._hi
+        if hi == len(rb):
+            # full: a record mark split at the end, or records waiting while paused
+            self._move(max(len(rb), 2 * (hi - self._lo)) if self._lo == 0 else len(rb))
+            rb = self._rb
+            hi = self._hi
+        want = self._want
+        return self._rv[hi:want if want > hi else len(rb)]
+
+    def buffer_updated(self, nbytes):
         self.last_active = _monotonic()
-        if not self._buf and not self._frags and not self._paused_reading and len(data) > 4:
-            # the common case: exactly one whole record, nothing pending
-            mark = _u32(data, 0)[0]
-            if mark & LAST_FRAGMENT and (mark & 0x7FFFFFFF) + 4 == len(data) \
-                    and len(data) <= self.max_record:
-                self._handle(data, 4)
+        self._hi += nbytes
+        if not self._paused_reading:
+            self._parse()
+
+    def data_received(self, data):
+        """The same as a read into the buffer (for callers holding bytes)."""
+        v = memoryview(data)
+        while len(v):
+            b = self.get_buffer(len(v))
+            k = min(len(b), len(v))
+            b[:k] = v[:k]
+            self.buffer_updated(k)
+            v = v[k:]
+            if self.transport is not None and self.transport.is_closing():
                 return
-        self._buf += data
-        self._parse()
+
+    # -- the receive buffer ------------------------------------------------
+    def _move(self, need: int) -> None:
+        """Put the unparsed bytes at the front of a buffer of at least need bytes."""
+        rb, lo, hi = self._rb, self._lo, self._hi
+        if need <= len(rb) and not self._held:
+            if lo:
+                rb[:hi - lo] = rb[lo:hi]
+        else:
+            if need > RECV_SIZE:
+                new = _take_spare(need) or bytearray(max(need, self.max_record))
+            else:
+                new = bytearray(RECV_SIZE)
+            new[:hi - lo] = rb[lo:hi]
+            self._drop_buffer()
+            self._set_buffer(new)
+            self._held = False
+        self._lo = 0
+        self._hi = hi - lo
+
+    def _drop_buffer(self) -> None:
+        """Give up the buffer: a big one no call holds goes back to the spares."""
+        rb = self._rb
+        self._rv = None
+        if len(rb) > RECV_SIZE and not self._held and len(_spares) < MAX_SPARES:
+            _spares.append(rb)
+        self._set_buffer(_EMPTY)
 
     def _parse(self):
         """Hand every complete record in the buffer to the dispatcher, until the
         connection is paused (too many calls in flight): the rest waits here."""
-        buf = self._buf
-        pos = 0
-        blen = len(buf)
-        while blen - pos >= 4 and not self._paused_reading:
-            mark = _u32(buf, pos)[0]
+        rb = self._rb
+        lo = self._lo
+        hi = self._hi
+        self._want = 0
+        while hi - lo >= 4 and not self._paused_reading:
+            mark = _u32(rb, lo)[0]
             n = mark & 0x7FFFFFFF
             # each fragment costs its header too, so endless empty fragments hit the limit
             if self._fraglen + n + 4 > self.max_record:
@@ -156,46 +243,52 @@ class RpcStreamProtocol(asyncio.Protocol):
                     log, logging.WARNING, self.peer[0], "record too large",
                     "%s: record of %d bytes exceeds the limit of %d; closing",
                     self.peer[0], self._fraglen + n, self.max_record)
-                self._buf = bytearray()
+                self._lo = self._hi = 0
                 self._frags = []
                 self.transport.abort()
                 return
-            end = pos + 4 + n
-            if end > blen:
+            end = lo + 4 + n
+            if end > hi:
+                # a fragment still arriving: room for all of it, read up to its end
+                if end > len(rb):
+                    self._lo = lo
+                    self._move(4 + n)
+                    rb, lo, hi = self._rb, 0, self._hi
+                    end = 4 + n
+                self._want = end
                 break
-            if pos == 0 and end == blen and not self._frags and mark & LAST_FRAGMENT:
-                # the common case: exactly one whole record arrived; hand it over as is
-                self._buf = bytearray()
-                self._handle(memoryview(buf)[4:])
-                return
-            if n >= LARGE_RECORD and mark & LAST_FRAGMENT and not self._frags:
-                # a big WRITE: lend the bytes in place and carry on in a new buffer
-                # holding only what follows, so the data is never copied again
-                rec = memoryview(buf)[pos + 4:end]
-                self._buf = buf = buf[end:]
-                blen = len(buf)
-                pos = 0
-                self._handle(rec)
-                if self.transport.is_closing():
-                    return
-                continue
-            with memoryview(buf) as mv:
-                frag = bytes(mv[pos + 4:end])
-            pos = end
-            if mark & LAST_FRAGMENT:
-                if self._frags:
+            if mark & LAST_FRAGMENT and not self._frags:
+                # the common case: a whole record in one fragment, handed over in place
+                self._lo = end
+                self._handle(self._rv[:end], lo + 4)
+                if self._held:
+                    self._move(RECV_SIZE if hi - end <= RECV_SIZE else hi - end)
+                    rb, lo, hi = self._rb, 0, self._hi
+                else:
+                    lo = end
+            else:
+                frag = bytes(self._rv[lo + 4:end])
+                lo = end
+                if mark & LAST_FRAGMENT:
                     self._frags.append(frag)
                     frag = b"".join(self._frags)
                     self._frags = []
                     self._fraglen = 0
-                self._handle(frag)
-                if self.transport.is_closing():
-                    return
-            else:
-                self._frags.append(frag)
-                self._fraglen += n + 4
-        if pos:
-            del buf[:pos]
+                    self._lo = lo
+                    self._handle(frag)
+                    self._held = False    # it holds its own copy
+                else:
+                    self._frags.append(frag)
+                    self._fraglen += n + 4
+            if self.transport.is_closing():
+                return
+        if lo == hi:
+            self._lo = self._hi = 0
+            if len(rb) > RECV_SIZE:       # the big record is done: back to the small buffer
+                self._drop_buffer()
+                self._set_buffer(bytearray(RECV_SIZE))
+        else:
+            self._lo = lo
 
     # -- calls and replies -------------------------------------------------
     def _handle(self, record, offset=0):
@@ -213,9 +306,12 @@ class RpcStreamProtocol(asyncio.Protocol):
         if r is None:
             return
         if type(r) is CoroutineType:
+            self._held = True      # it may read the record until it is done
             self._inflight += 1
             self._update_reading()
             asyncio.ensure_future(r).add_done_callback(self._reply_done)
+        elif type(r) is tuple:
+            self.send_file(*r)
         else:
             self._send(r)
 
@@ -232,6 +328,51 @@ class RpcStreamProtocol(asyncio.Protocol):
         p.put_u32_at(0, LAST_FRAGMENT | _send_size(p))
         t.write(p.getbuffer())
 
+    def send_file(self, p, tail) -> None:
+        """Send the reply p followed by count bytes of the file fd from offset
+        and the XDR padding, then close fd (tail is (fd, offset, count)).
+
+        When nothing waits in the transport's buffer, the head goes to the
+        socket at once and the data by sendfile, from the page cache without a
+        copy; what the socket does not take then (it is full) is read from the
+        file and queued behind it.  The record's length was promised in its
+        mark: a file that shrank meanwhile gives zeros for the missing bytes.
+        """
+        fd, offset, count = tail
+        pad = -count & 3
+        try:
+            t = self.transport
+            if t is None or t.is_closing():
+                return
+            p.put_u32_at(0, LAST_FRAGMENT | (_send_size(p) + count + pad))
+            head = p.getbuffer()
+            sent = 0
+            if self._sock >= 0 and not t.get_write_buffer_size():
+                try:
+                    k = os.write(self._sock, head)
+                    head = head[k:]
+                    while not len(head) and sent < count:
+                        k = os.sendfile(self._sock, fd, offset + sent, count - sent)
+                        if k == 0:
+                            break                # the file ended early
+                        sent += k
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    t.abort()                    # the connection is gone
+                    return
+            if len(head):
+                t.write(head)
+            if sent < count:
+                rest = os.pread(fd, count - sent, offset + sent)
+                t.write(rest)
+                if len(rest) < count - sent:
+                    t.write(bytes(count - sent - len(rest)))
+            if pad:
+                t.write(bytes(pad))
+        finally:
+            os.close(fd)
+
     def _update_reading(self):
         t = self.transport
         if t is None or t.is_closing():
@@ -243,7 +384,7 @@ class RpcStreamProtocol(asyncio.Protocol):
         elif not want_pause and self._paused_reading:
             self._paused_reading = False
             t.resume_reading()
-            if len(self._buf) >= 4:
+            if self._hi - self._lo >= 4:
                 asyncio.get_running_loop().call_soon(self._resume_parse)
 
     def _resume_parse(self):

@@ -275,9 +275,9 @@ class StreamTarget:
             if frag_bytes != proto._fraglen:
                 raise FuzzFailure("stream-fraglen", "_fraglen %d but %d bytes in fragments"
                                   % (proto._fraglen, frag_bytes))
-            if len(proto._buf) > limit + 8 or proto._fraglen > limit:
+            if proto.buffered > limit + 8 or proto._fraglen > limit:
                 raise FuzzFailure("stream-buffer", "%d bytes buffered, limit %d"
-                                  % (len(proto._buf) + proto._fraglen, limit))
+                                  % (proto.buffered + proto._fraglen, limit))
             if len(proto._frags) > limit // 4 + 2:
                 raise FuzzFailure("stream-empty-fragments",
                                   "%d fragments held for one record of %d bytes: empty "

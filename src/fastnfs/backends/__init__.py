@@ -157,6 +157,12 @@ class Backend:
         when nowait and the data is not in memory (retry without nowait)."""
         _notsupp()
 
+    def lend_read(self, cred, obj: Obj, offset: int, count: int, head):
+        """READ from the page cache by the file itself: (st, fd, n) after
+        head(st), fd open for the caller to send n bytes from offset and close,
+        or None (the default): read() answers it."""
+        return None
+
     def write(self, cred, obj: Obj, offset: int, data, stable: int):
         """WRITE data at offset (stable_how as RFC 1813 says); the attributes after."""
         _notsupp()

@@ -15,9 +15,12 @@ the disk says into what clients see.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import os
 import stat as S
+import threading
 import time
 from collections import OrderedDict
 
@@ -29,6 +32,63 @@ from ..nfs3 import const as C
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OPATH_FLAGS = O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# fchmodat(2) as a raw system call: the temporary grant of open_granting is no
+# change of ownership or mode that fakeroot's or pseudo's preload should record
+_SYS_FCHMODAT = {"x86_64": 268, "aarch64": 53}.get(os.uname().machine, 268)
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(None, use_errno=True)
+_grants = threading.Lock()
+
+
+def _chmod_raw(path: bytes, mode: int) -> None:
+    if _libc.syscall(_SYS_FCHMODAT, _AT_FDCWD, path, mode) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _kernel_fsuid() -> int:
+    """The fsuid the kernel checks (geteuid() lies under fakeroot and pseudo)."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                return int(line.split()[4])
+    return os.geteuid()
+
+
+def open_granting(paths, obj, flags: int) -> int:
+    """Open a regular file that the server itself owns on disk but whose mode
+    denies it (chmod 000 by its owner while a client had it open): the owner's
+    read or write bit is granted on the pinned inode for the open, then the
+    mode is put back unless someone changed it meanwhile.  Grants are taken
+    one at a time (a lock in this process, flock of the export root across
+    worker processes), so no grant is ever taken for the original mode.
+    Anything else: the PermissionError of a plain open."""
+    acc = flags & os.O_ACCMODE
+    need = (S.S_IRUSR if acc != os.O_WRONLY else 0) | (S.S_IWUSR if acc != os.O_RDONLY else 0)
+    pin = paths.open_obj(obj, O_PATH)
+    try:
+        st = fstat(pin)
+        if not S.S_ISREG(st.st_mode) or st.st_uid != _kernel_fsuid():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        via = b"/proc/self/fd/%d" % pin
+        with _grants:
+            lock = os.open(b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                           dir_fd=paths.root_fd)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                mode = S.S_IMODE(fstat(pin).st_mode)
+                _chmod_raw(via, mode | need)
+                try:
+                    return os.open(via, (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC)
+                finally:
+                    if S.S_IMODE(fstat(pin).st_mode) == mode | need:
+                        _chmod_raw(via, mode)
+            finally:
+                os.close(lock)      # and the flock with it
+    finally:
+        os.close(pin)
 
 
 class HostPaths:

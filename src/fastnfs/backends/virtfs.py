@@ -64,7 +64,7 @@ class VirtfsBackend(PlainBackend):
             raise NFSError(C.NFS3ERR_ACCES)
 
     def check_io(self, cred, st, want: int) -> None:
-        """READ/WRITE (perm.io_allowed)."""
+        """READ/WRITE: the owner always, whatever the mode now (perm.io_allowed)."""
         if not perm.io_allowed(cred, st.st_uid, st.st_gid, st.st_mode, want):
             raise NFSError(C.NFS3ERR_ACCES)
 
@@ -106,7 +106,7 @@ class VirtfsBackend(PlainBackend):
         disk = _sattr(size=a.size, atime=a.atime, mtime=a.mtime)
         if getattr(st, "stored_as_file", False) and disk.size is not None:
             raise NFSError(C.NFS3ERR_INVAL)
-        self._set_disk(obj, disk, S.S_IFMT(getattr(st, "real_mode", st.st_mode)))
+        self._set_disk(obj, disk, S.S_IFMT(getattr(st, "real_mode", st.st_mode)), cred)
 
     def _read_link(self, obj) -> bytes:
         if getattr(obj.st, "stored_as_file", False):
