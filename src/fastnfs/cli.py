@@ -209,10 +209,6 @@ def exports_for(args):
     return [entry], None
 
 
-def _any_boards(entries) -> bool:
-    return any(spec.options.boards for e in entries for spec in e.clients)
-
-
 def serve(args, base: bytes = b"") -> int:
     from .server import Config, Server, banner, run
 
@@ -236,8 +232,7 @@ def serve(args, base: bytes = b"") -> int:
         foreground=not args.detach, pid_file=args.pid_file, fhcache_size=args.fhcache_size,
         metacache_size=args.metacache_size,
         single_user=args.single_user, virtfs=args.virtfs, virtfs_symlinks=args.virtfs_symlinks,
-        # a board's layer bookkeeping lives in one process
-        workers=1 if args.boards or _any_boards(entries) else max(1, args.workers),
+        workers=max(1, args.workers),
         preload=None if args.virtfs else detect_preload(),
         pseudo=os.path.abspath(args.pseudo) if args.pseudo else None,
         boards=os.path.abspath(args.boards) if args.boards else None,

@@ -33,6 +33,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from contextlib import contextmanager
 
 from .. import perm
 from ..boards import Layer
@@ -177,11 +178,10 @@ class BoardBackend(Backend):
         self.base_view = Virtfs(self.base_fd).view if virtfs_base else (lambda p, st: st)
         # its own fsid: per base and board (the client keys its caches on it)
         self.fsid = zlib.crc32(b"board:" + self.base_path + b"@" + name) & 0xFFFFFFFF
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()   # this process's threads (Layer.lock: processes)
         self.paths: dict = {}     # fileid -> merged path (verified on use)
         self._missing: dict = {}  # (fileid, gen) -> when a search did not find it
         self.listings: OrderedDict = OrderedDict()  # merged path -> (version, listing)
-        self.name_gen = 0         # bumped by every change of a name
         self.layer = None
         self._open_layer()
         bst = fstat(self.base_fd)
@@ -196,23 +196,29 @@ class BoardBackend(Backend):
     # -- the layer, reopened when reset from the command line ----------------------
     def _open_layer(self) -> None:
         old = self.layer
-        self.layer = Layer(self.boards_fd, self.name, self.base_fd, self.base_path)
-        self._clean_work()
-        self.upper_view = Virtfs(self.layer.upper_fd).view
-        self.index_view = Virtfs(self.layer.index_fd).view
+        L = Layer(self.boards_fd, self.name, self.base_fd, self.base_path)
+        with L.lock():   # no other process is amid a change of it
+            self._clean_work(L)
+            if Virtfs(L.upper_fd).meta(b".") is None:
+                # the board's root looks like the base's until the board changes it
+                write_root_meta(L.upper_fd,
+                                self._meta_of(self.base_view(b".", fstat(self.base_fd))))
+        self.layer = L
+        self.upper_view = Virtfs(L.upper_fd).view
+        self.index_view = Virtfs(L.index_fd).view
         self.paths = {}
-        if Virtfs(self.layer.upper_fd).meta(b".") is None:
-            # the board's root looks like the base's until the board changes it
-            write_root_meta(self.layer.upper_fd,
-                            self._meta_of(self.base_view(b".", fstat(self.base_fd))))
+        self._missing.clear()
+        self.listings.clear()
         if old is not None:
             old.close()
             log.info("board %s: layer reset, serving the base again", self.name.decode())
 
-    def _clean_work(self) -> None:
-        """Copy-ups that a crash left half made in work/ (never in upper/) go."""
+    @staticmethod
+    def _clean_work(L: Layer) -> None:
+        """Copy-ups that a crash left half made in work/ (never in upper/) go
+        (under the layer's lock: no process is amid one)."""
         from ..boards import _rmtree_at
-        wfd = self.layer.work_fd
+        wfd = L.work_fd
         for n in os.listdir(wfd):
             n = os.fsencode(n)
             try:
@@ -224,11 +230,31 @@ class BoardBackend(Backend):
                 pass
 
     def _L(self) -> Layer:
-        if not self.layer.current():
+        """The layer, this process's copy of its bookkeeping brought up to date if
+        another process (a worker, `fastnfs boards reset`) changed it since."""
+        if not self.layer.fresh():
             with self.lock:
-                if not self.layer.current():
-                    self._open_layer()
+                L = self.layer
+                if not L.fresh():
+                    if L.current():
+                        L.reload()
+                        self._missing.clear()
+                    else:
+                        self._open_layer()
         return self.layer
+
+    @contextmanager
+    def _changing(self):
+        """Around every change: this process's threads and the other processes
+        serving the board kept out (the layer's flock), the bookkeeping current;
+        a change of the bookkeeping or of a name bumps the layer's generation."""
+        with self.lock:
+            while True:
+                L = self._L()
+                with L.lock():
+                    if L.fresh():   # nobody changed it between _L() and the flock
+                        yield L
+                        return
 
     def mounted(self) -> None:
         self._L().set_meta("last_mount", str(time.time()))
@@ -522,7 +548,7 @@ class BoardBackend(Backend):
 
     # -- attributes ----------------------------------------------------------------------------
     def setattr(self, cred, obj, a: Sattr3) -> None:
-        with self.lock:
+        with self._changing():
             loc = self.locate(obj.path)
             st = loc.st
             if a.size is not None:
@@ -663,7 +689,7 @@ class BoardBackend(Backend):
             os.close(fd)
 
     def write(self, cred, obj, offset: int, data, stable: int):
-        with self.lock:
+        with self._changing():
             loc = self.copy_up(obj.path)
             if not S.S_ISREG(loc.raw.st_mode) or not S.S_ISREG(loc.st.st_mode):
                 raise NFSError(C.NFS3ERR_INVAL)
@@ -701,8 +727,8 @@ class BoardBackend(Backend):
 
     def _new_entry(self, cred, op, fmt: int, mode: int, make, attrs, rdev: int = -1):
         """Make a new upper entry with make(pfd, name); its metadata; the new Obj."""
-        with self.lock:
-            self.name_gen += 1
+        with self._changing():
+            self.layer.dirty = True   # a name changes
             path = _join(op.d.path, op.name)
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
@@ -810,7 +836,7 @@ class BoardBackend(Backend):
     def _drop(self, path: bytes, loc: Loc, base_had: bool) -> None:
         """Remove the entry at path from the merged view (its upper object, if any)."""
         L = self.layer
-        self.name_gen += 1
+        L.dirty = True   # a name changes
         if loc.kind == U:
             parent, name = _split(path)
             pfd = _open_dir(L.upper_fd, parent)
@@ -854,7 +880,7 @@ class BoardBackend(Backend):
         return loc
 
     def remove(self, cred, op) -> None:
-        with self.lock:
+        with self._changing():
             loc = self._victim(cred, op)
             if S.S_ISDIR(loc.st.st_mode):
                 raise NFSError(C.NFS3ERR_ISDIR)
@@ -863,7 +889,7 @@ class BoardBackend(Backend):
             self._touch(op.d.path)
 
     def rmdir(self, cred, op) -> None:
-        with self.lock:
+        with self._changing():
             loc = self._victim(cred, op)
             if not S.S_ISDIR(loc.st.st_mode):
                 raise NFSError(C.NFS3ERR_NOTDIR)
@@ -874,10 +900,10 @@ class BoardBackend(Backend):
             self._touch(op.d.path)
 
     def rename(self, cred, src, dst) -> None:
-        with self.lock:
+        with self._changing():
             spath = _join(src.d.path, src.name)
             dpath = _join(dst.d.path, dst.name)
-            self.name_gen += 1
+            self.layer.dirty = True   # a name changes
             loc = self._victim(cred, src)
             if spath == dpath:
                 return
@@ -936,12 +962,12 @@ class BoardBackend(Backend):
     def link(self, cred, obj, op) -> None:
         if obj.is_dir:
             raise NFSError(C.NFS3ERR_ISDIR)
-        with self.lock:
+        with self._changing():
             path = _join(op.d.path, op.name)
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
             self.copy_up(obj.path)
-            self.name_gen += 1
+            self.layer.dirty = True   # a name changes
             L = self.layer
             sp, sn = _split(obj.path)
             spfd = _open_dir(L.upper_fd, sp)
@@ -1004,7 +1030,7 @@ class BoardBackend(Backend):
         bd = self.base_dir_of(path)
         bst = None if bd is None else (fstat(self.base_fd) if bd == b"." else
                                        _lstat_in(self.base_fd, bd))
-        return (L.ino, self.name_gen, bd,
+        return (L.ino, L.seen, bd,
                 None if u is None else (u.st_ino, u.st_mtime_ns, u.st_ctime_ns),
                 None if bst is None else (bst.st_ino, bst.st_mtime_ns, bst.st_ctime_ns))
 
