@@ -454,22 +454,29 @@ def wl_memory(a) -> list:
             ("%s: server CPU per walk (us)" % t, "server_cpu_us_per_walk", res, False)]
 
 
+def storm_rounds(a, tree: str, nclients: int, kinds) -> dict:
+    """--rounds boot storms of nclients against each kind of server, alternating:
+    {kind: [result per round]}."""
+    per_client = max(1, a.paths_total // nclients)
+    res: dict = {}
+    for rnd in range(a.rounds):
+        for kind in kinds:
+            r = one_bootstorm(a, kind, tree, nclients, per_client)
+            log(a, "round %d %s %d clients: %.0f ops/s, %.0f walks/s (%.2f calls/walk), "
+                   "p99 %.1f ms, all done in %.2f s, "
+                   "server CPU %.0f%%, generator CPU %.1f us/op" % (
+                       rnd + 1, kind, nclients, r["ops_per_s"], r["walks_per_s"],
+                       r["calls_per_walk"], r["p99_us"] / 1000,
+                       r["seconds"], r["server_cpu_pct"], r["gen_cpu_us_per_op"]))
+            res.setdefault(kind, []).append(r)
+    return res
+
+
 def wl_bootstorm(a) -> list:
     tree = ensure_tree(a)
     rows = []
     for nclients in a.clients:
-        per_client = max(1, a.paths_total // nclients)
-        res: dict = {}
-        for rnd in range(a.rounds):
-            for kind in servers_for(a):
-                r = one_bootstorm(a, kind, tree, nclients, per_client)
-                log(a, "round %d %s %d clients: %.0f ops/s, %.0f walks/s (%.2f calls/walk), "
-                       "p99 %.1f ms, all done in %.2f s, "
-                       "server CPU %.0f%%, generator CPU %.1f us/op" % (
-                           rnd + 1, kind, nclients, r["ops_per_s"], r["walks_per_s"],
-                           r["calls_per_walk"], r["p99_us"] / 1000,
-                           r["seconds"], r["server_cpu_pct"], r["gen_cpu_us_per_op"]))
-                res.setdefault(kind, []).append(r)
+        res = storm_rounds(a, tree, nclients, servers_for(a))
         t = "%d clients" % nclients
         rows += [("%s: ops/s" % t, "ops_per_s", res, True),
                  ("%s: completed walks/s" % t, "walks_per_s", res, True),
@@ -698,16 +705,7 @@ def wl_boards(a) -> list:
     tree = ensure_tree(a)
     rows = []
     for nclients in a.clients:
-        per_client = max(1, a.paths_total // nclients)
-        res: dict = {}
-        for rnd in range(a.rounds):
-            for kind in ("fastnfs-boards", "fastnfs"):
-                r = one_bootstorm(a, kind, tree, nclients, per_client)
-                log(a, "round %d %s %d clients: all done in %.2f s, p99 %.1f ms, "
-                       "server CPU per walk %.0f us, %.0f walks/s" % (
-                           rnd + 1, kind, nclients, r["seconds"], r["p99_ms"],
-                           r["server_cpu_us_per_walk"], r["walks_per_s"]))
-                res.setdefault(kind, []).append(r)
+        res = storm_rounds(a, tree, nclients, ("fastnfs-boards", "fastnfs"))
         t = "%d clients" % nclients
         rows += [("%s: time for all clients (s)" % t, "seconds", res, False),
                  ("%s: server CPU per walk (us)" % t, "server_cpu_us_per_walk", res, False),

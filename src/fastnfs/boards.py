@@ -14,10 +14,11 @@ writes to its own layer, kept under the boards directory (DIR)::
                          objects, attribute changes of base objects
                          (metadata-only), the layer's epoch, stamps
     DIR/NAME/gen         the layer's generation: 8 bytes, mapped shared by
-                         every process serving the board; a writer holds an
-                         exclusive flock on it while it changes the layer and
-                         bumps it after, so a reader's check that its copy of
-                         the bookkeeping is current is one memory read
+                         every process serving the board, a sequence lock: a
+                         writer holds an exclusive flock on the file and makes
+                         the generation odd while it changes the layer, even
+                         after, so a reader's check that its copy of the
+                         bookkeeping is current is one memory read
 
 Nothing in the layer is ever visible to clients under its own name: the
 backend (``backends.boards``) serves the merged view only.
@@ -127,22 +128,41 @@ class Layer:
         self.gen_fd = os.open(GEN, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                               0o600, dir_fd=self.fd)
         self.locked = 0     # depth of lock() in this process (the flock is taken once)
-        self.dirty = False  # the bookkeeping or a name changed under the lock
+        self.map = None
         with self.lock():   # (a layer made before generations has no gen file yet)
             if os.fstat(self.gen_fd).st_size < _GEN.size:
                 os.ftruncate(self.gen_fd, _GEN.size)
+            self.map = mmap.mmap(self.gen_fd, _GEN.size)
+            self._repair()
             self.db.executescript(SCHEMA)
-        self.map = mmap.mmap(self.gen_fd, _GEN.size)
-        self.epoch = int(dict(self.db.execute("SELECT k, v FROM meta"))["epoch"])
-        self.reload()
+            self.epoch = int(dict(self.db.execute("SELECT k, v FROM meta"))["epoch"])
+            self.reload()
 
     # -- one view of the layer for every process serving it ----------------------
+    # The generation is a sequence lock: odd while a process changes the layer
+    # (under the flock), even otherwise; every change moves it on by two.
     def generation(self) -> int:
         return _GEN.unpack_from(self.map)[0]
 
     def fresh(self) -> bool:
-        """Is this process's copy of the bookkeeping current (one memory read)?"""
+        """Is this process's copy of the bookkeeping current, and no other process
+        amid a change (one memory read)?"""
         return _GEN.unpack_from(self.map)[0] == self.seen
+
+    def _repair(self) -> None:
+        """Under the flock, an odd generation is a change whose process died."""
+        g = self.generation()
+        if g & 1:
+            _GEN.pack_into(self.map, 0, g + 1)
+
+    def begin(self) -> None:
+        """A change starts (under the flock, the bookkeeping current)."""
+        self.seen += 1
+        _GEN.pack_into(self.map, 0, self.seen)
+
+    def end(self) -> None:
+        self.seen += 1
+        _GEN.pack_into(self.map, 0, self.seen)
 
     def reload(self) -> None:
         """Read the bookkeeping again (another process changed the layer)."""
@@ -217,30 +237,25 @@ class Layer:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
 
     def add_whiteout(self, path: bytes) -> None:
-        self.dirty = True
         if path not in self.whiteouts:
             self.whiteouts.add(path)
             self.db.execute("INSERT OR IGNORE INTO whiteout VALUES (?)", (path,))
 
     def drop_whiteout(self, path: bytes) -> None:
-        self.dirty = True
         if path in self.whiteouts:
             self.whiteouts.discard(path)
             self.db.execute("DELETE FROM whiteout WHERE path = ?", (path,))
 
     def set_opaque(self, path: bytes) -> None:
-        self.dirty = True
         if path not in self.opaque:
             self.opaque.add(path)
             self.db.execute("INSERT OR IGNORE INTO opaque VALUES (?)", (path,))
 
     def set_redirect(self, path: bytes, base: bytes) -> None:
-        self.dirty = True
         self.redirects[path] = base
         self.db.execute("INSERT OR REPLACE INTO redirect VALUES (?, ?)", (path, base))
 
     def set_id(self, upper_ino: int, fileid: int, gen: int, nlink: int = 1) -> None:
-        self.dirty = True
         self.ids[upper_ino] = (fileid, gen)
         if nlink > 1:
             self.base_nlink[fileid] = nlink
@@ -248,24 +263,20 @@ class Layer:
                         (upper_ino, fileid, gen, nlink))
 
     def drop_id(self, upper_ino: int) -> None:
-        self.dirty = True
         if self.ids.pop(upper_ino, None) is not None:
             self.db.execute("DELETE FROM ids WHERE upper_ino = ?", (upper_ino,))
 
     def set_attrs(self, fileid: int, a: tuple, path: bytes) -> None:
-        self.dirty = True
         self.attrs[fileid] = a
         self.db.execute("INSERT OR REPLACE INTO attrs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (fileid,) + tuple(a) + (path,))
 
     def drop_attrs(self, fileid: int) -> None:
-        self.dirty = True
         if self.attrs.pop(fileid, None) is not None:
             self.db.execute("DELETE FROM attrs WHERE fileid = ?", (fileid,))
 
     def forget_tree(self, path: bytes, itself: bool = True) -> None:
         """Drop whiteouts, opaque marks and redirects at path (if itself) and below."""
-        self.dirty = True
         pre = path + b"/"
         for tab, coll in (("whiteout", self.whiteouts), ("opaque", self.opaque),
                           ("redirect", self.redirects)):
@@ -279,7 +290,6 @@ class Layer:
 
     def move_tree(self, src: bytes, dst: bytes) -> None:
         """Bookkeeping below src now belongs below dst (a directory was renamed)."""
-        self.dirty = True
         pre = src + b"/"
         self.db.execute("BEGIN")
         try:
@@ -305,8 +315,7 @@ class Layer:
 
 
 class _LayerLock:
-    """flock of the layer's gen file, taken once per process however deeply nested;
-    on the way out a change made under it bumps the generation."""
+    """flock of the layer's gen file, taken once per process however deeply nested."""
 
     __slots__ = ("L",)
 
@@ -317,22 +326,15 @@ class _LayerLock:
         L = self.L
         if not L.locked:
             fcntl.flock(L.gen_fd, fcntl.LOCK_EX)
+            if L.map is not None:
+                L._repair()
         L.locked += 1
         return L
 
     def __exit__(self, *exc) -> None:
         L = self.L
         L.locked -= 1
-        if L.locked:
-            return
-        try:
-            if L.dirty:
-                L.dirty = False
-                g = L.generation()
-                _GEN.pack_into(L.map, 0, g + 1)
-                if L.seen == g:
-                    L.seen = g + 1   # (what this process knew is still all there is)
-        finally:
+        if not L.locked:
             fcntl.flock(L.gen_fd, fcntl.LOCK_UN)
 
 
@@ -346,7 +348,7 @@ def bump_generation(layer_fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)   # after the change under way, if any
         raw = os.pread(fd, _GEN.size, 0)
         g = _GEN.unpack(raw)[0] if len(raw) == _GEN.size else 0
-        os.pwrite(fd, _GEN.pack(g + 1), 0)
+        os.pwrite(fd, _GEN.pack((g | 1) + 1), 0)   # the next even one
     finally:
         os.close(fd)
 

@@ -45,7 +45,7 @@ from ..virtfs.ops import changed_meta, disk_mode, new_meta
 from ..virtfs.overlay import Virtfs
 from ..virtfs.store import (HIDDEN, Meta, link_meta, make_rdev, meta_dir_only, remove_meta,
                             rename_meta, rmdir_meta_dir, write_meta, write_root_meta)
-from . import Backend, DirOp
+from . import Backend, DirOp, ServerChecks
 from .listing import listing_start
 
 log = logging.getLogger("fastnfs.boards")
@@ -161,7 +161,7 @@ class BoardDirOp(DirOp):
         return self.b.refresh(self.d)
 
 
-class BoardBackend(Backend):
+class BoardBackend(ServerChecks, Backend):
     """Board NAME's view of BASE, its layer kept under the boards directory."""
 
     lane = False
@@ -236,24 +236,32 @@ class BoardBackend(Backend):
             with self.lock:
                 L = self.layer
                 if not L.fresh():
-                    if L.current():
-                        L.reload()
-                        self._missing.clear()
-                    else:
+                    if not L.current():
                         self._open_layer()
+                    else:
+                        with L.lock():   # (waits out a change under way elsewhere)
+                            L.reload()
+                        self._missing.clear()
         return self.layer
 
     @contextmanager
     def _changing(self):
         """Around every change: this process's threads and the other processes
-        serving the board kept out (the layer's flock), the bookkeeping current;
-        a change of the bookkeeping or of a name bumps the layer's generation."""
+        serving the board kept out (the layer's flock), the bookkeeping current,
+        the generation odd meanwhile (Layer.begin, end)."""
         with self.lock:
+            if self.layer.locked:   # (a change within a change)
+                yield self.layer
+                return
             while True:
                 L = self._L()
                 with L.lock():
                     if L.fresh():   # nobody changed it between _L() and the flock
-                        yield L
+                        L.begin()
+                        try:
+                            yield L
+                        finally:
+                            L.end()
                         return
 
     def mounted(self) -> None:
@@ -293,7 +301,21 @@ class BoardBackend(Backend):
         return (bpath, st) if st is not None else (None, None)
 
     def locate(self, path: bytes) -> Loc:
-        L = self._L()
+        """Where the object at merged path is now (NFSError NOENT if nowhere); looked
+        at again if another process changed the layer meanwhile (a sequence lock)."""
+        while True:
+            L = self._L()
+            seen = L.seen
+            try:
+                loc = self._locate(L, path)
+            except NFSError:
+                if L.generation() == seen:
+                    raise
+                continue
+            if L.generation() == seen:
+                return loc
+
+    def _locate(self, L: Layer, path: bytes) -> Loc:
         loc = Loc()
         ust = fstat(L.upper_fd) if path == b"." else _lstat_in(L.upper_fd, path)
         if ust is not None:
@@ -434,24 +456,6 @@ class BoardBackend(Backend):
         except (NFSError, OSError):
             pass
         return obj.st
-
-    # -- permissions -----------------------------------------------------------------------
-    def check(self, cred, st, want: int) -> None:
-        if not perm.allowed(cred, st.st_uid, st.st_gid, st.st_mode, want):
-            raise NFSError(C.NFS3ERR_ACCES)
-
-    def check_io(self, cred, st, want: int) -> None:
-        if cred.uid == st.st_uid:
-            return
-        if want == perm.R and perm.allowed(cred, st.st_uid, st.st_gid, st.st_mode, perm.X):
-            return
-        self.check(cred, st, want)
-
-    def check_delete(self, cred, dir_st, victim_st) -> None:
-        uid = cred.uid
-        if (dir_st.st_mode & S.S_ISVTX and uid != 0 and uid != dir_st.st_uid
-                and uid != victim_st.st_uid):
-            raise NFSError(C.NFS3ERR_PERM)
 
     # -- copy-up -------------------------------------------------------------------------------
     def _upper_dir(self, path: bytes) -> int:
@@ -636,11 +640,6 @@ class BoardBackend(Backend):
             os.close(dfd)
 
     # -- names ------------------------------------------------------------------------------------
-    def lookup(self, cred, d, name: bytes):
-        if d.is_dir:
-            self.check(cred, d.st, perm.X)
-        return self.walk(d, name)
-
     def readlink(self, cred, obj) -> bytes:
         with self.lock:
             loc = self.locate(obj.path)
@@ -666,12 +665,6 @@ class BoardBackend(Backend):
                 os.close(dfd)
 
     # -- data ------------------------------------------------------------------------------------
-    def check_read(self, cred, obj) -> None:
-        self.check_io(cred, obj.st, perm.R)
-
-    def check_write(self, cred, obj) -> None:
-        self.check_io(cred, obj.st, perm.W)
-
     def read(self, cred, obj, offset: int, count: int, p, head, nowait: bool = False):
         if nowait:
             return None
@@ -689,8 +682,11 @@ class BoardBackend(Backend):
             os.close(fd)
 
     def write(self, cred, obj, offset: int, data, stable: int):
-        with self._changing():
-            loc = self.copy_up(obj.path)
+        with self.lock:
+            loc = self.locate(obj.path)
+            if loc.kind != U:   # a copy-up: a change of the layer
+                with self._changing():
+                    loc = self.copy_up(obj.path)
             if not S.S_ISREG(loc.raw.st_mode) or not S.S_ISREG(loc.st.st_mode):
                 raise NFSError(C.NFS3ERR_INVAL)
             fd = self._open_upper(obj.path, os.O_WRONLY)
@@ -728,7 +724,6 @@ class BoardBackend(Backend):
     def _new_entry(self, cred, op, fmt: int, mode: int, make, attrs, rdev: int = -1):
         """Make a new upper entry with make(pfd, name); its metadata; the new Obj."""
         with self._changing():
-            self.layer.dirty = True   # a name changes
             path = _join(op.d.path, op.name)
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
@@ -836,7 +831,6 @@ class BoardBackend(Backend):
     def _drop(self, path: bytes, loc: Loc, base_had: bool) -> None:
         """Remove the entry at path from the merged view (its upper object, if any)."""
         L = self.layer
-        L.dirty = True   # a name changes
         if loc.kind == U:
             parent, name = _split(path)
             pfd = _open_dir(L.upper_fd, parent)
@@ -903,7 +897,6 @@ class BoardBackend(Backend):
         with self._changing():
             spath = _join(src.d.path, src.name)
             dpath = _join(dst.d.path, dst.name)
-            self.layer.dirty = True   # a name changes
             loc = self._victim(cred, src)
             if spath == dpath:
                 return
@@ -967,7 +960,6 @@ class BoardBackend(Backend):
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
             self.copy_up(obj.path)
-            self.layer.dirty = True   # a name changes
             L = self.layer
             sp, sn = _split(obj.path)
             spfd = _open_dir(L.upper_fd, sp)
