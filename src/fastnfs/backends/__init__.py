@@ -60,7 +60,7 @@ from __future__ import annotations
 import stat as S
 
 from .. import perm
-from ..fs import NFSError, Obj
+from ..fs import NFSError, Obj, check_name
 from ..nfs3 import const as C
 
 __all__ = ["Backend", "DirOp", "Obj", "NFSError", "ServerChecks"]
@@ -255,10 +255,26 @@ class ServerChecks:
             raise NFSError(C.NFS3ERR_PERM)
 
     # the calls that apply them (PlainBackend's too, whose check hooks do nothing)
+    def check_dirop(self, cred, d, name: bytes) -> None:
+        """May cred change name in directory d (the first half of dirop)?"""
+        if not d.is_dir:
+            raise NFSError(C.NFS3ERR_NOTDIR)
+        if name in (b".", b".."):
+            raise NFSError(C.NFS3ERR_EXIST)
+        check_name(name)
+        if name in self.hidden:
+            raise NFSError(C.NFS3ERR_ACCES)
+        self.check(cred, d.st, perm.W | perm.X)
+
     def lookup(self, cred, d, name: bytes):
         if d.is_dir:
             self.check(cred, d.st, perm.X)
         return self.walk(d, name)
+
+    def check_list(self, cred, d) -> None:
+        if not d.is_dir:
+            raise NFSError(C.NFS3ERR_NOTDIR)
+        self.check(cred, d.st, perm.R)
 
     def check_read(self, cred, obj) -> None:
         self.check_io(cred, obj.st, perm.R)

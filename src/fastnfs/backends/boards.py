@@ -705,14 +705,7 @@ class BoardBackend(ServerChecks, Backend):
 
     # -- changes of names ----------------------------------------------------------------------
     def dirop(self, cred, d, name: bytes) -> BoardDirOp:
-        if not d.is_dir:
-            raise NFSError(C.NFS3ERR_NOTDIR)
-        if name in (b".", b".."):
-            raise NFSError(C.NFS3ERR_EXIST)
-        check_name(name)
-        if name in self.hidden:
-            raise NFSError(C.NFS3ERR_ACCES)
-        self.check(cred, d.st, perm.W | perm.X)
+        self.check_dirop(cred, d, name)
         return BoardDirOp(self, d, name)
 
     def _exists(self, path: bytes):
@@ -976,11 +969,6 @@ class BoardBackend(ServerChecks, Backend):
             self.refresh(obj)
 
     # -- listings ---------------------------------------------------------------------------------
-    def check_list(self, cred, d) -> None:
-        if not d.is_dir:
-            raise NFSError(C.NFS3ERR_NOTDIR)
-        self.check(cred, d.st, perm.R)
-
     def listing_cached(self, d) -> bool:
         return False
 

@@ -21,7 +21,7 @@ import time
 
 from .. import creds, perm
 from .._accel import load
-from ..fs import NFSError, join, nfsstat_of, check_name, scan_listing
+from ..fs import NFSError, join, nfsstat_of, scan_listing
 from ..fsstat import fstat, lstatat
 from ..nfs3 import const as C
 from ..nfs3.types import Sattr3, put_fattr3
@@ -297,14 +297,7 @@ class PlainBackend(HostPaths, ServerChecks, Backend):
 
     # -- changes of names --------------------------------------------------------------
     def dirop(self, cred, d, name: bytes) -> HostDirOp:
-        if not d.is_dir:
-            raise NFSError(C.NFS3ERR_NOTDIR)
-        if name in (b".", b".."):
-            raise NFSError(C.NFS3ERR_EXIST)
-        check_name(name)
-        if name in self.hidden:
-            raise NFSError(C.NFS3ERR_ACCES)
-        self.check(cred, d.st, perm.W | perm.X)
+        self.check_dirop(cred, d, name)
         return HostDirOp(self, d, name, self.open_dir(d))
 
     def _undo_create(self, op) -> None:
@@ -481,11 +474,6 @@ class PlainBackend(HostPaths, ServerChecks, Backend):
         self.refresh(obj)
 
     # -- listings ------------------------------------------------------------------------
-    def check_list(self, cred, d) -> None:
-        if not d.is_dir:
-            raise NFSError(C.NFS3ERR_NOTDIR)
-        self.check(cred, d.st, perm.R)
-
     def listing_cached(self, d) -> bool:
         return self.listings.has(d.ino, d.st)
 
