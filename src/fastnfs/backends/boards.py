@@ -26,6 +26,8 @@ permissions itself on the merged attributes (``fastnfs.perm``), as virtfs does.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import stat as S
@@ -47,6 +49,7 @@ from ..virtfs.store import (HIDDEN, Meta, link_meta, make_rdev, meta_dir_only, r
                             rename_meta, rmdir_meta_dir, write_meta, write_root_meta)
 from . import Backend, DirOp, ServerChecks
 from .listing import listing_start
+from .plain import read_reply
 
 log = logging.getLogger("fastnfs.boards")
 
@@ -100,10 +103,44 @@ def _join(d: bytes, name: bytes) -> bytes:
     return name if d == b"." else d + b"/" + name
 
 
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_SYS_OPENAT2 = 437   # the same number on every architecture (a syscall of 5.6)
+_RESOLVE = 0x04 | 0x08   # RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
+_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_syscall.restype = ctypes.c_long
+_HOW: dict = {}
+_openat2_ok = [True]
+
+
+def _openat2(root_fd: int, path: bytes, flags: int):
+    """openat2(2) of path below root_fd that follows no symlink and never leaves
+    root_fd: one call where a walk takes one open per component; None where the
+    kernel has no openat2."""
+    how = _HOW.get(flags)
+    if how is None:
+        how = _HOW[flags] = _OpenHow(flags, 0, _RESOLVE)
+    fd = _syscall(_SYS_OPENAT2, root_fd, path, ctypes.byref(how), 24)
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:
+        _openat2_ok[0] = False
+        return None
+    raise OSError(err, os.strerror(err), path)
+
+
 def _open_dir(root_fd: int, path: bytes, flags: int = DIRP) -> int:
-    """An fd of the directory at path under root_fd, walked one no-follow step at a time."""
+    """An fd of the directory at path under root_fd; no symlink followed on the way."""
     if path == b".":
         return os.open(b".", flags, dir_fd=root_fd)
+    if _openat2_ok[0]:
+        fd = _openat2(root_fd, path, flags)
+        if fd is not None:
+            return fd
     fd = os.open(b".", DIRP, dir_fd=root_fd)
     try:
         comps = path.split(b"/")
@@ -133,12 +170,25 @@ def _open_base(dfd: int, name: bytes) -> int:
     return os.open(name, flags, dir_fd=dfd)
 
 
+_LSTAT = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _lstat_in(root_fd: int, path: bytes):
     """lstat of path under root_fd (no symlink followed on the way), or None."""
+    if path == b".":
+        return fstat(root_fd)
+    if _openat2_ok[0]:
+        try:
+            fd = _openat2(root_fd, path, _LSTAT)
+        except OSError:
+            return None
+        if fd is not None:
+            try:
+                return fstat(fd)
+            finally:
+                os.close(fd)
     d, name = _split(path)
     try:
-        if path == b".":
-            return fstat(root_fd)
         dfd = _open_dir(root_fd, d)
     except OSError:
         return None
@@ -666,18 +716,12 @@ class BoardBackend(ServerChecks, Backend):
 
     # -- data ------------------------------------------------------------------------------------
     def read(self, cred, obj, offset: int, count: int, p, head, nowait: bool = False):
-        if nowait:
-            return None
         with self.lock:
             st = self.locate(obj.path).st
             fd = self._open_read(obj.path)
         try:
-            head(st)
-            if not count or offset > MAX_OFFSET:
-                p.u32(0)
-                return st, 0
-            n = p.pread_opaque(fd, count, offset, 0)
-            return st, n
+            # what the page cache holds inline, the rest in a thread (as plain)
+            return read_reply(fd, st, offset, count, p, head, nowait)
         finally:
             os.close(fd)
 
@@ -970,7 +1014,7 @@ class BoardBackend(ServerChecks, Backend):
 
     # -- listings ---------------------------------------------------------------------------------
     def listing_cached(self, d) -> bool:
-        return False
+        return d.path in self.listings   # (its version is checked when it is used)
 
     def _merged_names(self, path: bytes) -> list:
         """The names in the merged directory at path (no ".", "..", hidden ones)."""

@@ -141,6 +141,27 @@ def makedev(major: int, minor: int) -> int:
         raise NFSError(C.NFS3ERR_INVAL) from None
 
 
+def read_reply(fd: int, st, offset: int, count: int, p, head, nowait: bool):
+    """Backend.read's work on an open file with attributes st: head(st), then the
+    data as an XDR opaque; None when nowait and the data is not all in memory."""
+    head(st)
+    if not count or offset > MAX_OFFSET:
+        p.u32(0)  # section 3.3.6: past the end (even past off_t): no data, eof
+        return st, 0
+    try:
+        n = p.pread_opaque(fd, count, offset, _RWF_NOWAIT if nowait else 0)
+    except OSError as err:
+        # EOPNOTSUPP: a filesystem without RWF_NOWAIT; a thread reads
+        if not nowait or err.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
+            raise
+        return None
+    if nowait and n < count and offset + n < st.st_size:
+        # only part of it is cached: a short READ is legal (section
+        # 3.3.6) but costs the client a round trip; a thread waits
+        return None
+    return st, n
+
+
 class PlainBackend(HostPaths, ServerChecks, Backend):
     """The host filesystem, with the kernel's permission checks (the check hooks
     below do nothing: the kernel decides, under the caller's credentials)."""
@@ -252,23 +273,8 @@ class PlainBackend(HostPaths, ServerChecks, Backend):
     def read(self, cred, obj, offset: int, count: int, p, head, nowait: bool = False):
         fd = self.open_obj(obj, os.O_RDONLY)
         try:
-            st = self.view(obj.path, fstat(fd))
-            head(st)
-            if not count or offset > MAX_OFFSET:
-                p.u32(0)  # section 3.3.6: past the end (even past off_t): no data, eof
-                return st, 0
-            try:
-                n = p.pread_opaque(fd, count, offset, _RWF_NOWAIT if nowait else 0)
-            except OSError as err:
-                # EOPNOTSUPP: a filesystem without RWF_NOWAIT; a thread reads
-                if not nowait or err.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
-                    raise
-                return None
-            if nowait and n < count and offset + n < st.st_size:
-                # only part of it is cached: a short READ is legal (section
-                # 3.3.6) but costs the client a round trip; a thread waits
-                return None
-            return st, n
+            return read_reply(fd, self.view(obj.path, fstat(fd)), offset, count, p, head,
+                              nowait)
         finally:
             os.close(fd)
 
