@@ -259,6 +259,7 @@ class BoardBackend(ServerChecks, Backend):
         self.paths = {}
         self._missing.clear()
         self.listings.clear()
+        self._no_upper = (None, set())   # (generation, paths not in upper/)
         if old is not None:
             old.close()
             log.info("board %s: layer reset, serving the base again", self.name.decode())
@@ -365,9 +366,28 @@ class BoardBackend(ServerChecks, Backend):
             if L.generation() == seen:
                 return loc
 
+    def _upper_lstat(self, L: Layer, path: bytes):
+        """lstat of path in upper/, or None; remembered while None for as long as the
+        layer's generation stays (an upper entry appears only by a change, which
+        moves it on; none is remembered during a change of this process's)."""
+        if path == b".":
+            return fstat(L.upper_fd)
+        seen = L.seen
+        nu = self._no_upper
+        if nu[0] != seen:
+            nu = self._no_upper = (seen, set())
+        if path in nu[1]:
+            return None
+        ust = _lstat_in(L.upper_fd, path)
+        if ust is None and not L.locked:
+            if len(nu[1]) > 65536:
+                nu[1].clear()
+            nu[1].add(path)
+        return ust
+
     def _locate(self, L: Layer, path: bytes) -> Loc:
         loc = Loc()
-        ust = fstat(L.upper_fd) if path == b"." else _lstat_in(L.upper_fd, path)
+        ust = self._upper_lstat(L, path)
         if ust is not None:
             loc.kind, loc.raw, loc.bpath = U, ust, None
             view = self.upper_view(path, ust)
