@@ -458,6 +458,9 @@ def test_cthon_style_operations_on_a_board(kit, tmp_path):
                         mem=384)
         fails = [ln for ln in res.output.splitlines() if ln.startswith("FAIL")]
         assert res.rc == 0 and not fails, res.describe()
+        # every check ran (the chmod loop's once per mode)
+        oks = [ln for ln in res.output.splitlines() if ln.startswith("ok ")]
+        assert len(oks) == CTHON_STYLE.count("\ncheck ") + 9, res.describe()
     finally:
         srv.stop()
     assert "Traceback" not in srv.log(), srv.log()[-4000:]
