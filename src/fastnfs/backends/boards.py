@@ -156,18 +156,18 @@ def _open_dir(root_fd: int, path: bytes, flags: int = DIRP) -> int:
 
 
 _NOATIME = getattr(os, "O_NOATIME", 0)
+_BASE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def _open_base(dfd: int, name: bytes) -> int:
     """Open a base file for reading without touching its atime where allowed
     (O_NOATIME needs the file's owner or CAP_FOWNER)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     if _NOATIME:
         try:
-            return os.open(name, flags | _NOATIME, dir_fd=dfd)
+            return os.open(name, _BASE_READ | _NOATIME, dir_fd=dfd)
         except PermissionError:
             pass
-    return os.open(name, flags, dir_fd=dfd)
+    return os.open(name, _BASE_READ, dir_fd=dfd)
 
 
 _LSTAT = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -693,8 +693,10 @@ class BoardBackend(ServerChecks, Backend):
         finally:
             os.close(pfd)
 
-    def _open_read(self, path: bytes) -> int:
-        loc = self.locate(path)
+    def _open_read(self, path: bytes, loc: Loc | None = None) -> int:
+        """An fd of the file at path for reading (loc: where it was just located)."""
+        if loc is None:
+            loc = self.locate(path)
         if not S.S_ISREG(loc.raw.st_mode):
             raise NFSError(C.NFS3ERR_INVAL)
         if loc.kind == U:
@@ -702,6 +704,13 @@ class BoardBackend(ServerChecks, Backend):
         if loc.kind == I:
             return os.open(str(loc.fileid).encode(), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                            dir_fd=self.layer.index_fd)
+        if _openat2_ok[0]:
+            try:
+                fd = _openat2(self.base_fd, loc.bpath, _BASE_READ | _NOATIME)
+            except PermissionError:   # O_NOATIME: the owner's or CAP_FOWNER's
+                fd = _openat2(self.base_fd, loc.bpath, _BASE_READ)
+            if fd is not None:
+                return fd
         bd, bn = _split(loc.bpath)
         dfd = _open_dir(self.base_fd, bd)
         try:
@@ -737,11 +746,11 @@ class BoardBackend(ServerChecks, Backend):
     # -- data ------------------------------------------------------------------------------------
     def read(self, cred, obj, offset: int, count: int, p, head, nowait: bool = False):
         with self.lock:
-            st = self.locate(obj.path).st
-            fd = self._open_read(obj.path)
+            loc = self.locate(obj.path)
+            fd = self._open_read(obj.path, loc)
         try:
             # what the page cache holds inline, the rest in a thread (as plain)
-            return read_reply(fd, st, offset, count, p, head, nowait)
+            return read_reply(fd, loc.st, offset, count, p, head, nowait)
         finally:
             os.close(fd)
 
