@@ -222,7 +222,9 @@ class Server:
                          "-p", "-d", "-l", "127.0.0.1"]
             if kind == "fastnfs-virtfs":
                 cmd.append("--virtfs")
-            elif kind == "fastnfs-boards":   # fresh, empty layers
+            elif kind in ("fastnfs-boards", "fastnfs-general"):   # fresh, empty layers
+                # (fastnfs-general: the clients on the read-only base, which the fast
+                # lane declines as it does board exports: the general path alone)
                 self.boards = os.path.join(workdir, "boards-%d" % self.port)
                 subprocess.run(["rm", "-rf", self.boards], check=True)
                 cmd += ["--boards", self.boards]
@@ -698,14 +700,18 @@ def wl_virtfs(a) -> list:
             ("%d clients: server CPU per op (us)" % n, "server_cpu_us_per_op", res, False)]
 
 
+BOARDS_KINDS = ("fastnfs-boards", "fastnfs", "fastnfs-general")
+
+
 def wl_boards(a) -> list:
     """The bootstorm with each client on its own board (fastnfs --boards, client i
     mounts TREE@b<i>, every layer fresh and empty) against every client on the
-    tree itself (plain fastnfs), alternating, in one run."""
+    tree itself (plain fastnfs), and on the read-only base of a --boards server
+    (the general path alone), alternating, in one run."""
     tree = ensure_tree(a)
     rows = []
     for nclients in a.clients:
-        res = storm_rounds(a, tree, nclients, ("fastnfs-boards", "fastnfs"))
+        res = storm_rounds(a, tree, nclients, BOARDS_KINDS)
         t = "%d clients" % nclients
         rows += [("%s: time for all clients (s)" % t, "seconds", res, False),
                  ("%s: server CPU per walk (us)" % t, "server_cpu_us_per_walk", res, False),
@@ -877,7 +883,7 @@ def main(argv=None) -> int:
                 "bootstorm": wl_bootstorm, "stream": wl_stream, "virtfs": wl_virtfs,
                 "boards": wl_boards, "memory": wl_memory}[w](a)
         kinds = {"virtfs": ["fastnfs-virtfs", "fastnfs"],
-                 "boards": ["fastnfs-boards", "fastnfs"]}.get(w) or servers_for(a)
+                 "boards": list(BOARDS_KINDS)}.get(w) or servers_for(a)
         print()
         print("### %s (median of %d rounds, %.0f s)" % (w, a.rounds, time.monotonic() - t0))
         print()

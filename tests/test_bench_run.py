@@ -97,10 +97,12 @@ def test_boards_workload_runs_a_board_per_client_against_the_base(tmp_path, caps
                      "--rounds", "1", "--workdir", str(tmp_path / "w"),
                      "--fastnfs-arg=--workers=1"]) == 0
     out = capsys.readouterr().out
-    assert "| boards | fastnfs-boards | fastnfs | fastnfs-boards/fastnfs |" in out
-    rows = {line.split("|")[1].strip(): line.split("|")[2:5]
+    assert ("| boards | fastnfs-boards | fastnfs | fastnfs-general | fastnfs-boards/fastnfs "
+            "| fastnfs-boards/fastnfs-general |") in out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:7]
             for line in out.splitlines() if line.startswith("| 3 clients")}
-    assert float(rows["3 clients: time for all clients (s)"][2]) > 0
+    assert float(rows["3 clients: time for all clients (s)"][3]) > 0
+    assert float(rows["3 clients: time for all clients (s)"][4]) > 0
     assert float(rows["3 clients: calls per walk"][0]) > 0
     # each client had a board of its own, fresh; none is left behind
     assert not list((tmp_path / "w").glob("boards-*"))
