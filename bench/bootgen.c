@@ -5,8 +5,9 @@
  *
  * WORKFILE (written by loadgen.py --engine c, which did the MNT and FSINFO):
  *     line 1:  the root filehandle in hex
- *     then, per client, a line "C <n>" followed by n paths, one per line,
- *     relative to the export, bytes as-is.
+ *     then, per client, a line "C <n>" or "C <n> <root handle in hex>" (the
+ *     client's own export, a board's for run.py boards) followed by n paths,
+ *     one per line, relative to the export, bytes as-is.
  * RSIZE is the READ size (already capped by rtmax), START_AT an epoch time
  * (float seconds) to wait for before starting, 0 for none, LATFILE where to
  * write every call's latency as native int64 ns, or "-" for none.
@@ -642,6 +643,18 @@ static int cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* n hex digits at in to n / 2 bytes at out; -1 on a bad digit */
+static int unhex(const uint8_t *in, uint32_t n, uint8_t *out)
+{
+    for (uint32_t i = 0; i < n / 2; i++) {
+        int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 7) {
@@ -678,12 +691,8 @@ int main(int argc, char **argv)
         fatal("%s: first line must be the root handle in hex", workfile);
     uint32_t rootlen = n / 2;
     uint8_t root[FH_MAX];
-    for (uint32_t i = 0; i < rootlen; i++) {
-        int hi = hexval(line[2 * i]), lo = hexval(line[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            fatal("%s: bad hex in the root handle", workfile);
-        root[i] = (uint8_t)(hi << 4 | lo);
-    }
+    if (unhex(line, n, root) < 0)
+        fatal("%s: bad hex in the root handle", workfile);
 
     struct client *cl = NULL;
     size_t ncl = 0;
@@ -692,13 +701,21 @@ int main(int argc, char **argv)
         if (n < 3 || line[0] != 'C' || line[1] != ' ')
             fatal("%s: expected \"C <n>\", got \"%s\"", workfile, (char *)line);
         cnt = strtoul((char *)line + 2, &end, 10);
-        if (*end)
+        uint8_t *own = NULL;
+        uint32_t ownlen = 0;
+        if (*end == ' ') {   /* the client's own root handle */
+            uint32_t hn = (uint32_t)(n - ((uint8_t *)end + 1 - line));
+            own = xmalloc(FH_MAX);
+            if (hn == 0 || hn % 2 || hn / 2 > FH_MAX || unhex((uint8_t *)end + 1, hn, own) < 0)
+                fatal("%s: bad root handle in \"%s\"", workfile, (char *)line);
+            ownlen = hn / 2;
+        } else if (*end)
             fatal("%s: bad count line \"%s\"", workfile, (char *)line);
         cl = xrealloc(cl, (ncl + 1) * sizeof *cl);
         struct client *c = &cl[ncl++];
         memset(c, 0, sizeof *c);
-        c->root = root;
-        c->rootlen = rootlen;
+        c->root = own ? own : root;
+        c->rootlen = own ? ownlen : rootlen;
         c->rsize = (uint32_t)rsize;
         c->plus = 1;
         c->npaths = cnt;

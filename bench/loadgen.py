@@ -217,15 +217,16 @@ class SyncConn:
         return fh
 
 
-def mount_root(a, c: SyncConn) -> bytes:
-    """The export's root handle: MNT on c's connection when MOUNT shares the NFS port
-    (fastnfs, unfsd -m PORT), else on a connection of its own to --mount-port
-    (nfs-ganesha serves MOUNT on a port of its own)."""
+def mount_root(a, c: SyncConn, path: str | None = None) -> bytes:
+    """The root handle of the export (or of path): MNT on c's connection when MOUNT
+    shares the NFS port (fastnfs, unfsd -m PORT), else on a connection of its own to
+    --mount-port (nfs-ganesha serves MOUNT on a port of its own)."""
+    path = a.export if path is None else path
     if not a.mount_port or a.mount_port == a.port:
-        return c.mount(a.export.encode())
+        return c.mount(path.encode())
     m = SyncConn(a.host, a.mount_port)
     try:
-        return m.mount(a.export.encode())
+        return m.mount(path.encode())
     finally:
         m.close()
 
@@ -595,23 +596,31 @@ def client_paths(paths: list, client: int, clients: int, per_client: int) -> lis
     return [paths[(start + k) % n] for k in range(min(per_client, n))]
 
 
+def board_name(client: int) -> str:
+    """The board client i mounts with --boards: EXPORT@b<i>."""
+    return "b%d" % client
+
+
 def _boot_setup(a) -> tuple:
     """What every bootstorm engine starts from: the root handle (MNT), the READ
-    size (capped by FSINFO's rtmax) and the tree's paths."""
+    size (capped by FSINFO's rtmax), the tree's paths, and with --boards each
+    client's own root handle (client id -> handle of EXPORT@b<id>), else {}."""
     setup = SyncConn(a.host, a.port)
     root = mount_root(a, setup)
     info = setup.fsinfo(root)
+    own = {i: mount_root(a, setup, "%s@%s" % (a.export, board_name(i)))
+           for i in range(a.first, a.first + a.count)} if a.boards else {}
     setup.close()
-    return root, min(a.rsize, info["rtmax"]), tree_paths(a.tree)
+    return root, min(a.rsize, info["rtmax"]), tree_paths(a.tree), own
 
 
 async def _bootstorm(a) -> dict:
-    root, rsize, paths = _boot_setup(a)
+    root, rsize, paths, own = _boot_setup(a)
     ids = range(a.first, a.first + a.count)
     conns = [await AsyncConn.open(a.host, a.port) for _ in ids]
     lat = array("q")
     stats: dict = {}
-    clients = [BootClient(c, root, rsize, lat, stats) for c in conns]
+    clients = [BootClient(c, own.get(i, root), rsize, lat, stats) for i, c in zip(ids, conns)]
     work = [client_paths(paths, i, a.clients, a.per_client) for i in ids]
     if a.start_at:
         await asyncio.sleep(max(0.0, a.start_at - time.time()))
@@ -651,7 +660,7 @@ def bootstorm_c(a) -> str:
         raise SystemExit("loadgen: no bootgen binary at %s (build it with "
                          "cc -O2 -pthread -o %s bench/bootgen.c, or pass --bootgen)"
                          % (bootgen, bootgen))
-    root, rsize, paths = _boot_setup(a)
+    root, rsize, paths, own = _boot_setup(a)
     fd, work = tempfile.mkstemp(prefix="bootgen-", suffix=".work")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -660,7 +669,8 @@ def bootstorm_c(a) -> str:
                 w = client_paths(paths, i, a.clients, a.per_client)
                 if any(b"\n" in p for p in w):   # one path a line in the work file
                     raise SystemExit("loadgen: --engine c cannot walk a name with a newline")
-                f.write(b"C %d\n" % len(w))
+                f.write(b"C %d %s\n" % (len(w), own[i].hex().encode()) if i in own
+                        else b"C %d\n" % len(w))
                 f.writelines(p + b"\n" for p in w)
         out = subprocess.run([bootgen, a.host, str(a.port), work, str(rsize),
                               repr(a.start_at), a.lat_out or "-"],
@@ -824,6 +834,9 @@ def main(argv=None) -> int:
     ap.add_argument("--per-client", type=int, default=1000, help="bootstorm: paths per client")
     ap.add_argument("--rsize", type=int, default=65536, help="bootstorm: READ size")
     ap.add_argument("--start-at", type=float, default=0.0, help="bootstorm: epoch time to start")
+    ap.add_argument("--boards", action="store_true",
+                    help="bootstorm: client i mounts EXPORT@b<i>, its own board layer "
+                         "(fastnfs serve EXPORT --boards DIR)")
     ap.add_argument("--lat-out", help="bootstorm: write the latencies (ns, int64) here")
     ap.add_argument("--engine", choices=["python", "c"], default="python",
                     help="bootstorm: walk with this client (c: the bootgen binary)")

@@ -7,6 +7,7 @@
     python3 bench/run.py stream    --unfsd /path/to/unfsd [--size 1G]
     python3 bench/run.py virtfs                            (fastnfs --virtfs vs fastnfs)
     python3 bench/run.py pseudo    --unfsd /path/to/unfsd  (serve --pseudo vs pseudo unfsd)
+    python3 bench/run.py boards                            (a board per client vs the base)
     python3 bench/run.py memory    [--unfsd ...] --rounds 1 (RSS, 100,000-entry tree)
     python3 bench/run.py all       --unfsd /path/to/unfsd
     python3 bench/run.py all       --ganesha /usr/bin/ganesha.nfsd   (as root, rpcbind running)
@@ -39,7 +40,7 @@ from array import array
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADGEN = os.path.join(HERE, "loadgen.py")
 BOOTGEN_SRC = os.path.join(HERE, "bootgen.c")
-BOOTSTORM_WORKLOADS = ("bootstorm", "memory", "virtfs")   # those that use the bootstorm client
+BOOTSTORM_WORKLOADS = ("bootstorm", "memory", "virtfs", "boards")   # the bootstorm client's
 sys.path.insert(0, HERE)
 import mktree  # noqa: E402
 import loadgen as lg  # noqa: E402
@@ -226,8 +227,14 @@ class Server:
                          "-p", "-d", "-l", "127.0.0.1"]
             if kind == "fastnfs-virtfs":
                 cmd.append("--virtfs")
-            if kind == "fastnfs-pseudo":   # pseudo's files.db read directly, no pseudo
+            elif kind == "fastnfs-pseudo":   # pseudo's files.db read directly, no pseudo
                 cmd += ["--pseudo", pseudo_env["PSEUDO_LOCALSTATEDIR"]]
+            elif kind in ("fastnfs-boards", "fastnfs-general"):   # fresh, empty layers
+                # (fastnfs-general: the clients on the read-only base, which the fast
+                # lane declines as it does board exports: the general path alone)
+                self.boards = os.path.join(workdir, "boards-%d" % self.port)
+                subprocess.run(["rm", "-rf", self.boards], check=True)
+                cmd += ["--boards", self.boards]
             cmd += extra or []
         self.cmd = cmd
         env = dict(os.environ, **pseudo_env) if kind == "unfsd-pseudo" else None
@@ -291,6 +298,8 @@ class Server:
         if self.kind == "unfsd-pseudo":
             stop_pseudo(self.pseudo_env)
         self.log.close()
+        if getattr(self, "boards", None):
+            subprocess.run(["rm", "-rf", self.boards], check=False)
 
 
 def stop_pseudo(env: dict) -> None:
@@ -556,22 +565,29 @@ def wl_memory(a) -> list:
             ("%s: server CPU per walk (us)" % t, "server_cpu_us_per_walk", res, False)]
 
 
+def storm_rounds(a, tree: str, nclients: int, kinds) -> dict:
+    """--rounds boot storms of nclients against each kind of server, alternating:
+    {kind: [result per round]}."""
+    per_client = max(1, a.paths_total // nclients)
+    res: dict = {}
+    for rnd in range(a.rounds):
+        for kind in kinds:
+            r = one_bootstorm(a, kind, tree, nclients, per_client)
+            log(a, "round %d %s %d clients: %.0f ops/s, %.0f walks/s (%.2f calls/walk), "
+                   "p99 %.1f ms, all done in %.2f s, "
+                   "server CPU %.0f%%, generator CPU %.1f us/op" % (
+                       rnd + 1, kind, nclients, r["ops_per_s"], r["walks_per_s"],
+                       r["calls_per_walk"], r["p99_us"] / 1000,
+                       r["seconds"], r["server_cpu_pct"], r["gen_cpu_us_per_op"]))
+            res.setdefault(kind, []).append(r)
+    return res
+
+
 def wl_bootstorm(a) -> list:
     tree = ensure_tree(a)
     rows = []
     for nclients in a.clients:
-        per_client = max(1, a.paths_total // nclients)
-        res: dict = {}
-        for rnd in range(a.rounds):
-            for kind in servers_for(a):
-                r = one_bootstorm(a, kind, tree, nclients, per_client)
-                log(a, "round %d %s %d clients: %.0f ops/s, %.0f walks/s (%.2f calls/walk), "
-                       "p99 %.1f ms, all done in %.2f s, "
-                       "server CPU %.0f%%, generator CPU %.1f us/op" % (
-                           rnd + 1, kind, nclients, r["ops_per_s"], r["walks_per_s"],
-                           r["calls_per_walk"], r["p99_us"] / 1000,
-                           r["seconds"], r["server_cpu_pct"], r["gen_cpu_us_per_op"]))
-                res.setdefault(kind, []).append(r)
+        res = storm_rounds(a, tree, nclients, servers_for(a))
         t = "%d clients" % nclients
         rows += [("%s: ops/s" % t, "ops_per_s", res, True),
                  ("%s: completed walks/s" % t, "walks_per_s", res, True),
@@ -587,7 +603,7 @@ def wl_bootstorm(a) -> list:
     return rows
 
 
-def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict:
+def one_bootstorm(a, kind, tree, nclients, per_client) -> dict:
     s = start(a, kind, tree, a.server_cpu)
     spy = None
     result = {"rss_start_mb": tree_rss_mb(s.pid)}   # ready, idle
@@ -606,6 +622,7 @@ def one_bootstorm(a, kind, tree, nclients, per_client, extra_kinds=None) -> dict
                              "--clients", nclients, "--first", first, "--count", count,
                              "--per-client", per_client, "--rsize", a.rsize,
                              "--start-at", start_at, "--lat-out", lf]
+                            + (["--boards"] if kind == "fastnfs-boards" else [])
                             + (["--engine", "c", "--bootgen", a.bootgen]
                                if a.generator == "c" else []))
         if a.py_spy and kind.startswith("fastnfs"):
@@ -804,6 +821,27 @@ def wl_virtfs(a) -> list:
             ("%d clients: server CPU per op (us)" % n, "server_cpu_us_per_op", res, False)]
 
 
+BOARDS_KINDS = ("fastnfs-boards", "fastnfs", "fastnfs-general")
+
+
+def wl_boards(a) -> list:
+    """The bootstorm with each client on its own board (fastnfs --boards, client i
+    mounts TREE@b<i>, every layer fresh and empty) against every client on the
+    tree itself (plain fastnfs), and on the read-only base of a --boards server
+    (the general path alone), alternating, in one run."""
+    tree = ensure_tree(a)
+    rows = []
+    for nclients in a.clients:
+        res = storm_rounds(a, tree, nclients, BOARDS_KINDS)
+        t = "%d clients" % nclients
+        rows += [("%s: time for all clients (s)" % t, "seconds", res, False),
+                 ("%s: server CPU per walk (us)" % t, "server_cpu_us_per_walk", res, False),
+                 ("%s: p99 latency (ms)" % t, "p99_ms", res, False),
+                 ("%s: completed walks/s" % t, "walks_per_s", res, True),
+                 ("%s: calls per walk" % t, "calls_per_walk", res, False)]
+    return rows
+
+
 # ---------------------------------------------------------------- output
 def ensure_tree(a, entries: int | None = None) -> str:
     """--tree if given, else WORKDIR/tree (10,000 entries) or WORKDIR/tree-N, made once
@@ -890,7 +928,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 2)[2])
     ap.add_argument("workload", choices=["getattr", "getattr-all", "bootstorm", "stream", "virtfs",
-                                         "pseudo", "memory", "all"])
+                                         "pseudo", "boards", "memory", "all"])
     ap.add_argument("--unfsd", metavar="PATH", help="unfsd binary to compare with")
     ap.add_argument("--ganesha", metavar="PATH",
                     help="ganesha.nfsd binary to compare with (FSAL VFS; run as root, needs "
@@ -912,7 +950,8 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=4.0, help="getattr: seconds per round")
     ap.add_argument("--handles", type=int, default=0,
                     help="getattr-all: GETATTR only N of the handles (a control; default all)")
-    ap.add_argument("--clients", default="16,64", help="bootstorm: client counts (default 16,64)")
+    ap.add_argument("--clients", default=None,
+                    help="bootstorm: client counts (default 16,64; boards: 16)")
     ap.add_argument("--paths-total", type=int, default=4800,
                     help="bootstorm: paths visited by all clients together (default 4800)")
     ap.add_argument("--procs", type=int, default=2,
@@ -936,7 +975,8 @@ def main(argv=None) -> int:
                          "WORKDIR (default), or the Python client of loadgen.py")
     ap.add_argument("--json", metavar="FILE", help="also write every round's figures here")
     a = ap.parse_args(argv)
-    a.clients = [int(c) for c in a.clients.split(",")]
+    a.clients = [int(c) for c in (a.clients or ("16" if a.workload == "boards"
+                                                 else "16,64")).split(",")]
     if a.entries is None:
         a.entries = {"getattr-all": "10000,100000", "memory": "100000"}.get(a.workload, "10000")
     a.entries = [int(e) for e in a.entries.split(",")]
@@ -965,9 +1005,9 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         rows = {"getattr": wl_getattr, "getattr-all": wl_getattr_all,
                 "bootstorm": wl_bootstorm, "stream": wl_stream, "virtfs": wl_virtfs,
-                "pseudo": wl_pseudo, "memory": wl_memory}[w](a)
-        kinds = {"virtfs": ["fastnfs-virtfs", "fastnfs"],
-                 "pseudo": pseudo_kinds(a)}.get(w) or servers_for(a)
+                "pseudo": wl_pseudo, "boards": wl_boards, "memory": wl_memory}[w](a)
+        kinds = {"virtfs": ["fastnfs-virtfs", "fastnfs"], "pseudo": pseudo_kinds(a),
+                 "boards": list(BOARDS_KINDS)}.get(w) or servers_for(a)
         print()
         print("### %s (median of %d rounds, %.0f s)" % (w, a.rounds, time.monotonic() - t0))
         print()

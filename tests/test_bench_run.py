@@ -155,3 +155,48 @@ def test_pss_counts_pages_shared_with_a_forked_child_once():
         os.waitpid(pid, 0)
     # the child shares nearly all its pages with this process
     assert 0 < pss < rss * 0.8, (pss, rss)
+
+
+def test_boards_workload_runs_a_board_per_client_against_the_base(tmp_path, capsys):
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    for i in range(5):
+        (tree / "etc" / ("f%d" % i)).write_bytes(b"x" * 100)
+    (tree / "bin").mkdir()
+    (tree / "bin" / "sh").write_bytes(b"\x7fELF")
+    assert run.main(["boards", "--tree", str(tree), "--clients", "3", "--paths-total", "12",
+                     "--rounds", "1", "--workdir", str(tmp_path / "w"),
+                     "--fastnfs-arg=--workers=1"]) == 0
+    out = capsys.readouterr().out
+    assert ("| boards | fastnfs-boards | fastnfs | fastnfs-general | fastnfs-boards/fastnfs "
+            "| fastnfs-boards/fastnfs-general |") in out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:7]
+            for line in out.splitlines() if line.startswith("| 3 clients")}
+    assert float(rows["3 clients: time for all clients (s)"][3]) > 0
+    assert float(rows["3 clients: time for all clients (s)"][4]) > 0
+    assert float(rows["3 clients: calls per walk"][0]) > 0
+    # each client had a board of its own, fresh; none is left behind
+    assert not list((tmp_path / "w").glob("boards-*"))
+
+
+@pytest.mark.parametrize("engine", ["python", "c"])
+def test_bootstorm_clients_mount_their_own_boards(tmp_path, engine):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"data")
+    boards = tmp_path / "boards"
+    s = run.Server("fastnfs", str(tree), str(tmp_path),
+                   extra=["--workers=1", "--boards", str(boards)])
+    try:
+        args = ["bootstorm", "--port", str(s.port), "--export", s.tree, "--tree", s.tree,
+                "--clients", "2", "--per-client", "1", "--boards", "--engine", engine]
+        if engine == "c":
+            exe = run.build_bootgen(str(tmp_path))
+            if exe is None:
+                pytest.skip("no C compiler")
+            args += ["--bootgen", exe]
+        r = run.loadgen(args)
+        assert r["stats"].get("errors", 0) == 0
+        assert sorted(p.name for p in boards.iterdir()) == ["b0", "b1"]
+    finally:
+        s.stop()

@@ -64,16 +64,19 @@ def make_base(base):
     os.symlink("busybox", base / "bin" / "ls")
 
 
-@pytest.fixture(scope="module")
-def farm(tmp_path_factory):
-    top = tmp_path_factory.mktemp("farm")
+def new_farm(top) -> dict:
+    """A populated base under top, the boards directory beside it, the base's digest."""
     base = top / "rootfs"
     make_base(base)
-    boards = top / "boards"
-    before = tree_digest(base)
-    srv = FastnfsProcess(base, ["--boards", str(boards)]).start()
-    yield {"srv": srv, "base": base, "boards": boards, "before": before, "top": top}
-    srv.stop()
+    return {"base": base, "boards": top / "boards", "before": tree_digest(base), "top": top}
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    f = new_farm(tmp_path_factory.mktemp("farm"))
+    f["srv"] = FastnfsProcess(f["base"], ["--boards", str(f["boards"])]).start()
+    yield f
+    f["srv"].stop()
 
 
 def connect(farm, what, cred=None):

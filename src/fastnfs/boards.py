@@ -13,14 +13,21 @@ writes to its own layer, kept under the boards directory (DIR)::
                          (renamed base directories), fileids of copied-up
                          objects, attribute changes of base objects
                          (metadata-only), the layer's epoch, stamps
+    DIR/NAME/gen         the layer's generation: 8 bytes, mapped shared by
+                         every process serving the board, a sequence lock: a
+                         writer holds an exclusive flock on the file and makes
+                         the generation odd while it changes the layer, even
+                         after, so a reader's check that its copy of the
+                         bookkeeping is current is one memory read
 
 Nothing in the layer is ever visible to clients under its own name: the
 backend (``backends.boards``) serves the merged view only.
 
 A layer is created empty on first use, in O(1): a temporary directory renamed
-into place.  ``reset`` renames the layer aside (O(1)) into DIR/.trash and
-removes it in the background; the server notices that the layer directory
-changed and serves the base to the board at once.  Every layer has a random
+into place.  ``reset`` renames the layer aside (O(1)) into DIR/.trash, bumps
+its generation and removes it in the background; every server process
+notices at the board's next call that the layer directory changed and serves
+the base to the board at once.  Every layer has a random
 epoch, part of the fileid of each object the board created, so the handles of
 a reset layer's objects answer NFS3ERR_STALE.
 """
@@ -28,16 +35,21 @@ a reset layer's objects answer NFS3ERR_STALE.
 from __future__ import annotations
 
 import errno
+import fcntl
+import mmap
 import os
 import re
 import shutil
 import sqlite3
 import stat as S
+import struct
 import time
 
 NAME_RE = re.compile(rb"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 TRASH = b".trash"
 EPOCH_BITS = 22
+GEN = b"gen"
+_GEN = struct.Struct("<Q")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS whiteout (path BLOB PRIMARY KEY);
@@ -113,18 +125,63 @@ class Layer:
         self.work_fd = os.open(b"work", d, dir_fd=self.fd)
         self.db = sqlite3.connect("/proc/self/fd/%d/layer.db" % self.fd,
                                   isolation_level=None, check_same_thread=False)
-        self.db.executescript(SCHEMA)
-        m = dict(self.db.execute("SELECT k, v FROM meta"))
-        self.epoch = int(m["epoch"])
-        self.whiteouts = {r[0] for r in self.db.execute("SELECT path FROM whiteout")}
-        self.opaque = {r[0] for r in self.db.execute("SELECT path FROM opaque")}
-        self.redirects = dict(self.db.execute("SELECT path, base FROM redirect"))
+        self.gen_fd = os.open(GEN, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o600, dir_fd=self.fd)
+        self.locked = 0     # depth of lock() in this process (the flock is taken once)
+        self.map = None
+        with self.lock():   # (a layer made before generations has no gen file yet)
+            if os.fstat(self.gen_fd).st_size < _GEN.size:
+                os.ftruncate(self.gen_fd, _GEN.size)
+            self.map = mmap.mmap(self.gen_fd, _GEN.size)
+            self._repair()
+            self.db.executescript(SCHEMA)
+            self.epoch = int(dict(self.db.execute("SELECT k, v FROM meta"))["epoch"])
+            self.reload()
+
+    # -- one view of the layer for every process serving it ----------------------
+    # The generation is a sequence lock: odd while a process changes the layer
+    # (under the flock), even otherwise; every change moves it on by two.
+    def generation(self) -> int:
+        return _GEN.unpack_from(self.map)[0]
+
+    def fresh(self) -> bool:
+        """Is this process's copy of the bookkeeping current, and no other process
+        amid a change (one memory read)?"""
+        return _GEN.unpack_from(self.map)[0] == self.seen
+
+    def _repair(self) -> None:
+        """Under the flock, an odd generation is a change whose process died."""
+        g = self.generation()
+        if g & 1:
+            _GEN.pack_into(self.map, 0, g + 1)
+
+    def begin(self) -> None:
+        """A change starts (under the flock, the bookkeeping current)."""
+        self.seen += 1
+        _GEN.pack_into(self.map, 0, self.seen)
+
+    def end(self) -> None:
+        self.seen += 1
+        _GEN.pack_into(self.map, 0, self.seen)
+
+    def reload(self) -> None:
+        """Read the bookkeeping again (another process changed the layer)."""
+        self.seen = self.generation()
+        db = self.db
+        self.whiteouts = {r[0] for r in db.execute("SELECT path FROM whiteout")}
+        self.opaque = {r[0] for r in db.execute("SELECT path FROM opaque")}
+        self.redirects = dict(db.execute("SELECT path, base FROM redirect"))
         self.ids = {r[0]: (r[1], r[2]) for r in
-                    self.db.execute("SELECT upper_ino, fileid, gen FROM ids")}
+                    db.execute("SELECT upper_ino, fileid, gen FROM ids")}
         self.base_nlink = {r[0]: r[1] for r in
-                           self.db.execute("SELECT fileid, nlink FROM ids WHERE nlink > 1")}
-        self.attrs = {r[0]: tuple(r[1:]) for r in self.db.execute(
+                           db.execute("SELECT fileid, nlink FROM ids WHERE nlink > 1")}
+        self.attrs = {r[0]: tuple(r[1:]) for r in db.execute(
             "SELECT fileid, uid, gid, mode, atime, mtime, ctime FROM attrs")}
+
+    def lock(self):
+        """Exclusive use of the layer among processes, for one change (the caller
+        keeps threads of its own process apart)."""
+        return _LayerLock(self)
 
     @staticmethod
     def _create(boards_fd: int, name: bytes, base_fd: int, base_path: bytes) -> None:
@@ -133,6 +190,12 @@ class Layer:
         try:
             for sub in (b"upper", b"index", b"work"):
                 os.mkdir(b"%s/%s" % (tmp, sub), 0o700, dir_fd=boards_fd)
+            g = os.open(b"%s/%s" % (tmp, GEN), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600,
+                        dir_fd=boards_fd)
+            try:
+                os.write(g, _GEN.pack(0))
+            finally:
+                os.close(g)
             fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY, dir_fd=boards_fd)
             try:
                 db = sqlite3.connect("/proc/self/fd/%d/layer.db" % fd, isolation_level=None)
@@ -153,7 +216,8 @@ class Layer:
                 raise
 
     def close(self) -> None:
-        for fd in (self.upper_fd, self.index_fd, self.work_fd, self.fd):
+        self.map.close()
+        for fd in (self.upper_fd, self.index_fd, self.work_fd, self.gen_fd, self.fd):
             try:
                 os.close(fd)
             except OSError:
@@ -248,6 +312,45 @@ class Layer:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+
+class _LayerLock:
+    """flock of the layer's gen file, taken once per process however deeply nested."""
+
+    __slots__ = ("L",)
+
+    def __init__(self, layer: Layer):
+        self.L = layer
+
+    def __enter__(self) -> Layer:
+        L = self.L
+        if not L.locked:
+            fcntl.flock(L.gen_fd, fcntl.LOCK_EX)
+            if L.map is not None:
+                L._repair()
+        L.locked += 1
+        return L
+
+    def __exit__(self, *exc) -> None:
+        L = self.L
+        L.locked -= 1
+        if not L.locked:
+            fcntl.flock(L.gen_fd, fcntl.LOCK_UN)
+
+
+def bump_generation(layer_fd: int) -> None:
+    """Tell every process serving the layer that it changed (reset, rm)."""
+    try:
+        fd = os.open(GEN, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=layer_fd)
+    except FileNotFoundError:
+        return   # a layer no server of this version has opened
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)   # after the change under way, if any
+        raw = os.pread(fd, _GEN.size, 0)
+        g = _GEN.unpack(raw)[0] if len(raw) == _GEN.size else 0
+        os.pwrite(fd, _GEN.pack((g | 1) + 1), 0)   # the next even one
+    finally:
+        os.close(fd)
 
 
 def _same_data(a_dir: int, b_dir: int, path: bytes) -> bool:
@@ -379,6 +482,11 @@ class Boards:
             pass
         aside = b"%s/%s-%d-%s" % (TRASH, name, time.time_ns(), os.urandom(3).hex().encode())
         os.rename(name, aside, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        fd = os.open(aside, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.fd)
+        try:
+            bump_generation(fd)   # every server process looks again, at its next call
+        finally:
+            os.close(fd)
         self._purge_in_background()
 
     def rm(self, name) -> None:

@@ -210,10 +210,6 @@ def exports_for(args):
     return [entry], None
 
 
-def _any_boards(entries) -> bool:
-    return any(spec.options.boards for e in entries for spec in e.clients)
-
-
 def serve(args, base: bytes = b"") -> int:
     from .server import Config, Server, banner, run
 
@@ -239,7 +235,7 @@ def serve(args, base: bytes = b"") -> int:
         single_user=args.single_user, virtfs=args.virtfs, virtfs_symlinks=args.virtfs_symlinks,
         # what clients change under --pseudo lives in one process's memory
         # (and goes to pseudo through its one helper)
-        workers=1 if args.pseudo or args.boards or _any_boards(entries) else max(1, args.workers),
+        workers=1 if args.pseudo else max(1, args.workers),
         preload=None if args.virtfs else detect_preload(),
         pseudo=os.path.abspath(args.pseudo) if args.pseudo else None,
         boards=os.path.abspath(args.boards) if args.boards else None,

@@ -23,7 +23,9 @@ STOP_GRACE = 10.0
 
 
 def _child(server, sets, i, serve) -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # SIGHUP stays blocked until serve() has its handler: a reload forwarded
+    # while this worker starts then waits for it instead of killing the worker
+    signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGHUP})
     for sig in (signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent()

@@ -60,11 +60,13 @@ its pure-Python twin, or the backend sets ``lane = False``.
 
 from __future__ import annotations
 
+import stat as S
+
 from .. import perm
-from ..fs import NFSError, Obj
+from ..fs import NFSError, Obj, check_name
 from ..nfs3 import const as C
 
-__all__ = ["Backend", "DirOp", "Obj", "NFSError"]
+__all__ = ["Backend", "DirOp", "Obj", "NFSError", "ServerChecks"]
 
 
 def _notsupp(*_a, **_k):
@@ -232,3 +234,56 @@ class Backend:
     def pathconf(self, cred, obj: Obj) -> tuple:
         """(linkmax, namemax)."""
         return (65000, C.NFS3_MAXNAMLEN)
+
+
+class ServerChecks:
+    """Mixin: the server checks permissions itself, on the attributes it serves
+    (virtfs metadata, a board's merged view: the kernel cannot know them).
+    The rules are ``fastnfs.perm``'s."""
+
+    def check(self, cred, st, want: int) -> None:
+        """Refuse unless cred has every bit of want (perm.R/W/X) on st."""
+        if not perm.allowed(cred, st.st_uid, st.st_gid, st.st_mode, want):
+            raise NFSError(C.NFS3ERR_ACCES)
+
+    def check_io(self, cred, st, want: int) -> None:
+        """READ/WRITE: the owner may always (a file created 0444 stays writable
+        through the open that created it); others need the mode bits; a file
+        that may be executed may be read."""
+        if not perm.io_allowed(cred, st.st_uid, st.st_gid, st.st_mode, want):
+            raise NFSError(C.NFS3ERR_ACCES)
+
+    def check_delete(self, cred, dir_st, victim_st) -> None:
+        """Removing or renaming an entry: sticky directories protect others' files."""
+        uid = cred.uid
+        if (dir_st.st_mode & S.S_ISVTX and uid != 0 and uid != dir_st.st_uid
+                and uid != victim_st.st_uid):
+            raise NFSError(C.NFS3ERR_PERM)
+
+    # the calls that apply them (PlainBackend's too, whose check hooks do nothing)
+    def check_dirop(self, cred, d, name: bytes) -> None:
+        """May cred change name in directory d (the first half of dirop)?"""
+        if not d.is_dir:
+            raise NFSError(C.NFS3ERR_NOTDIR)
+        if name in (b".", b".."):
+            raise NFSError(C.NFS3ERR_EXIST)
+        check_name(name)
+        if name in self.hidden:
+            raise NFSError(C.NFS3ERR_ACCES)
+        self.check(cred, d.st, perm.W | perm.X)
+
+    def lookup(self, cred, d, name: bytes):
+        if d.is_dir:
+            self.check(cred, d.st, perm.X)
+        return self.walk(d, name)
+
+    def check_list(self, cred, d) -> None:
+        if not d.is_dir:
+            raise NFSError(C.NFS3ERR_NOTDIR)
+        self.check(cred, d.st, perm.R)
+
+    def check_read(self, cred, obj) -> None:
+        self.check_io(cred, obj.st, perm.R)
+
+    def check_write(self, cred, obj) -> None:
+        self.check_io(cred, obj.st, perm.W)

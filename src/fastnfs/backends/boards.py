@@ -26,6 +26,8 @@ permissions itself on the merged attributes (``fastnfs.perm``), as virtfs does.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import stat as S
@@ -33,6 +35,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from contextlib import contextmanager
 
 from .. import perm
 from ..boards import Layer
@@ -44,8 +47,9 @@ from ..virtfs.ops import changed_meta, disk_mode, new_meta
 from ..virtfs.overlay import Virtfs
 from ..virtfs.store import (HIDDEN, Meta, link_meta, make_rdev, meta_dir_only, remove_meta,
                             rename_meta, rmdir_meta_dir, write_meta, write_root_meta)
-from . import Backend, DirOp
+from . import Backend, DirOp, ServerChecks
 from .listing import listing_start
+from .plain import read_reply
 
 log = logging.getLogger("fastnfs.boards")
 
@@ -99,10 +103,44 @@ def _join(d: bytes, name: bytes) -> bytes:
     return name if d == b"." else d + b"/" + name
 
 
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_SYS_OPENAT2 = 437   # the same number on every architecture (a syscall of 5.6)
+_RESOLVE = 0x04 | 0x08   # RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
+_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_syscall.restype = ctypes.c_long
+_HOW: dict = {}
+_openat2_ok = [True]
+
+
+def _openat2(root_fd: int, path: bytes, flags: int):
+    """openat2(2) of path below root_fd that follows no symlink and never leaves
+    root_fd: one call where a walk takes one open per component; None where the
+    kernel has no openat2."""
+    how = _HOW.get(flags)
+    if how is None:
+        how = _HOW[flags] = _OpenHow(flags, 0, _RESOLVE)
+    fd = _syscall(_SYS_OPENAT2, root_fd, path, ctypes.byref(how), 24)
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:
+        _openat2_ok[0] = False
+        return None
+    raise OSError(err, os.strerror(err), path)
+
+
 def _open_dir(root_fd: int, path: bytes, flags: int = DIRP) -> int:
-    """An fd of the directory at path under root_fd, walked one no-follow step at a time."""
+    """An fd of the directory at path under root_fd; no symlink followed on the way."""
     if path == b".":
         return os.open(b".", flags, dir_fd=root_fd)
+    if _openat2_ok[0]:
+        fd = _openat2(root_fd, path, flags)
+        if fd is not None:
+            return fd
     fd = os.open(b".", DIRP, dir_fd=root_fd)
     try:
         comps = path.split(b"/")
@@ -118,26 +156,39 @@ def _open_dir(root_fd: int, path: bytes, flags: int = DIRP) -> int:
 
 
 _NOATIME = getattr(os, "O_NOATIME", 0)
+_BASE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def _open_base(dfd: int, name: bytes) -> int:
     """Open a base file for reading without touching its atime where allowed
     (O_NOATIME needs the file's owner or CAP_FOWNER)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     if _NOATIME:
         try:
-            return os.open(name, flags | _NOATIME, dir_fd=dfd)
+            return os.open(name, _BASE_READ | _NOATIME, dir_fd=dfd)
         except PermissionError:
             pass
-    return os.open(name, flags, dir_fd=dfd)
+    return os.open(name, _BASE_READ, dir_fd=dfd)
+
+
+_LSTAT = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _lstat_in(root_fd: int, path: bytes):
     """lstat of path under root_fd (no symlink followed on the way), or None."""
+    if path == b".":
+        return fstat(root_fd)
+    if _openat2_ok[0]:
+        try:
+            fd = _openat2(root_fd, path, _LSTAT)
+        except OSError:
+            return None
+        if fd is not None:
+            try:
+                return fstat(fd)
+            finally:
+                os.close(fd)
     d, name = _split(path)
     try:
-        if path == b".":
-            return fstat(root_fd)
         dfd = _open_dir(root_fd, d)
     except OSError:
         return None
@@ -160,7 +211,7 @@ class BoardDirOp(DirOp):
         return self.b.refresh(self.d)
 
 
-class BoardBackend(Backend):
+class BoardBackend(ServerChecks, Backend):
     """Board NAME's view of BASE, its layer kept under the boards directory."""
 
     lane = False
@@ -177,11 +228,10 @@ class BoardBackend(Backend):
         self.base_view = Virtfs(self.base_fd).view if virtfs_base else (lambda p, st: st)
         # its own fsid: per base and board (the client keys its caches on it)
         self.fsid = zlib.crc32(b"board:" + self.base_path + b"@" + name) & 0xFFFFFFFF
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()   # this process's threads (Layer.lock: processes)
         self.paths: dict = {}     # fileid -> merged path (verified on use)
         self._missing: dict = {}  # (fileid, gen) -> when a search did not find it
         self.listings: OrderedDict = OrderedDict()  # merged path -> (version, listing)
-        self.name_gen = 0         # bumped by every change of a name
         self.layer = None
         self._open_layer()
         bst = fstat(self.base_fd)
@@ -196,23 +246,30 @@ class BoardBackend(Backend):
     # -- the layer, reopened when reset from the command line ----------------------
     def _open_layer(self) -> None:
         old = self.layer
-        self.layer = Layer(self.boards_fd, self.name, self.base_fd, self.base_path)
-        self._clean_work()
-        self.upper_view = Virtfs(self.layer.upper_fd).view
-        self.index_view = Virtfs(self.layer.index_fd).view
+        L = Layer(self.boards_fd, self.name, self.base_fd, self.base_path)
+        with L.lock():   # no other process is amid a change of it
+            self._clean_work(L)
+            if Virtfs(L.upper_fd).meta(b".") is None:
+                # the board's root looks like the base's until the board changes it
+                write_root_meta(L.upper_fd,
+                                self._meta_of(self.base_view(b".", fstat(self.base_fd))))
+        self.layer = L
+        self.upper_view = Virtfs(L.upper_fd).view
+        self.index_view = Virtfs(L.index_fd).view
         self.paths = {}
-        if Virtfs(self.layer.upper_fd).meta(b".") is None:
-            # the board's root looks like the base's until the board changes it
-            write_root_meta(self.layer.upper_fd,
-                            self._meta_of(self.base_view(b".", fstat(self.base_fd))))
+        self._missing.clear()
+        self.listings.clear()
+        self._no_upper = (None, set())   # (generation, paths not in upper/)
         if old is not None:
             old.close()
             log.info("board %s: layer reset, serving the base again", self.name.decode())
 
-    def _clean_work(self) -> None:
-        """Copy-ups that a crash left half made in work/ (never in upper/) go."""
+    @staticmethod
+    def _clean_work(L: Layer) -> None:
+        """Copy-ups that a crash left half made in work/ (never in upper/) go
+        (under the layer's lock: no process is amid one)."""
         from ..boards import _rmtree_at
-        wfd = self.layer.work_fd
+        wfd = L.work_fd
         for n in os.listdir(wfd):
             n = os.fsencode(n)
             try:
@@ -224,11 +281,39 @@ class BoardBackend(Backend):
                 pass
 
     def _L(self) -> Layer:
-        if not self.layer.current():
+        """The layer, this process's copy of its bookkeeping brought up to date if
+        another process (a worker, `fastnfs boards reset`) changed it since."""
+        if not self.layer.fresh():
             with self.lock:
-                if not self.layer.current():
-                    self._open_layer()
+                L = self.layer
+                if not L.fresh():
+                    if not L.current():
+                        self._open_layer()
+                    else:
+                        with L.lock():   # (waits out a change under way elsewhere)
+                            L.reload()
+                        self._missing.clear()
         return self.layer
+
+    @contextmanager
+    def _changing(self):
+        """Around every change: this process's threads and the other processes
+        serving the board kept out (the layer's flock), the bookkeeping current,
+        the generation odd meanwhile (Layer.begin, end)."""
+        with self.lock:
+            if self.layer.locked:   # (a change within a change)
+                yield self.layer
+                return
+            while True:
+                L = self._L()
+                with L.lock():
+                    if L.fresh():   # nobody changed it between _L() and the flock
+                        L.begin()
+                        try:
+                            yield L
+                        finally:
+                            L.end()
+                        return
 
     def mounted(self) -> None:
         self._L().set_meta("last_mount", str(time.time()))
@@ -267,9 +352,42 @@ class BoardBackend(Backend):
         return (bpath, st) if st is not None else (None, None)
 
     def locate(self, path: bytes) -> Loc:
-        L = self._L()
+        """Where the object at merged path is now (NFSError NOENT if nowhere); looked
+        at again if another process changed the layer meanwhile (a sequence lock)."""
+        while True:
+            L = self._L()
+            seen = L.seen
+            try:
+                loc = self._locate(L, path)
+            except NFSError:
+                if L.generation() == seen:
+                    raise
+                continue
+            if L.generation() == seen:
+                return loc
+
+    def _upper_lstat(self, L: Layer, path: bytes):
+        """lstat of path in upper/, or None; remembered while None for as long as the
+        layer's generation stays (an upper entry appears only by a change, which
+        moves it on; none is remembered during a change of this process's)."""
+        if path == b".":
+            return fstat(L.upper_fd)
+        seen = L.seen
+        nu = self._no_upper
+        if nu[0] != seen:
+            nu = self._no_upper = (seen, set())
+        if path in nu[1]:
+            return None
+        ust = _lstat_in(L.upper_fd, path)
+        if ust is None and not L.locked:
+            if len(nu[1]) > 65536:
+                nu[1].clear()
+            nu[1].add(path)
+        return ust
+
+    def _locate(self, L: Layer, path: bytes) -> Loc:
         loc = Loc()
-        ust = fstat(L.upper_fd) if path == b"." else _lstat_in(L.upper_fd, path)
+        ust = self._upper_lstat(L, path)
         if ust is not None:
             loc.kind, loc.raw, loc.bpath = U, ust, None
             view = self.upper_view(path, ust)
@@ -409,24 +527,6 @@ class BoardBackend(Backend):
             pass
         return obj.st
 
-    # -- permissions -----------------------------------------------------------------------
-    def check(self, cred, st, want: int) -> None:
-        if not perm.allowed(cred, st.st_uid, st.st_gid, st.st_mode, want):
-            raise NFSError(C.NFS3ERR_ACCES)
-
-    def check_io(self, cred, st, want: int) -> None:
-        if cred.uid == st.st_uid:
-            return
-        if want == perm.R and perm.allowed(cred, st.st_uid, st.st_gid, st.st_mode, perm.X):
-            return
-        self.check(cred, st, want)
-
-    def check_delete(self, cred, dir_st, victim_st) -> None:
-        uid = cred.uid
-        if (dir_st.st_mode & S.S_ISVTX and uid != 0 and uid != dir_st.st_uid
-                and uid != victim_st.st_uid):
-            raise NFSError(C.NFS3ERR_PERM)
-
     # -- copy-up -------------------------------------------------------------------------------
     def _upper_dir(self, path: bytes) -> int:
         """An O_PATH fd of path's directory in upper/, copied up (parents first) if needed."""
@@ -522,7 +622,7 @@ class BoardBackend(Backend):
 
     # -- attributes ----------------------------------------------------------------------------
     def setattr(self, cred, obj, a: Sattr3) -> None:
-        with self.lock:
+        with self._changing():
             loc = self.locate(obj.path)
             st = loc.st
             if a.size is not None:
@@ -593,8 +693,10 @@ class BoardBackend(Backend):
         finally:
             os.close(pfd)
 
-    def _open_read(self, path: bytes) -> int:
-        loc = self.locate(path)
+    def _open_read(self, path: bytes, loc: Loc | None = None) -> int:
+        """An fd of the file at path for reading (loc: where it was just located)."""
+        if loc is None:
+            loc = self.locate(path)
         if not S.S_ISREG(loc.raw.st_mode):
             raise NFSError(C.NFS3ERR_INVAL)
         if loc.kind == U:
@@ -602,6 +704,13 @@ class BoardBackend(Backend):
         if loc.kind == I:
             return os.open(str(loc.fileid).encode(), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                            dir_fd=self.layer.index_fd)
+        if _openat2_ok[0]:
+            try:
+                fd = _openat2(self.base_fd, loc.bpath, _BASE_READ | _NOATIME)
+            except PermissionError:   # O_NOATIME: the owner's or CAP_FOWNER's
+                fd = _openat2(self.base_fd, loc.bpath, _BASE_READ)
+            if fd is not None:
+                return fd
         bd, bn = _split(loc.bpath)
         dfd = _open_dir(self.base_fd, bd)
         try:
@@ -610,11 +719,6 @@ class BoardBackend(Backend):
             os.close(dfd)
 
     # -- names ------------------------------------------------------------------------------------
-    def lookup(self, cred, d, name: bytes):
-        if d.is_dir:
-            self.check(cred, d.st, perm.X)
-        return self.walk(d, name)
-
     def readlink(self, cred, obj) -> bytes:
         with self.lock:
             loc = self.locate(obj.path)
@@ -640,31 +744,22 @@ class BoardBackend(Backend):
                 os.close(dfd)
 
     # -- data ------------------------------------------------------------------------------------
-    def check_read(self, cred, obj) -> None:
-        self.check_io(cred, obj.st, perm.R)
-
-    def check_write(self, cred, obj) -> None:
-        self.check_io(cred, obj.st, perm.W)
-
     def read(self, cred, obj, offset: int, count: int, p, head, nowait: bool = False):
-        if nowait:
-            return None
         with self.lock:
-            st = self.locate(obj.path).st
-            fd = self._open_read(obj.path)
+            loc = self.locate(obj.path)
+            fd = self._open_read(obj.path, loc)
         try:
-            head(st)
-            if not count or offset > MAX_OFFSET:
-                p.u32(0)
-                return st, 0
-            n = p.pread_opaque(fd, count, offset, 0)
-            return st, n
+            # what the page cache holds inline, the rest in a thread (as plain)
+            return read_reply(fd, loc.st, offset, count, p, head, nowait)
         finally:
             os.close(fd)
 
     def write(self, cred, obj, offset: int, data, stable: int):
         with self.lock:
-            loc = self.copy_up(obj.path)
+            loc = self.locate(obj.path)
+            if loc.kind != U:   # a copy-up: a change of the layer
+                with self._changing():
+                    loc = self.copy_up(obj.path)
             if not S.S_ISREG(loc.raw.st_mode) or not S.S_ISREG(loc.st.st_mode):
                 raise NFSError(C.NFS3ERR_INVAL)
             fd = self._open_upper(obj.path, os.O_WRONLY)
@@ -683,14 +778,7 @@ class BoardBackend(Backend):
 
     # -- changes of names ----------------------------------------------------------------------
     def dirop(self, cred, d, name: bytes) -> BoardDirOp:
-        if not d.is_dir:
-            raise NFSError(C.NFS3ERR_NOTDIR)
-        if name in (b".", b".."):
-            raise NFSError(C.NFS3ERR_EXIST)
-        check_name(name)
-        if name in self.hidden:
-            raise NFSError(C.NFS3ERR_ACCES)
-        self.check(cred, d.st, perm.W | perm.X)
+        self.check_dirop(cred, d, name)
         return BoardDirOp(self, d, name)
 
     def _exists(self, path: bytes):
@@ -701,8 +789,7 @@ class BoardBackend(Backend):
 
     def _new_entry(self, cred, op, fmt: int, mode: int, make, attrs, rdev: int = -1):
         """Make a new upper entry with make(pfd, name); its metadata; the new Obj."""
-        with self.lock:
-            self.name_gen += 1
+        with self._changing():
             path = _join(op.d.path, op.name)
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
@@ -810,7 +897,6 @@ class BoardBackend(Backend):
     def _drop(self, path: bytes, loc: Loc, base_had: bool) -> None:
         """Remove the entry at path from the merged view (its upper object, if any)."""
         L = self.layer
-        self.name_gen += 1
         if loc.kind == U:
             parent, name = _split(path)
             pfd = _open_dir(L.upper_fd, parent)
@@ -854,7 +940,7 @@ class BoardBackend(Backend):
         return loc
 
     def remove(self, cred, op) -> None:
-        with self.lock:
+        with self._changing():
             loc = self._victim(cred, op)
             if S.S_ISDIR(loc.st.st_mode):
                 raise NFSError(C.NFS3ERR_ISDIR)
@@ -863,7 +949,7 @@ class BoardBackend(Backend):
             self._touch(op.d.path)
 
     def rmdir(self, cred, op) -> None:
-        with self.lock:
+        with self._changing():
             loc = self._victim(cred, op)
             if not S.S_ISDIR(loc.st.st_mode):
                 raise NFSError(C.NFS3ERR_NOTDIR)
@@ -874,10 +960,9 @@ class BoardBackend(Backend):
             self._touch(op.d.path)
 
     def rename(self, cred, src, dst) -> None:
-        with self.lock:
+        with self._changing():
             spath = _join(src.d.path, src.name)
             dpath = _join(dst.d.path, dst.name)
-            self.name_gen += 1
             loc = self._victim(cred, src)
             if spath == dpath:
                 return
@@ -936,12 +1021,11 @@ class BoardBackend(Backend):
     def link(self, cred, obj, op) -> None:
         if obj.is_dir:
             raise NFSError(C.NFS3ERR_ISDIR)
-        with self.lock:
+        with self._changing():
             path = _join(op.d.path, op.name)
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
             self.copy_up(obj.path)
-            self.name_gen += 1
             L = self.layer
             sp, sn = _split(obj.path)
             spfd = _open_dir(L.upper_fd, sp)
@@ -958,13 +1042,8 @@ class BoardBackend(Backend):
             self.refresh(obj)
 
     # -- listings ---------------------------------------------------------------------------------
-    def check_list(self, cred, d) -> None:
-        if not d.is_dir:
-            raise NFSError(C.NFS3ERR_NOTDIR)
-        self.check(cred, d.st, perm.R)
-
     def listing_cached(self, d) -> bool:
-        return False
+        return d.path in self.listings   # (its version is checked when it is used)
 
     def _merged_names(self, path: bytes) -> list:
         """The names in the merged directory at path (no ".", "..", hidden ones)."""
@@ -1004,7 +1083,7 @@ class BoardBackend(Backend):
         bd = self.base_dir_of(path)
         bst = None if bd is None else (fstat(self.base_fd) if bd == b"." else
                                        _lstat_in(self.base_fd, bd))
-        return (L.ino, self.name_gen, bd,
+        return (L.ino, L.seen, bd,
                 None if u is None else (u.st_ino, u.st_mtime_ns, u.st_ctime_ns),
                 None if bst is None else (bst.st_ino, bst.st_mtime_ns, bst.st_ctime_ns))
 

@@ -21,11 +21,11 @@ import time
 
 from .. import creds, offload, perm
 from .._accel import load
-from ..fs import NFSError, join, nfsstat_of, check_name, scan_listing
+from ..fs import NFSError, join, nfsstat_of, scan_listing
 from ..fsstat import fstat, lstatat
 from ..nfs3 import const as C
 from ..nfs3.types import Sattr3, put_fattr3
-from . import Backend, DirOp
+from . import Backend, DirOp, ServerChecks
 from .hostpaths import DIR_FLAGS, HostPaths, open_granting
 from .listing import ListingCache, listing_start
 
@@ -141,8 +141,30 @@ def makedev(major: int, minor: int) -> int:
         raise NFSError(C.NFS3ERR_INVAL) from None
 
 
-class PlainBackend(HostPaths, Backend):
-    """The host filesystem, with the kernel's permission checks."""
+def read_reply(fd: int, st, offset: int, count: int, p, head, nowait: bool):
+    """Backend.read's work on an open file with attributes st: head(st), then the
+    data as an XDR opaque; None when nowait and the data is not all in memory."""
+    head(st)
+    if not count or offset > MAX_OFFSET:
+        p.u32(0)  # section 3.3.6: past the end (even past off_t): no data, eof
+        return st, 0
+    try:
+        n = p.pread_opaque(fd, count, offset, _RWF_NOWAIT if nowait else 0)
+    except OSError as err:
+        # EOPNOTSUPP: a filesystem without RWF_NOWAIT; a thread reads
+        if not nowait or err.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
+            raise
+        return None
+    if nowait and n < count and offset + n < st.st_size:
+        # only part of it is cached: a short READ is legal (section
+        # 3.3.6) but costs the client a round trip; a thread waits
+        return None
+    return st, n
+
+
+class PlainBackend(HostPaths, ServerChecks, Backend):
+    """The host filesystem, with the kernel's permission checks (the check hooks
+    below do nothing: the kernel decides, under the caller's credentials)."""
 
     lane = True
     overlays = False       # does view() apply to READDIRPLUS entries too?
@@ -236,11 +258,6 @@ class PlainBackend(HostPaths, Backend):
             os.close(fd)
 
     # -- names -------------------------------------------------------------------------
-    def lookup(self, cred, d, name: bytes):
-        if d.is_dir:
-            self.check(cred, d.st, perm.X)
-        return self.walk(d, name)
-
     def readlink(self, cred, obj) -> bytes:
         if not S.S_ISLNK(obj.st.st_mode):
             raise NFSError(C.NFS3ERR_INVAL)
@@ -253,12 +270,6 @@ class PlainBackend(HostPaths, Backend):
         return os.readlink(obj.path, dir_fd=self.root_fd)
 
     # -- data ----------------------------------------------------------------------------
-    def check_read(self, cred, obj) -> None:
-        self.check_io(cred, obj.st, perm.R)
-
-    def check_write(self, cred, obj) -> None:
-        self.check_io(cred, obj.st, perm.W)
-
     def open_io(self, cred, obj, flags: int) -> int:
         """open_obj for a file's data (READ, WRITE, COMMIT, a new size), with
         the owner override (RFC 1813 section 4.4: no open in NFSv3, so the
@@ -284,23 +295,8 @@ class PlainBackend(HostPaths, Backend):
     def read(self, cred, obj, offset: int, count: int, p, head, nowait: bool = False):
         fd = self.open_io(cred, obj, os.O_RDONLY)
         try:
-            st = self.view(obj.path, fstat(fd))
-            head(st)
-            if not count or offset > MAX_OFFSET:
-                p.u32(0)  # section 3.3.6: past the end (even past off_t): no data, eof
-                return st, 0
-            try:
-                n = p.pread_opaque(fd, count, offset, _RWF_NOWAIT if nowait else 0)
-            except OSError as err:
-                # EOPNOTSUPP: a filesystem without RWF_NOWAIT; a thread reads
-                if not nowait or err.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
-                    raise
-                return None
-            if nowait and n < count and offset + n < st.st_size:
-                # only part of it is cached: a short READ is legal (section
-                # 3.3.6) but costs the client a round trip; a thread waits
-                return None
-            return st, n
+            return read_reply(fd, self.view(obj.path, fstat(fd)), offset, count, p, head,
+                              nowait)
         finally:
             os.close(fd)
 
@@ -345,14 +341,7 @@ class PlainBackend(HostPaths, Backend):
 
     # -- changes of names --------------------------------------------------------------
     def dirop(self, cred, d, name: bytes) -> HostDirOp:
-        if not d.is_dir:
-            raise NFSError(C.NFS3ERR_NOTDIR)
-        if name in (b".", b".."):
-            raise NFSError(C.NFS3ERR_EXIST)
-        check_name(name)
-        if name in self.hidden:
-            raise NFSError(C.NFS3ERR_ACCES)
-        self.check(cred, d.st, perm.W | perm.X)
+        self.check_dirop(cred, d, name)
         return HostDirOp(self, d, name, self.open_dir(d))
 
     def _undo_create(self, op) -> None:
@@ -542,11 +531,6 @@ class PlainBackend(HostPaths, Backend):
         self.refresh(obj)
 
     # -- listings ------------------------------------------------------------------------
-    def check_list(self, cred, d) -> None:
-        if not d.is_dir:
-            raise NFSError(C.NFS3ERR_NOTDIR)
-        self.check(cred, d.st, perm.R)
-
     def listing_cached(self, d) -> bool:
         return self.listings.has(d.ino, d.st)
 

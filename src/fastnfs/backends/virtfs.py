@@ -30,6 +30,7 @@ from ..virtfs.overlay import Virtfs
 from ..virtfs.style import QEMU, symlink_style
 from ..virtfs.store import (link_meta, make_rdev, meta_dir_only, remove_meta, rename_meta,
                             rmdir_meta_dir, write_meta)
+from . import ServerChecks
 from .hostpaths import DIR_FLAGS
 from .plain import PlainBackend, _sattr
 
@@ -58,22 +59,8 @@ class VirtfsBackend(PlainBackend):
         else:
             log.info("%s: new symlinks are written %s-style: %s", shown, style, why)
 
-    # -- permission rules ---------------------------------------------------------
-    def check(self, cred, st, want: int) -> None:
-        if not perm.allowed(cred, st.st_uid, st.st_gid, st.st_mode, want):
-            raise NFSError(C.NFS3ERR_ACCES)
-
-    def check_io(self, cred, st, want: int) -> None:
-        """READ/WRITE: the owner always, whatever the mode now (perm.io_allowed)."""
-        if not perm.io_allowed(cred, st.st_uid, st.st_gid, st.st_mode, want):
-            raise NFSError(C.NFS3ERR_ACCES)
-
-    def check_delete(self, cred, dir_st, victim_st) -> None:
-        """Removing or renaming an entry: sticky directories protect others' files."""
-        uid = cred.uid
-        if (dir_st.st_mode & S.S_ISVTX and uid != 0 and uid != dir_st.st_uid
-                and uid != victim_st.st_uid):
-            raise NFSError(C.NFS3ERR_PERM)
+    # -- permission rules: the server's own, on the virtual attributes ---------------
+    check, check_io = ServerChecks.check, ServerChecks.check_io
 
     def _victim(self, cred, op, name: bytes):
         st = PlainBackend._victim(self, cred, op, name)
