@@ -22,6 +22,20 @@ cdef class _Export:
     cdef MetaCache meta         # virtfs: the metadata cache; None on a plain export
     cdef object no_meta         # virtfs: virtfs.store.NO_META ("this file says nothing")
     cdef object read_meta       # virtfs: the backend's reader on a miss (overlay.Virtfs.meta)
+    cdef bint checks            # the server checks permissions itself (virtfs, boards)
+    # a board (backends.boards): only objects that are the base's own, while the
+    # layer's generation stays where it was when they were found so
+    cdef bint board
+    cdef object board_b         # the BoardBackend (lane_layer)
+    cdef object layer           # the boards.Layer the fields below come from
+    cdef void* gen_map          # its generation file, mapped (a sequence lock)
+    cdef uint64_t gen_seen
+    cdef uint32_t fsid32        # the dev field of the board's handles
+    cdef int upper_fd           # a dup of its upper/ (the merged root's own directory)
+    cdef _Export upper          # upper/ as a virtfs tree: the root's attributes
+    cdef object whiteouts       # its whiteouts (merged paths)
+    cdef object attrs           # its metadata-only changes (fileid -> attributes)
+    cdef dict known             # ino -> base path of an object that is the base's own
 
 
 @cython.final

@@ -40,6 +40,7 @@ from libc.string cimport memchr, memcpy, memset
 from posix.types cimport off_t
 from posix.fcntl cimport openat
 from posix.unistd cimport close
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
@@ -65,6 +66,9 @@ cdef extern from "Python.h":
 
 cdef extern from "<fcntl.h>" nogil:
     int O_PATH
+    int O_NOATIME
+    int F_DUPFD_CLOEXEC
+    int fcntl(int fd, int cmd, ...)
     int O_RDONLY
     int O_NONBLOCK
     int O_NOCTTY
@@ -85,6 +89,15 @@ cdef extern from "<unistd.h>" nogil:
 cdef extern from "<errno.h>" nogil:
     int errno
     int ENOENT
+    int EPERM
+
+cdef extern from *:
+    """
+    static inline unsigned long long fastnfs_layer_gen(const void* p) {
+        return __atomic_load_n((const unsigned long long*)p, __ATOMIC_ACQUIRE);
+    }
+    """
+    uint64_t layer_gen "fastnfs_layer_gen"(const void* p) nogil
 
 cdef enum:
     NFS_PROGRAM = 100003
@@ -121,6 +134,12 @@ cdef enum:
 
 cdef class _Export:
     """What the fast lane needs of one handles.Export and its backend, read once."""
+
+    def __dealloc__(self):
+        if self.gen_map != NULL:
+            munmap(self.gen_map, 8)
+        if self.board and self.upper_fd >= 0:
+            close(self.upper_fd)
 
 
 cdef class _Caller:
@@ -210,6 +229,8 @@ cdef _Export _make_export(e):
     not one whose layout the lane knows (backends.plain and its wrappers) or
     its caches are not the Cython ones (FASTNFS_PURE)."""
     b = e.backend
+    if getattr(b, "lane_layer", None) is not None:
+        return _make_board(e, b)
     if not getattr(b, "lane", False) or not isinstance(b.cache, FHCache):
         return None
     cdef _Export x = _Export.__new__(_Export)
@@ -229,7 +250,110 @@ cdef _Export _make_export(e):
         x.meta = overlay.cache
         x.no_meta = NO_META
         x.read_meta = overlay.meta
+    x.checks = x.meta is not None
     return x
+
+
+cdef _Export _make_board(e, b):
+    """The lane's view of a board (backends.boards.BoardBackend): the base tree,
+    with the board's export id and fsid; the layer is looked at by _board_sync."""
+    bv = b.base_virtfs
+    if bv is not None and not isinstance(bv.cache, MetaCache):
+        return None
+    cdef _Export x = _Export.__new__(_Export)
+    x.upper_fd = -1
+    x.board = True
+    x.export = e
+    x.cache = None
+    x.root_fd = b.base_fd
+    x.root_ino = b.root_ino
+    x.fsid = e.fsid
+    x.fsid32 = <uint32_t>e.fsid
+    x.export_id = e.export_id
+    x.plain = not b.per_caller_view
+    x.checks = True
+    x.board_b = b
+    x.known = {}
+    x.meta = None
+    if bv is not None:
+        from fastnfs.virtfs.store import NO_META
+        x.meta = bv.cache
+        x.no_meta = NO_META
+        x.read_meta = bv.meta
+    return x
+
+
+cdef int _board_sync(_Export x) except -1:
+    """1 when what x knows of the board's layer is current (its generation has not
+    moved since it was learnt), after asking the backend if it moved (the objects
+    known are forgotten then); 0 to decline (a change is under way)."""
+    if x.gen_map != NULL and layer_gen(x.gen_map) == x.gen_seen:
+        return 1
+    try:
+        got = x.board_b.lane_layer()
+    except (OSError, NFSError):
+        return 0
+    if got is None:
+        return 0
+    L, seen, uv = got
+    cdef void* m
+    cdef int fd
+    cdef _Export u
+    if L is not x.layer:         # a new layer (reset): its own generation file and upper/
+        if not isinstance(uv.cache, MetaCache):
+            return 0
+        m = mmap(NULL, 8, PROT_READ, MAP_SHARED, L.gen_fd, 0)
+        if m == MAP_FAILED:
+            return 0
+        fd = fcntl(L.upper_fd, F_DUPFD_CLOEXEC, 0)
+        if fd < 0:
+            munmap(m, 8)
+            return 0
+        if x.gen_map != NULL:
+            munmap(x.gen_map, 8)
+        if x.upper_fd >= 0:
+            close(x.upper_fd)
+        x.gen_map = m
+        x.upper_fd = fd
+        x.layer = L
+        from fastnfs.virtfs.store import NO_META
+        u = _Export.__new__(_Export)
+        u.root_fd = fd
+        u.meta = uv.cache
+        u.no_meta = NO_META
+        u.read_meta = uv.meta
+        x.upper = u
+    x.whiteouts = L.whiteouts
+    x.attrs = L.attrs
+    x.known = {}
+    x.gen_seen = seen
+    return 1 if layer_gen(x.gen_map) == seen else 0
+
+
+cdef inline bint _board_names(statx* sx, const fh_t* fh) noexcept:
+    """Is sx the base object a board handle names (BoardBackend._verify: its
+    inode, and its generation unless either side has none)?"""
+    if sx.stx_ino != fh.ino:
+        return False
+    cdef uint32_t g = generation(statx_btime_ns(sx))
+    return fh.gen == 0 or g == 0 or g == fh.gen
+
+
+cdef int _board_learn(_Export x, statx* sx, bytes path) except -1:
+    """Remember the base object sx at path as the base's own, unless the layer
+    has something of it: 1, else 0 (sx as on disk, before any overlay)."""
+    if (sx.stx_mode & S_IFMT) != S_IFDIR and sx.stx_nlink > 1:
+        return 0         # a base file with more names: its copy may be in index/
+    ino = sx.stx_ino
+    if ino in x.attrs:
+        return 0         # its attributes changed (metadata only)
+    if len(x.known) > 262144:
+        x.known.clear()
+    x.known[ino] = path
+    paths = x.board_b.paths     # the general path finds it without a search
+    if len(paths) < 262144:
+        paths[ino] = path
+    return 1
 
 
 def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies, list names,
@@ -240,7 +364,7 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
     None when the export's backend is not one the lane knows (the caller then
     uses the Python loop)."""
     cdef _Export x = _make_export(e)
-    if x is None:
+    if x is None or x.board:
         return None
     if len(names) != len(cookies) or len(inos) != len(cookies):
         raise ValueError("bad listing")
@@ -291,8 +415,8 @@ cdef int _put_fh(Packer p, _Export x, statx* sx, const unsigned char* anc_be,
                  uint32_t nanc) except -1:
     """nfs_fh3 of the object sx (RFC 1813 section 2.5) with nanc ancestors."""
     cdef unsigned char w[FH_MAX]
-    cdef Py_ssize_t n = fh_pack(w, x.export_id, sx.stx_ino,
-                                makedev(sx.stx_dev_major, sx.stx_dev_minor),
+    cdef uint64_t dev = x.fsid32 if x.board else makedev(sx.stx_dev_major, sx.stx_dev_minor)
+    cdef Py_ssize_t n = fh_pack(w, x.export_id, sx.stx_ino, dev,
                                 generation(statx_btime_ns(sx)), anc_be, nanc)
     p.write_opaque(w, n)
     return 0
@@ -445,10 +569,12 @@ cdef class FastPath:
         cdef _Export x = self._export(fh.export_id)
         if x is None or not x.plain:
             return None
+        if x.board and (fh.dev != x.fsid32 or not _board_sync(x)):
+            return None
         cdef _Caller c = self._caller(x, peer, cred, cred_n)
         if c is None:
             return None
-        if self.current_creds is not None and self.current_creds() != c.want:
+        if not x.board and self.current_creds is not None and self.current_creds() != c.want:
             return None      # the general path switches this thread to the caller
         cdef uint32_t requested = 0
         cdef const unsigned char* name = NULL
@@ -481,21 +607,40 @@ cdef class FastPath:
             if name[0] == b'.' and (namelen == 1 or (namelen == 2 and name[1] == b'.')):
                 return None
         cdef uint64_t ino = fh.ino
-        path = x.cache.lookup(ino)
+        cdef PyObject* known
+        if not x.board:
+            path = x.cache.lookup(ino)
+        elif ino == x.root_ino:
+            if fh.nanc:
+                return None  # (BoardBackend.find: the root has no ancestors)
+            path = b"."
+        else:
+            known = PyDict_GetItemWithError(x.known, ino)
+            if known == NULL:
+                return None
+            path = <object>known
         if path is None:
             return None
         cdef bytes bpath = <bytes?>path
-        cdef statx sx, dsx
+        cdef statx sx, dsx, usx
         cdef int fd
         cdef int rc
         cdef uint32_t real_mode = 0
         applied = None
-        if proc != LOOKUP or ino == x.root_ino:
+        if x.board and ino == x.root_ino:
+            # the merged root is upper/ seen through its metadata, with the base root's fileid
+            if _stat(x.upper_fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &sx) != 0:
+                return None
+            real_mode = sx.stx_mode
+            _overlay(x.upper, bpath, &sx)
+            sx.stx_ino = x.root_ino
+        elif proc != LOOKUP or ino == x.root_ino:
             if ino == x.root_ino:
                 rc = _stat(x.root_fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &sx)
             else:
                 rc = _stat(x.root_fd, PyBytes_AS_STRING(bpath), AT_SYMLINK_NOFOLLOW, &sx)
-            if rc != 0 or not statx_names(&sx, ino, fh.dev, fh.gen):
+            if rc != 0 or not (_board_names(&sx, &fh) if x.board
+                               else statx_names(&sx, ino, fh.dev, fh.gen)):
                 return None
             real_mode = sx.stx_mode
             applied = _overlay(x, bpath, &sx)
@@ -528,7 +673,7 @@ cdef class FastPath:
         elif proc == READ:
             if (sx.stx_mode & S_IFMT) != S_IFREG:
                 return None
-            if x.meta is not None and not io_allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid,
+            if x.checks and not io_allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid,
                                                          sx.stx_gid, sx.stx_mode, R_OK):
                 return None   # (VirtfsBackend.check_io) the general path refuses it
             out = self._read(p, x, bpath, &sx, applied, roff, count)
@@ -546,20 +691,31 @@ cdef class FastPath:
                 if fd < 0:
                     return None
                 if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &dsx) != 0 \
-                        or not statx_names(&dsx, ino, fh.dev, fh.gen):
+                        or not (_board_names(&dsx, &fh) if x.board
+                                else statx_names(&dsx, ino, fh.dev, fh.gen)):
                     close(fd)
                     return None
                 _overlay(x, bpath, &dsx)
             if (dsx.stx_mode & S_IFMT) != S_IFDIR \
-                    or x.meta is not None and (not _allowed(c, &dsx, X_OK) or hidden_name(name, namelen)):
+                    or x.checks and (not _allowed(c, &dsx, X_OK) or hidden_name(name, namelen)):
                 if fd != x.root_fd:
                     close(fd)
                 return None
             bname = PyBytes_FromStringAndSize(<const char*>name, namelen)
+            if x.board and ino == x.root_ino:
+                # the root is upper/ itself: the name must be neither there nor whited out
+                if _stat(x.upper_fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW, &usx) == 0 \
+                        or errno != ENOENT or bname in x.whiteouts:
+                    return None
             rc = _stat(fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW, &sx)
             if rc != 0:
                 rc = errno
             else:
+                child = bname if ino == x.root_ino else bpath + b"/" + bname
+                if x.board and not _board_learn(x, &sx, child):
+                    if fd != x.root_fd:
+                        close(fd)
+                    return None
                 _overlay_child(x, fd, bpath, bname, &sx)
             if fd != x.root_fd:
                 close(fd)
@@ -571,14 +727,16 @@ cdef class FastPath:
             elif rc != 0:
                 return None
             else:
-                child = bname if ino == x.root_ino else bpath + b"/" + bname
-                x.cache.store(sx.stx_ino, child)
+                if not x.board:
+                    x.cache.store(sx.stx_ino, child)
                 p.write_u32(NFS3_OK)
                 self._put_child_fh(p, x, &sx, ino, &fh)
                 p.write_u32(1)
                 _fattr3(p, &sx, x.fsid)
                 p.write_u32(1)
                 _fattr3(p, &dsx, x.fsid)
+        if x.board and layer_gen(x.gen_map) != x.gen_seen:
+            return None      # the layer changed meanwhile (a sequence lock)
         if out is None:
             out = PyBytes_FromStringAndSize(<const char*>p.bytes_at(), p.size())
         clock_gettime(CLOCK_MONOTONIC, &t1)
@@ -657,7 +815,13 @@ cdef class FastPath:
         that leave.  None to decline: a read that would wait for the disk goes
         to the general path and its pool."""
         cdef statx fsx
-        cdef int fd = openat(x.root_fd, PyBytes_AS_STRING(path), O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        cdef int fd = -1
+        if x.board:      # a board never moves the base's atimes (where O_NOATIME is allowed)
+            fd = openat(x.root_fd, PyBytes_AS_STRING(path),
+                        O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOATIME)
+        if fd < 0 and (not x.board or errno == EPERM):
+            fd = openat(x.root_fd, PyBytes_AS_STRING(path),
+                        O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (O_NONBLOCK if x.board else 0))
         if fd < 0:
             return None
         # the object the handle named (HostPaths.open_obj)

@@ -225,7 +225,9 @@ class BoardBackend(ServerChecks, Backend):
         self.name = name
         self.base_fd = os.open(self.base_path, DIRR)
         self.boards_fd = os.open(os.fsencode(boards_dir), DIRR)
-        self.base_view = Virtfs(self.base_fd).view if virtfs_base else (lambda p, st: st)
+        # a virtfs base's metadata reader (the fast lane shares its cache), else None
+        self.base_virtfs = Virtfs(self.base_fd) if virtfs_base else None
+        self.base_view = self.base_virtfs.view if virtfs_base else (lambda p, st: st)
         # its own fsid: per base and board (the client keys its caches on it)
         self.fsid = zlib.crc32(b"board:" + self.base_path + b"@" + name) & 0xFFFFFFFF
         self.lock = threading.RLock()   # this process's threads (Layer.lock: processes)
@@ -254,7 +256,8 @@ class BoardBackend(ServerChecks, Backend):
                 write_root_meta(L.upper_fd,
                                 self._meta_of(self.base_view(b".", fstat(self.base_fd))))
         self.layer = L
-        self.upper_view = Virtfs(L.upper_fd).view
+        self.upper_virtfs = Virtfs(L.upper_fd)
+        self.upper_view = self.upper_virtfs.view
         self.index_view = Virtfs(L.index_fd).view
         self.paths = {}
         self._missing.clear()
@@ -314,6 +317,18 @@ class BoardBackend(ServerChecks, Backend):
                         finally:
                             L.end()
                         return
+
+    def lane_layer(self):
+        """For the fast lane (_fastpath): (the layer, the generation its bookkeeping
+        in this process is current for, upper/'s metadata reader), brought up to
+        date first; None while a change is under way.  The lane answers only for
+        objects that are the base's own and forgets them when the generation moves."""
+        with self.lock:
+            L = self._L()
+            seen = L.seen
+            if seen & 1 or L.generation() != seen or L.locked:
+                return None
+            return L, seen, self.upper_virtfs
 
     def mounted(self) -> None:
         self._L().set_meta("last_mount", str(time.time()))
