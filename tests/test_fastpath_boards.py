@@ -181,6 +181,22 @@ def test_after_a_change_the_lane_declines_or_agrees(farm, which):
     assert f is not None and farm.same(fh) >= 2
 
 
+def test_known_to_the_general_path_after_a_change_elsewhere(farm):
+    """A change moves the layer's generation and the lane forgets what it knew;
+    a handle the general path knows is the lane's again without a LOOKUP, once
+    the backend says it is still the base's own."""
+    fh, f = farm.walk(b"usr/lib/deep/er")
+    etc_fh, _f = farm.walk(b"etc")
+    pw, _f = farm.walk(b"etc/passwd")
+    farm.nfs.create(farm.root(), b"elsewhere")        # the generation moves
+    assert farm.same(fh) >= 2
+    farm.nfs.write(pw, 0, b"x")                        # etc/ is copied up, passwd too
+    for h in (etc_fh, pw):
+        for f, g in farm.calls(h):
+            assert f is None, h
+    assert farm.same(fh) >= 2
+
+
 def test_reset_stale_handles_and_the_base_again(farm):
     """After `boards reset` (another process), the board's handles of objects
     that no longer exist answer STALE (the lane declines them), and the base's

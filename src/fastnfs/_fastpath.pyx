@@ -287,8 +287,13 @@ cdef int _board_sync(_Export x) except -1:
     """1 when what x knows of the board's layer is current (its generation has not
     moved since it was learnt), after asking the backend if it moved (the objects
     known are forgotten then); 0 to decline (a change is under way)."""
-    if x.gen_map != NULL and layer_gen(x.gen_map) == x.gen_seen:
-        return 1
+    cdef uint64_t g
+    if x.gen_map != NULL:
+        g = layer_gen(x.gen_map)
+        if g == x.gen_seen:
+            return 1
+        if g & 1:
+            return 0     # a change under way
     try:
         got = x.board_b.lane_layer()
     except (OSError, NFSError):
@@ -616,9 +621,18 @@ cdef class FastPath:
             path = b"."
         else:
             known = PyDict_GetItemWithError(x.known, ino)
-            if known == NULL:
-                return None
-            path = <object>known
+            if known != NULL:
+                path = <object>known
+            else:        # learnt by the general path: the backend tells (once per generation)
+                try:
+                    path = x.board_b.lane_base(ino, x.gen_seen)
+                except (OSError, NFSError):
+                    return None
+                if path is False:
+                    return None
+                if len(x.known) > 262144:
+                    x.known.clear()
+                x.known[ino] = path      # (None: not the base's own; declined till it moves)
         if path is None:
             return None
         cdef bytes bpath = <bytes?>path

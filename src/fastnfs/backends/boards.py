@@ -323,12 +323,48 @@ class BoardBackend(ServerChecks, Backend):
         in this process is current for, upper/'s metadata reader), brought up to
         date first; None while a change is under way.  The lane answers only for
         objects that are the base's own and forgets them when the generation moves."""
-        with self.lock:
+        if not self.lock.acquire(blocking=False):
+            return None   # a thread of this process is amid a call: never wait on the loop
+        try:
             L = self._L()
             seen = L.seen
             if seen & 1 or L.generation() != seen or L.locked:
                 return None
             return L, seen, self.upper_virtfs
+        finally:
+            self.lock.release()
+
+    def lane_base(self, ino: int, seen: int):
+        """For the fast lane: the path of object ino if it is the base's own at
+        generation seen (nothing of it or of a directory on its way in the layer:
+        no upper entry, whiteout, opaque mark, redirect or attribute change; not a
+        file with more names), None if it is not, False if this process does not
+        know where it is."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            L = self.layer
+            path = self.paths.get(ino)
+            if path is None or path == b"." or L.seen != seen or not L.fresh():
+                return False
+            p = b"."
+            st = None
+            for comp in path.split(b"/"):
+                if st is not None and (not S.S_ISDIR(st.st_mode) or st.st_ino in L.attrs):
+                    return None
+                p = _join(p, comp)
+                if (comp in self.hidden or p in L.whiteouts or p in L.opaque
+                        or p in L.redirects or self._upper_lstat(L, p) is not None):
+                    return None
+                st = _lstat_in(self.base_fd, p)
+                if st is None:
+                    return None
+            if (st.st_ino != ino or st.st_ino in L.attrs
+                    or (not S.S_ISDIR(st.st_mode) and st.st_nlink > 1)):
+                return None
+            return path if L.generation() == seen else False
+        finally:
+            self.lock.release()
 
     def mounted(self) -> None:
         self._L().set_meta("last_mount", str(time.time()))
