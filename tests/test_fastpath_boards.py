@@ -10,6 +10,7 @@ dispatched in process) and by ``boards reset``, as a second process would.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -268,3 +269,43 @@ def test_any_sequence_of_changes(tmp_path_factory, ops):
                 farm.same(fh)
                 farm.same(fh, USER)
     farm.close()
+
+
+def _readdirplus(fh: bytes, cookie: int, dircount: int, maxcount: int) -> bytes:
+    from xdrlib3 import Packer
+    p = Packer()
+    p.pack_opaque(fh)
+    p.pack_uhyper(cookie)
+    p.pack_fopaque(8, b"\0" * 8)
+    p.pack_uint(dircount)
+    p.pack_uint(maxcount)
+    return p.get_buffer()
+
+
+def test_readdirplus_of_a_base_directory_c_and_python_twins(farm, monkeypatch):
+    """A directory that is the base's own has its entries written in C
+    (put_board_entries_plus); the backend's per-entry loop is its twin: the same
+    bytes, whatever the page size, with a file of two names and one whose
+    attributes the board changed among them."""
+    from fastnfs.backends import boards as bmod
+    from rpcclient import READDIRPLUS
+    os.link(farm.base / "etc/passwd", farm.base / "etc/passwd-")
+    farm.nfs.setattr(farm.walk(b"etc/shadow")[0], mode=0o600)   # metadata only
+    for i in range(40):
+        (farm.base / "usr/lib" / ("lib%02d.so" % i)).write_bytes(b"x" * i)
+    dirs = [farm.walk(p)[0] for p in (b"etc", b"usr/lib", b"etc/init.d", b"usr")]
+    c_entries = bmod._c_board_entries
+    assert c_entries is not None
+    calls = []
+    monkeypatch.setattr(bmod, "_c_board_entries",
+                        lambda *a: calls.append(a[6]) or c_entries(*a))
+    replies = {}
+    for _ in range(2):    # (the first listing of a directory may move its atime)
+        for fh in dirs:
+            for dircount, maxcount in ((8192, 32768), (100, 600), (512, 1400), (1, 300)):
+                rec = _call(READDIRPLUS, _readdirplus(fh, 0, dircount, maxcount), ROOT)
+                replies[rec] = _both(farm.srv, rec)[1]
+    assert calls                                     # the C loop wrote entries
+    monkeypatch.setattr(bmod, "_c_board_entries", None)
+    for rec, g in replies.items():
+        assert _both(farm.srv, rec)[1] == g

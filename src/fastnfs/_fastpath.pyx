@@ -416,6 +416,63 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
     return sent, True
 
 
+def put_board_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list items,
+                           Py_ssize_t i, Py_ssize_t budget, Py_ssize_t dirbudget,
+                           Py_ssize_t sent, attrs):
+    """The entries of a board's directory that is the base's own (open at dfd in
+    the base), from items[i] on (BoardBackend.readdirplus, whose per-entry loop
+    is the twin): items are its listing [(cookie, name, fileid)], attrs the
+    layer's attribute changes.  Returns (sent, budget, dirbudget, next, full):
+    full when the next entry does not fit, else next is the first entry the
+    backend writes itself ("." or "..", a file with more names, one whose
+    attributes the layer changed), len(items) when none is left; None when e is
+    not a board the lane knows."""
+    cdef _Export x = _make_board(e, e.backend)
+    if x is None:
+        return None
+    cdef unsigned char anc_be[8 * FH_MAX_ANC]
+    cdef uint32_t nanc = fh_put_anc(anc_be, anc)
+    cdef Py_ssize_t size, dsize, pad
+    cdef Py_ssize_t n = len(items)
+    cdef statx sx
+    cdef bytes name
+    cdef uint64_t fid
+    cdef int rc
+    while i < n:
+        item = <tuple?>items[i]
+        name = <bytes?>item[1]
+        if name == b"." or name == b"..":
+            break
+        fid = item[2]
+        pad = (len(name) + 3) & ~3
+        size = 24 + pad + 88 + 8 + 24 + 8 * nanc
+        dsize = 20 + pad
+        if size > budget or (dsize > dirbudget and sent):
+            return sent, budget, dirbudget, i, True
+        rc = _stat(dfd, PyBytes_AS_STRING(name), AT_SYMLINK_NOFOLLOW, &sx)
+        if rc == 0 and (((sx.stx_mode & S_IFMT) != S_IFDIR and sx.stx_nlink > 1)
+                        or sx.stx_ino in attrs):
+            break         # the layer may have a say (index/, attributes)
+        budget -= size
+        dirbudget -= dsize
+        p.write_u32(1)
+        p.write_u64(fid)
+        p.write_opaque(<const unsigned char*>PyBytes_AS_STRING(name), len(name))
+        p.write_u64(item[0])
+        if rc != 0 or sx.stx_ino != fid:     # gone or replaced since the listing
+            p.write_u32(0)
+            p.write_u32(0)
+        else:
+            _overlay_child(x, dfd, dpath, name, &sx)
+            p.write_u32(1)
+            _fattr3(p, &sx, x.fsid)
+            p.write_u32(1)
+            _put_fh(p, x, &sx, anc_be, nanc)
+        sent += 1
+        i += 1
+    return sent, budget, dirbudget, i, False
+
+
 cdef int _put_fh(Packer p, _Export x, statx* sx, const unsigned char* anc_be,
                  uint32_t nanc) except -1:
     """nfs_fh3 of the object sx (RFC 1813 section 2.5) with nanc ancestors."""

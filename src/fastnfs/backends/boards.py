@@ -38,6 +38,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 
 from .. import perm
+from .._accel import load
 from ..boards import Layer
 from ..fs import NFSError, Obj, check_name, name_cookie
 from ..fsstat import fstat, lstatat
@@ -49,7 +50,11 @@ from ..virtfs.store import (HIDDEN, Meta, link_meta, make_rdev, meta_dir_only, r
                             rename_meta, rmdir_meta_dir, write_meta, write_root_meta)
 from . import Backend, DirOp, ServerChecks
 from .listing import listing_start
-from .plain import read_reply
+from .plain import entry_plus_size, read_reply
+
+_cx = load("_fastpath")
+# a directory that is the base's own: its entries in C (the loop below is its twin)
+_c_board_entries = _cx.put_board_entries_plus if _cx is not None else None
 
 log = logging.getLogger("fastnfs.boards")
 
@@ -334,12 +339,33 @@ class BoardBackend(ServerChecks, Backend):
         finally:
             self.lock.release()
 
+    def _own(self, L: Layer, path: bytes):
+        """The base's lstat of the object at merged path if it is the base's own:
+        nothing of it or of a directory on its way in the layer (no upper entry,
+        whiteout, opaque mark, redirect or attribute change), not a file with
+        more names; else None (the caller holds self.lock)."""
+        if path == b".":
+            return None
+        p = b"."
+        st = None
+        for comp in path.split(b"/"):
+            if st is not None and (not S.S_ISDIR(st.st_mode) or st.st_ino in L.attrs):
+                return None
+            p = _join(p, comp)
+            if (comp in self.hidden or p in L.whiteouts or p in L.opaque
+                    or p in L.redirects or self._upper_lstat(L, p) is not None):
+                return None
+            st = _lstat_in(self.base_fd, p)
+            if st is None:
+                return None
+        if st.st_ino in L.attrs or (not S.S_ISDIR(st.st_mode) and st.st_nlink > 1):
+            return None
+        return st
+
     def lane_base(self, ino: int, seen: int):
-        """For the fast lane: the path of object ino if it is the base's own at
-        generation seen (nothing of it or of a directory on its way in the layer:
-        no upper entry, whiteout, opaque mark, redirect or attribute change; not a
-        file with more names), None if it is not, False if this process does not
-        know where it is."""
+        """For the fast lane: the path of object ino if it is the base's own
+        (_own) at generation seen, None if it is not, False if this process
+        does not know where it is."""
         if not self.lock.acquire(blocking=False):
             return False
         try:
@@ -347,20 +373,8 @@ class BoardBackend(ServerChecks, Backend):
             path = self.paths.get(ino)
             if path is None or path == b"." or L.seen != seen or not L.fresh():
                 return False
-            p = b"."
-            st = None
-            for comp in path.split(b"/"):
-                if st is not None and (not S.S_ISDIR(st.st_mode) or st.st_ino in L.attrs):
-                    return None
-                p = _join(p, comp)
-                if (comp in self.hidden or p in L.whiteouts or p in L.opaque
-                        or p in L.redirects or self._upper_lstat(L, p) is not None):
-                    return None
-                st = _lstat_in(self.base_fd, p)
-                if st is None:
-                    return None
-            if (st.st_ino != ino or st.st_ino in L.attrs
-                    or (not S.S_ISDIR(st.st_mode) and st.st_nlink > 1)):
+            st = self._own(L, path)
+            if st is None or st.st_ino != ino:
                 return None
             return path if L.generation() == seen else False
         finally:
@@ -1182,41 +1196,71 @@ class BoardBackend(ServerChecks, Backend):
     def readdirplus(self, export, cred, d, cookie: int, p, budget: int, dirbudget: int,
                     sent: int):
         anc = d.child_anc()
-        for c, name, fid in self._entries(d, cookie):
-            pad = (len(name) + 3) & ~3
-            size, dsize = 24 + pad + 88 + 8 + 24 + 8 * len(anc), 20 + pad
-            if size > budget or (dsize > dirbudget and sent):
-                return sent, False
-            budget -= size
-            dirbudget -= dsize
-            p.u32(1)
-            p.u64(fid)
-            p.string(name)
-            p.u64(c)
-            if name == b"..":
-                p.u32(0)
-                p.u32(0)
-            else:
-                if name == b".":
-                    st = d.st
-                else:
-                    try:
-                        with self.lock:
-                            loc = self.locate(_join(d.path, name))
-                    except (NFSError, OSError):
-                        loc = None
-                    if loc is None or loc.fileid != fid:   # gone or replaced meanwhile
-                        p.u32(0)
-                        p.u32(0)
-                        sent += 1
+        items = self._entries(d, cookie)
+        attrs = None   # a directory that is the base's own: its entries written in C
+        if _c_board_entries is not None:
+            with self.lock:
+                L = self._L()
+                if self._own(L, d.path) is not None:
+                    attrs = L.attrs
+        dfd = None
+        try:
+            i, n = 0, len(items)
+            while i < n:
+                if attrs is not None and items[i][1] not in (b".", b".."):
+                    if dfd is None:
+                        dfd = _open_dir(self.base_fd, d.path)
+                    r = _c_board_entries(p, export, dfd, d.path, anc, items, i, budget,
+                                         dirbudget, sent, attrs)
+                    if r is None:
+                        attrs = None
                         continue
-                    st = loc.st
-                p.u32(1)
-                put_fattr3(p, st, self.fsid)
-                p.u32(1)
-                p.opaque(export.fh(d if name == b"." else Obj(fid, b"", st, anc)))
-            sent += 1
+                    sent, budget, dirbudget, i, full = r
+                    if full:
+                        return sent, False
+                    if i >= n:
+                        break
+                r = self._put_entry(export, d, anc, items[i], p, budget, dirbudget, sent)
+                if r is None:
+                    return sent, False
+                sent, budget, dirbudget = r
+                i += 1
+        finally:
+            if dfd is not None:
+                os.close(dfd)
         return sent, True
+
+    def _put_entry(self, export, d, anc, item, p, budget: int, dirbudget: int, sent: int):
+        """One entryplus3 (RFC 1813 section 3.3.17) of directory d: (sent, budget,
+        dirbudget) after it, or None when it does not fit."""
+        c, name, fid = item
+        size, dsize = entry_plus_size(name, len(anc))
+        if size > budget or (dsize > dirbudget and sent):
+            return None
+        p.u32(1)
+        p.u64(fid)
+        p.string(name)
+        p.u64(c)
+        st = None
+        if name == b".":
+            st = d.st
+        elif name != b"..":
+            try:
+                with self.lock:
+                    loc = self.locate(_join(d.path, name))
+            except (NFSError, OSError):
+                loc = None
+            if loc is not None and loc.fileid == fid:   # (not gone or replaced meanwhile)
+                st = loc.st
+        if st is None:
+            p.u32(0)
+            p.u32(0)
+        else:
+            p.u32(1)
+            put_fattr3(p, st, self.fsid)
+            p.u32(1)
+            p.opaque(export.fh(d if name == b"." else Obj(fid, b"", st, anc)))
+        return sent + 1, budget - size, dirbudget - dsize
 
     # -- the filesystem --------------------------------------------------------------------------
     def fsstat(self, cred, obj) -> tuple:
