@@ -309,3 +309,18 @@ def test_readdirplus_of_a_base_directory_c_and_python_twins(farm, monkeypatch):
     monkeypatch.setattr(bmod, "_c_board_entries", None)
     for rec, g in replies.items():
         assert _both(farm.srv, rec)[1] == g
+
+
+def test_listing_of_a_base_directory_is_locates(farm):
+    """The listing of a directory that is the base's own, read without locating
+    each entry, has the fileids locate gives (LOOKUP's)."""
+    from fastnfs.fs import name_cookie
+    os.link(farm.base / "etc/passwd", farm.base / "etc/passwd-")
+    farm.nfs.setattr(farm.walk(b"etc/shadow")[0], mode=0o600)
+    b = farm.e.backend
+    for d in (b"etc", b"usr/lib", b"etc/init.d"):
+        with b.lock:
+            got = b._listing(d)
+            want = sorted((name_cookie(n), n, b.locate(d + b"/" + n).fileid)
+                          for n in b._merged_names(d))
+        assert got == want and got
