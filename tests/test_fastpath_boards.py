@@ -155,12 +155,14 @@ def _changes(farm):
     yield "rename-dir", lambda: n.rename(etc, b"init.d", etc, b"rc.d")
     yield "create", lambda: n.create(farm.root(), b"new-at-root")
     yield "mkdir", lambda: n.mkdir(farm.walk(b"usr")[0], b"local")
+    yield "chmod-root", lambda: n.setattr(farm.root(), mode=0o711)
 
 
 @pytest.mark.parametrize("which", ["write", "chmod", "chmod-dir", "remove", "rename-dir",
-                                   "create", "mkdir"])
+                                   "create", "mkdir", "chmod-root"])
 def test_after_a_change_the_lane_declines_or_agrees(farm, which):
     handles = {p: farm.walk(p)[0] for p in PATHS + [b"etc/init.d/rcS"]}
+    handles[b"."] = farm.root()
     for fh in handles.values():
         farm.same(fh)
     dict(_changes(farm))[which]()
@@ -242,7 +244,7 @@ def test_another_process_change_is_seen_at_once(farm, tmp_path):
 
 
 OPS = st.lists(st.sampled_from(["write", "chmod", "chmod-dir", "remove", "rename-dir", "create",
-                                "mkdir", "reset", "look"]), min_size=1, max_size=6)
+                                "mkdir", "chmod-root", "reset", "look"]), min_size=1, max_size=6)
 
 
 @settings(max_examples=15, deadline=None,
@@ -251,6 +253,7 @@ OPS = st.lists(st.sampled_from(["write", "chmod", "chmod-dir", "remove", "rename
 def test_any_sequence_of_changes(tmp_path_factory, ops):
     farm = Farm(tmp_path_factory.mktemp("hyp"), virtfs=False)
     handles = {p: farm.walk(p)[0] for p in PATHS}
+    handles[b"."] = farm.root()
     changes = dict(_changes(farm))
     for op in ops:
         try:

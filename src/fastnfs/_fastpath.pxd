@@ -36,6 +36,9 @@ cdef class _Export:
     cdef object whiteouts       # its whiteouts (merged paths)
     cdef object attrs           # its metadata-only changes (fileid -> attributes)
     cdef dict known             # ino -> base path of an object that is the base's own
+    cdef set root_absent        # names not in upper/ (the merged root)
+    cdef bint root_meta_read    # root_meta holds what upper/'s metadata says (None: nothing)
+    cdef object root_meta
 
 
 @cython.final

@@ -331,6 +331,9 @@ cdef int _board_sync(_Export x) except -1:
     x.whiteouts = L.whiteouts
     x.attrs = L.attrs
     x.known = {}
+    x.root_absent = set()
+    x.root_meta_read = False
+    x.root_meta = None
     x.gen_seen = seen
     return 1 if layer_gen(x.gen_map) == seen else 0
 
@@ -703,7 +706,11 @@ cdef class FastPath:
             if _stat(x.upper_fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &sx) != 0:
                 return None
             real_mode = sx.stx_mode
-            _overlay(x.upper, bpath, &sx)
+            if not x.root_meta_read:     # (its metadata changes only with the generation)
+                x.root_meta = _overlay(x.upper, bpath, &sx)
+                x.root_meta_read = True
+            elif x.root_meta is not None:
+                overlay_statx(&sx, x.root_meta)
             sx.stx_ino = x.root_ino
         elif proc != LOOKUP or ino == x.root_ino:
             if ino == x.root_ino:
@@ -775,9 +782,14 @@ cdef class FastPath:
             bname = PyBytes_FromStringAndSize(<const char*>name, namelen)
             if x.board and ino == x.root_ino:
                 # the root is upper/ itself: the name must be neither there nor whited out
-                if _stat(x.upper_fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW, &usx) == 0 \
-                        or errno != ENOENT or bname in x.whiteouts:
+                if bname in x.whiteouts:
                     return None
+                if bname not in x.root_absent:   # (an entry appears only with the generation)
+                    if _stat(x.upper_fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW,
+                             &usx) == 0 or errno != ENOENT:
+                        return None
+                    if len(x.root_absent) < 65536:
+                        x.root_absent.add(bname)
             rc = _stat(fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW, &sx)
             if rc != 0:
                 rc = errno
