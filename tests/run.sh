@@ -41,4 +41,5 @@ fi
 .venv/bin/python -m pytest "$@"
 FASTNFS_PURE=1 .venv/bin/python -m pytest -m "not vm and not libnfs" -q -p no:cacheprovider --benchmark-disable "$@"
 FASTNFS_SHADOW=1 .venv/bin/python -m pytest -q -p no:cacheprovider --benchmark-disable \
-    tests/test_libnfs.py tests/test_kernel_client.py tests/test_virtfs_e2e.py "$@"
+    tests/test_libnfs.py tests/test_kernel_client.py tests/test_virtfs_e2e.py \
+    tests/test_boards.py tests/test_boards_workers.py "$@"
