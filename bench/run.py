@@ -231,7 +231,7 @@ class Server:
                 cmd += ["--pseudo", pseudo_env["PSEUDO_LOCALSTATEDIR"]]
             elif kind in ("fastnfs-boards", "fastnfs-general"):   # fresh, empty layers
                 # (fastnfs-general: the clients on the read-only base, which the fast
-                # lane declines as it does board exports: the general path alone)
+                # lane declines: the general path alone)
                 self.boards = os.path.join(workdir, "boards-%d" % self.port)
                 subprocess.run(["rm", "-rf", self.boards], check=True)
                 cmd += ["--boards", self.boards]
