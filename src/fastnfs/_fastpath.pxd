@@ -5,6 +5,7 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastnfs._fhcache cimport FHCache
 from fastnfs._fsstat cimport statx
+from fastnfs._handles cimport fh_t
 from fastnfs._xdr cimport Packer
 from fastnfs.virtfs._meta cimport MetaCache
 
@@ -19,8 +20,8 @@ cdef class _Export:
     cdef uint32_t export_id
     cdef bint plain             # no single-user view (that one needs the caller per call)
     cdef MetaCache meta         # virtfs: the metadata cache; None on a plain export
-    cdef object no_meta         # virtfs: the cached "this file says nothing" marker
-    cdef object meta_type       # virtfs: virtfs.store.Meta
+    cdef object no_meta         # virtfs: virtfs.store.NO_META ("this file says nothing")
+    cdef object read_meta       # virtfs: the backend's reader on a miss (overlay.Virtfs.meta)
 
 
 @cython.final
@@ -66,7 +67,7 @@ cdef class FastPath:
     cdef int _count(self, uint32_t proc, bint ok, int64_t ns, host, Py_ssize_t nin,
                     Py_ssize_t nout) except -1
     cdef int _readlink(self, Packer p, _Export x, bytes path, statx* sx) except -2
-    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
-                      Py_ssize_t count)
+    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, object applied,
+                      uint64_t offset, Py_ssize_t count)
     cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
-                           const unsigned char* dir_fh, uint32_t dir_nanc) except -1
+                           const fh_t* dir_fh) except -1

@@ -7,11 +7,11 @@ nfs3/*.py) spends most of its time building Python objects.
 ``FastPath.answer`` takes the record, and when everything about the call is
 ordinary (NFSv3 with AUTH_SYS, a well-formed handle the filehandle cache
 places, a caller admitted before, the thread already holding the caller's
-credentials, a READ of at most 64 KiB the page cache holds, well-formed
-virtfs metadata) it builds the reply itself: statx(2) straight into the
-reply buffer, READ data by preadv2(RWF_NOWAIT) into the bytes that are sent.
-Anything else (an error other than a missing name, a cache miss, an unknown
-caller, a flawed metadata file, unfsd's -s view) returns None, and the
+credentials, a READ of at most 64 KiB the page cache holds) it builds the
+reply itself: statx(2) straight into the reply buffer, READ data by
+preadv2(RWF_NOWAIT) into the bytes that are sent.  Anything else (an error
+other than a missing name, a filehandle cache miss, an unknown caller, a
+symlink kept as a file, unfsd's -s view) returns None, and the
 general path answers; it is the reference, and tests/test_fastpath.py and the
 fuzzer's dispatch target hold the two to the same bytes.
 
@@ -20,15 +20,23 @@ the host and port with the squashed credentials, a handle's inode, device and
 generation must match what its cached path reaches, a name is one component,
 a LOOKUP opens the directory O_PATH|O_NOFOLLOW and verifies its inode, a READ
 opens the file O_NOFOLLOW and verifies inode and birth time; with virtfs the
-directory must grant search by its metadata, the metadata's own names are
-never looked up, and a metadata file is opened with no symlink on the way.
+directory must grant search by its metadata and the metadata's own names are
+never looked up.
+
+The rules themselves are not coded here but cimported from the blocks the
+general path uses too: the handle layout (_handles), which object a handle
+names (_fsstat), the permission rules (_perm), and the virtfs rules (where
+metadata lives, its cache, the hidden names, the overlay with the
+device-as-file rule: virtfs._meta).  A metadata file the cache does not hold
+is read by the backend's own reader (overlay.Virtfs.meta).
+tests/test_lane_rules.py fails when one of them is coded here again.
 
 Also here: put_entries_plus, the Cython twin of backends.plain.py_put_entries_plus.
 """
 
 cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcpy, memset
 from posix.types cimport off_t
 from posix.fcntl cimport openat
 from posix.unistd cimport close
@@ -37,16 +45,20 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 
 from fastnfs._fhcache cimport FHCache
+from fastnfs._handles cimport (FH_MAX, FH_MAX_ANC, fh_child_anc, fh_pack, fh_put_anc, fh_t,
+                               fh_unpack)
 from fastnfs._perm cimport access3_ids, allowed_ids, io_allowed_ids
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
-                              STATX_BTIME, c_statx, generation, makedev, statx)
-from fastnfs._xdr cimport Packer
-from fastnfs.virtfs._meta cimport MetaCache, parse_meta
+                              STATX_BTIME, c_statx, generation, makedev, statx,
+                              statx_btime_ns, statx_names)
+from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32
+from fastnfs.virtfs._meta cimport (MetaCache, child_meta_path_into, hidden_name, meta_at,
+                                   meta_path_into, overlay_statx)
 
-from fastnfs import creds as _creds_mod
+from fastnfs import creds as creds_mod
 from fastnfs.fs import NFSError
 from fastnfs.rpc_msg import AUTH_SYS, Cred
-from fastnfs.stats import _BUCKETS_NS
+from fastnfs.stats import BUCKETS_NS
 
 cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
@@ -60,10 +72,6 @@ cdef extern from "<fcntl.h>" nogil:
     int O_DIRECTORY
     int O_CLOEXEC
 
-cdef extern from "<sys/sysmacros.h>" nogil:
-    unsigned int c_major "major"(unsigned long long dev)
-    unsigned int c_minor "minor"(unsigned long long dev)
-
 cdef extern from "<sys/uio.h>" nogil:
     int RWF_NOWAIT
     struct iovec:
@@ -73,18 +81,6 @@ cdef extern from "<sys/uio.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t readlinkat(int dirfd, const char* path, char* buf, size_t size)
-
-cdef extern from "<sys/syscall.h>" nogil:
-    long SYS_openat2
-    long syscall(long number, ...)
-
-cdef extern from "<unistd.h>" nogil:
-    ssize_t c_read "read"(int fd, void* buf, size_t count)
-
-cdef struct open_how:              # <linux/openat2.h>
-    uint64_t flags
-    uint64_t mode
-    uint64_t resolve
 
 cdef extern from "<errno.h>" nogil:
     int errno
@@ -99,8 +95,6 @@ cdef enum:
     READ = 6
     NFS3_OK = 0
     NFS3ERR_NOENT = 2
-    FH_HEAD = 24           # fixed part of a handle (see handles.py)
-    MAX_ANC = 5
     MAX_MACHINE = 255
     MAX_GIDS = 16
     MAX_AUTH = 400
@@ -108,19 +102,12 @@ cdef enum:
     MAXNAMLEN = 255
     MAXLINK = 4096
     NPROCS = 7             # counters for procedures 0..6
-    MAX_META_SIZE = 4096   # virtfs.store.MAX_META_SIZE
-    RESOLVE_NO_MAGICLINKS = 0x02
-    RESOLVE_NO_SYMLINKS = 0x04
-    RESOLVE_BENEATH = 0x08
+    MAX_PATH = 4200        # room for a metadata path; a longer one goes to the reader
     NBUCKETS = 16          # stats.BUCKETS
     S_IFMT = 0o170000
     S_IFDIR = 0o040000
     S_IFREG = 0o100000
     S_IFLNK = 0o120000
-    S_IFCHR = 0o020000
-    S_IFBLK = 0o060000
-    S_IFIFO = 0o010000
-    S_IFSOCK = 0o140000
     A_READ = 0x01
     A_LOOKUP = 0x02
     A_MODIFY = 0x04
@@ -130,35 +117,6 @@ cdef enum:
     R_OK = 4
     W_OK = 2
     X_OK = 1
-
-
-cdef inline uint32_t _r32(const unsigned char* d) noexcept nogil:
-    return (<uint32_t>d[0] << 24) | (<uint32_t>d[1] << 16) | (<uint32_t>d[2] << 8) | d[3]
-
-
-cdef inline uint64_t _r64(const unsigned char* d) noexcept nogil:
-    return (<uint64_t>_r32(d) << 32) | _r32(d + 4)
-
-
-cdef inline void _w32(unsigned char* d, uint32_t v) noexcept nogil:
-    d[0] = v >> 24
-    d[1] = (v >> 16) & 0xFF
-    d[2] = (v >> 8) & 0xFF
-    d[3] = v & 0xFF
-
-
-cdef inline void _w64(unsigned char* d, uint64_t v) noexcept nogil:
-    _w32(d, <uint32_t>(v >> 32))
-    _w32(d + 4, <uint32_t>v)
-
-
-# ftype3 (RFC 1813 section 2.6) by the file type bits >> 12; anything unknown
-# reads as a regular file, as nfs3.types.put_fattr3 has it
-cdef uint32_t[16] _FTYPE3 = [1, 7, 4, 1, 2, 1, 3, 1, 1, 1, 5, 1, 6, 1, 1, 1]
-
-
-cdef inline uint32_t _ftype(uint32_t mode) noexcept nogil:
-    return _FTYPE3[(mode & S_IFMT) >> 12]
 
 
 cdef class _Export:
@@ -184,7 +142,7 @@ cdef class _Probe:
 
 cdef inline int _fattr3(Packer p, statx* sx, uint64_t fsid) except -1:
     cdef uint32_t mode = sx.stx_mode
-    p.write_fattr3(_ftype(mode), mode & 0o7777, sx.stx_nlink, sx.stx_uid, sx.stx_gid,
+    p.write_fattr3(ftype3(mode), mode & 0o7777, sx.stx_nlink, sx.stx_uid, sx.stx_gid,
                    sx.stx_size, sx.stx_blocks * 512, sx.stx_rdev_major, sx.stx_rdev_minor,
                    fsid, sx.stx_ino,
                    sx.stx_atime.tv_sec * 1000000000 + sx.stx_atime.tv_nsec,
@@ -193,154 +151,46 @@ cdef inline int _fattr3(Packer p, statx* sx, uint64_t fsid) except -1:
     return 0
 
 
-cdef inline long long _btime(statx* sx) noexcept:
-    if sx.stx_mask & STATX_BTIME:
-        return sx.stx_btime.tv_sec * 1000000000 + sx.stx_btime.tv_nsec
-    return 0
-
-
-cdef inline bint _same(statx* sx, uint64_t ino, uint32_t dev, uint32_t gen) noexcept:
-    """Does sx belong to the object the handle names (backends.hostpaths._same and the inode)?"""
-    if sx.stx_ino != ino:
-        return False
-    if <uint32_t>(makedev(sx.stx_dev_major, sx.stx_dev_minor) & 0xFFFFFFFF) != dev:
-        return False
-    return gen == 0 or generation(_btime(sx)) == gen
-
-
 cdef inline int _stat(int dirfd, const char* path, int flags, statx* sx) noexcept nogil:
     return c_statx(dirfd, path, flags, STATX_BASIC_STATS | STATX_BTIME, sx)
 
 
-cdef Py_ssize_t _meta_path(bytes path, char* out, Py_ssize_t cap) noexcept:
-    """virtfs.overlay.meta_path into out (NUL-terminated): DIR/.virtfs_metadata/NAME,
-    or the root's file; its length, or -1 when it does not fit."""
-    cdef const char* s = PyBytes_AS_STRING(path)
-    cdef Py_ssize_t n = len(path), i = n - 1, k
-    if n == 1 and s[0] == b'.':
-        memcpy(out, b".virtfs_metadata_root", 22)
-        return 21
-    if n + 18 >= cap:
-        return -1
-    while i >= 0 and s[i] != b'/':
-        i -= 1
-    k = i + 1                          # the directory part with its slash
-    memcpy(out, s, k)
-    memcpy(out + k, b".virtfs_metadata/", 17)
-    memcpy(out + k + 17, s + k, n - k)
-    out[n + 17] = 0
-    return n + 17
+cdef object _overlay(_Export x, bytes path, statx* sx):
+    """The object at path as clients see it (overlay.Virtfs.view): its
+    metadata laid over sx; the Meta laid, or None."""
+    if x.meta is None:
+        return None
+    cdef char mp[MAX_PATH]
+    if meta_path_into(PyBytes_AS_STRING(path), len(path), mp, MAX_PATH) < 0:
+        return _lay(x, None, path, sx)
+    return _lay(x, meta_at(x.meta, x.root_fd, mp, x.no_meta), path, sx)
 
 
-cdef object _read_meta(_Export x, int dirfd, bytes mp, statx* ms, key, stamp):
-    """Read, parse and cache the metadata file at mp (what Virtfs.meta does on a
-    miss), or None to leave it to the general path: a file with any flaw
-    (it warns once), a symlink anywhere on the way, no openat2(2) here."""
-    if (ms.stx_mode & S_IFMT) != S_IFREG or ms.stx_size > MAX_META_SIZE:
+cdef object _overlay_child(_Export x, int dirfd, bytes dpath, bytes name, statx* sx):
+    """_overlay for the entry name of the directory dpath, open at dirfd."""
+    if x.meta is None:
         return None
-    cdef open_how how
-    memset(&how, 0, sizeof(how))
-    how.flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
-    cdef int fd = <int>syscall(SYS_openat2, dirfd, PyBytes_AS_STRING(mp), &how, sizeof(how))
-    if fd < 0:
-        return None
-    cdef statx fs
-    cdef char buf[MAX_META_SIZE + 1]
-    cdef ssize_t k = -1
-    if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &fs) == 0 and fs.stx_ino == ms.stx_ino:
-        k = c_read(fd, buf, MAX_META_SIZE + 1)
-    close(fd)
-    if k < 0 or k > MAX_META_SIZE:
-        return None
-    uid, gid, mode, rdev, problems = parse_meta(PyBytes_FromStringAndSize(buf, k))
-    if problems:
-        return None
-    if uid < 0 and gid < 0 and mode < 0 and rdev < 0:
-        m = x.no_meta
+    cdef char mp[MAXNAMLEN + 32]
+    if child_meta_path_into(<const unsigned char*>PyBytes_AS_STRING(name), len(name),
+                            mp, sizeof(mp)) < 0:
+        m = None
     else:
-        m = x.meta_type(uid, gid, mode, rdev)
-    x.meta.store(key, (stamp, m))
-    return m
+        m = meta_at(x.meta, dirfd, mp, x.no_meta)
+    path = None
+    if m is None:      # the entry's own path, for the reader (built only then)
+        path = name if dpath == b"." else dpath + b"/" + name
+    return _lay(x, m, path, sx)
 
 
-cdef int _overlay(_Export x, bytes path, statx* sx) except -2:
-    """virtfs.overlay.Virtfs.view on a statx result, with the metadata from the
-    cache or read here: 0 when sx is now what clients see, -1 when the general
-    path must read the metadata file (one with a flaw)."""
-    if x.meta is None:
-        return 0
-    cdef char mp[4200]
-    cdef Py_ssize_t mlen = _meta_path(path, mp, sizeof(mp))
-    if mlen < 0:
-        return -1
-    return _overlay_at(x, x.root_fd, mp, mlen, sx)
-
-
-cdef int _overlay_child(_Export x, int dirfd, const unsigned char* name, uint32_t n,
-                        statx* sx) except -2:
-    """_overlay for the entry name of the directory open at dirfd: its
-    metadata is .virtfs_metadata/NAME beneath that directory."""
-    if x.meta is None:
-        return 0
-    cdef char mp[17 + MAXNAMLEN + 1]
-    memcpy(mp, b".virtfs_metadata/", 17)
-    memcpy(mp + 17, name, n)
-    mp[17 + n] = 0
-    return _overlay_at(x, dirfd, mp, 17 + n, sx)
-
-
-cdef int _overlay_at(_Export x, int dirfd, const char* mp, Py_ssize_t mlen,
-                     statx* sx) except -2:
-    cdef statx ms
-    if _stat(dirfd, mp, AT_SYMLINK_NOFOLLOW, &ms) != 0:
-        return 0                    # no metadata file: the disk's attributes
-    key = (makedev(ms.stx_dev_major, ms.stx_dev_minor), ms.stx_ino)
-    cdef long long mtime = ms.stx_mtime.tv_sec * 1000000000 + ms.stx_mtime.tv_nsec
-    cdef long long ctime = ms.stx_ctime.tv_sec * 1000000000 + ms.stx_ctime.tv_nsec
-    m = x.meta.lookup_stamp3(key, ms.stx_size, mtime, ctime)
+cdef object _lay(_Export x, m, bytes path, statx* sx):
+    """Lay m (what meta_at found) over sx; None from meta_at, a file with a
+    flaw, is read by the backend's lenient reader, which warns."""
     if m is None:
-        m = _read_meta(x, dirfd, PyBytes_FromStringAndSize(mp, mlen), &ms, key,
-                       (ms.stx_size, mtime, ctime))
-        if m is None:
-            return -1
-    if m is x.no_meta:
-        return 0
-    if not isinstance(m, tuple) or len(m) != 4:    # a virtfs.store.Meta
-        return -1
-    cdef tuple t = <tuple>m
-    cdef long long uid = t[0], gid = t[1], mode = t[2], rdev = t[3]
-    cdef uint32_t real = sx.stx_mode, vfmt, rfmt
-    if uid >= 0:
-        sx.stx_uid = <uint32_t>uid
-    if gid >= 0:
-        sx.stx_gid = <uint32_t>gid
-    if mode >= 0:
-        vfmt = mode & S_IFMT
-        rfmt = real & S_IFMT
-        if rfmt == S_IFREG and (vfmt == S_IFCHR or vfmt == S_IFBLK or vfmt == S_IFIFO
-                                or vfmt == S_IFSOCK or vfmt == S_IFLNK) \
-                and (sx.stx_size == 0 or vfmt == S_IFLNK):
-            # a device, fifo, socket or symlink stored as a file
-            sx.stx_mode = <unsigned short>(mode & 0xFFFF)
-            if vfmt == S_IFCHR or vfmt == S_IFBLK:
-                if rdev < 0:
-                    rdev = 0
-                sx.stx_rdev_major = c_major(<unsigned long long>rdev)
-                sx.stx_rdev_minor = c_minor(<unsigned long long>rdev)
-                sx.stx_size = 0
-        else:
-            sx.stx_mode = <unsigned short>(rfmt | (mode & 0o7777))
-    return 0
-
-
-cdef inline bint _hidden(const unsigned char* name, uint32_t n) noexcept:
-    """virtfs.store.HIDDEN: the metadata's own names are never looked up."""
-    if n == 16:
-        return memcmp(name, b".virtfs_metadata", 16) == 0
-    if n == 21:
-        return memcmp(name, b".virtfs_metadata_root", 21) == 0
-    return False
+        m = x.read_meta(path)
+    if m is None or m is x.no_meta:
+        return None
+    overlay_statx(sx, m)
+    return m
 
 
 cdef inline bint _allowed(_Caller c, statx* sx, int want) noexcept:
@@ -357,9 +207,8 @@ cdef inline uint32_t _access3(_Caller c, statx* sx, uint32_t requested) noexcept
 
 cdef _Export _make_export(e):
     """The fast lane's view of a handles.Export, or None when its backend is
-    not one whose layout the lane knows (backends.plain and its wrappers), when
-    its caches are not the Cython ones (FASTNFS_PURE) or its metadata limit is
-    not this module's."""
+    not one whose layout the lane knows (backends.plain and its wrappers) or
+    its caches are not the Cython ones (FASTNFS_PURE)."""
     b = e.backend
     if not getattr(b, "lane", False) or not isinstance(b.cache, FHCache):
         return None
@@ -376,13 +225,10 @@ cdef _Export _make_export(e):
     if overlay is not None:
         if not isinstance(overlay.cache, MetaCache):
             return None
-        from fastnfs.virtfs.overlay import _NONE
-        from fastnfs.virtfs.store import MAX_META_SIZE as max_meta, Meta
-        if max_meta != MAX_META_SIZE:
-            return None
+        from fastnfs.virtfs.store import NO_META
         x.meta = overlay.cache
-        x.no_meta = _NONE
-        x.meta_type = Meta
+        x.no_meta = NO_META
+        x.read_meta = overlay.meta
     return x
 
 
@@ -396,13 +242,10 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
     cdef _Export x = _make_export(e)
     if x is None:
         return None
-    cdef uint32_t nanc = len(anc)
-    if nanc > MAX_ANC or len(names) != len(cookies) or len(inos) != len(cookies):
-        raise ValueError("bad listing or ancestors")
-    cdef unsigned char anc_be[8 * MAX_ANC]
-    cdef uint32_t k
-    for k in range(nanc):
-        _w64(anc_be + 8 * k, anc[k])
+    if len(names) != len(cookies) or len(inos) != len(cookies):
+        raise ValueError("bad listing")
+    cdef unsigned char anc_be[8 * FH_MAX_ANC]
+    cdef uint32_t nanc = fh_put_anc(anc_be, anc)
     cdef bint root = dpath == b"."
     cdef Py_ssize_t i, size, dsize, pad
     cdef Py_ssize_t n = len(cookies)
@@ -432,12 +275,7 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
         else:
             epath = name if root else dpath + b"/" + name
             x.cache.store(sx.stx_ino, epath)
-            if x.meta is not None and _overlay_child(x, dfd, <const unsigned char*>PyBytes_AS_STRING(name),
-                                                     len(name), &sx) < 0:
-                # a metadata file the lane leaves alone: Virtfs.meta reads it
-                # (and warns once), then the cache has whatever it decided
-                e.backend.overlay.meta(epath)
-                _overlay(x, epath, &sx)
+            _overlay_child(x, dfd, dpath, name, &sx)
             p.write_u64(sx.stx_ino)
             p.write_opaque(<const unsigned char*>PyBytes_AS_STRING(name), len(name))
             p.write_u64(cookies[i])
@@ -451,21 +289,12 @@ def put_entries_plus(Packer p, e, int dfd, bytes dpath, tuple anc, list cookies,
 
 cdef int _put_fh(Packer p, _Export x, statx* sx, const unsigned char* anc_be,
                  uint32_t nanc) except -1:
-    """nfs_fh3 of an object (the layout in handles.py): its inode, device and
-    generation from sx, then nanc ancestor inodes, big-endian."""
-    cdef uint32_t size = FH_HEAD + 8 * nanc
-    cdef unsigned char* w = p.extend(4 + size)
-    _w32(w, size)
-    w[4] = 1
-    w[5] = nanc
-    w[6] = 0
-    w[7] = 0
-    _w32(w + 8, x.export_id)
-    _w64(w + 12, sx.stx_ino)
-    _w32(w + 20, <uint32_t>(makedev(sx.stx_dev_major, sx.stx_dev_minor) & 0xFFFFFFFF))
-    _w32(w + 24, generation(_btime(sx)))
-    if nanc:
-        memcpy(w + 28, anc_be, 8 * nanc)
+    """nfs_fh3 of the object sx (RFC 1813 section 2.5) with nanc ancestors."""
+    cdef unsigned char w[FH_MAX]
+    cdef Py_ssize_t n = fh_pack(w, x.export_id, sx.stx_ino,
+                                makedev(sx.stx_dev_major, sx.stx_dev_minor),
+                                generation(statx_btime_ns(sx)), anc_be, nanc)
+    p.write_opaque(w, n)
     return 0
 
 
@@ -483,21 +312,21 @@ cdef class FastPath:
         self.by_id_seen = None
         self.exports = {}
         self.admitted = {}
-        self.current_creds = _creds_mod.current if state.switch_creds else None
+        self.current_creds = creds_mod.current if state.switch_creds else None
         self.answered = 0
         self.declined = 0
         self.out = Packer()
         self.procs = [_ProcRow() for _ in range(NPROCS)]
         self.clients = {}
         self.bytes_read = 0
-        if len(_BUCKETS_NS) != NBUCKETS:
-            raise ValueError("stats buckets changed: %d, not %d" % (len(_BUCKETS_NS), NBUCKETS))
+        if len(BUCKETS_NS) != NBUCKETS:
+            raise ValueError("stats buckets changed: %d, not %d" % (len(BUCKETS_NS), NBUCKETS))
         for i in range(NBUCKETS):
-            self.bounds[i] = _BUCKETS_NS[i]
+            self.bounds[i] = BUCKETS_NS[i]
         stats.flushers.append(self.flush)
 
     cdef _Export _export(self, uint32_t eid):
-        by_id = self.state._by_id
+        by_id = self.state.by_id
         if by_id is not self.by_id_seen:      # exports reloaded: start afresh
             self.exports = {}
             self.admitted = {}
@@ -525,19 +354,19 @@ cdef class FastPath:
         # authsys_parms after the stamp (RFC 5531 appendix A): machine, uid, gid, gids
         if n < 4:
             return None
-        cdef uint32_t mlen = _r32(body)
+        cdef uint32_t mlen = get_be32(body)
         if mlen > MAX_MACHINE:
             return None
         cdef Py_ssize_t pos = 4 + ((mlen + 3) & ~3)
         if pos + 12 > n:
             return None
-        cdef uint32_t uid = _r32(body + pos)
-        cdef uint32_t gid = _r32(body + pos + 4)
-        cdef uint32_t ngids = _r32(body + pos + 8)
+        cdef uint32_t uid = get_be32(body + pos)
+        cdef uint32_t gid = get_be32(body + pos + 4)
+        cdef uint32_t ngids = get_be32(body + pos + 8)
         pos += 12
         if ngids > MAX_GIDS or pos + 4 * <Py_ssize_t>ngids != n:
             return None
-        gids = tuple([_r32(body + pos + 4 * i) for i in range(ngids)])
+        gids = tuple([get_be32(body + pos + 4 * i) for i in range(ngids)])
         probe = _Probe()
         probe.peer = peer
         probe.cred = Cred(AUTH_SYS, uid, gid, gids, body[4:4 + mlen])
@@ -577,7 +406,7 @@ cdef class FastPath:
         cdef char* w = PyBytes_AS_STRING(r)
         cdef Py_ssize_t size = len(r)
         if mark:
-            _w32(<unsigned char*>w, 0x80000000 | <uint32_t>(size - 4))
+            put_be32(<unsigned char*>w, 0x80000000 | <uint32_t>(size - 4))
             return r
         return PyBytes_FromStringAndSize(w + 4, size - 4)
 
@@ -586,20 +415,20 @@ cdef class FastPath:
         cdef timespec t0, t1
         clock_gettime(CLOCK_MONOTONIC, &t0)
         # call header: xid, CALL, rpcvers 2, prog, vers, proc, cred, verf (RFC 5531 section 9)
-        if n < 40 or _r32(d + 4) != 0 or _r32(d + 8) != 2:
+        if n < 40 or get_be32(d + 4) != 0 or get_be32(d + 8) != 2:
             return None
-        if _r32(d + 12) != NFS_PROGRAM or _r32(d + 16) != 3:
+        if get_be32(d + 12) != NFS_PROGRAM or get_be32(d + 16) != 3:
             return None
-        cdef uint32_t proc = _r32(d + 20)
+        cdef uint32_t proc = get_be32(d + 20)
         if proc < GETATTR or proc > READ or proc == 2:
             return None
-        if _r32(d + 24) != AUTH_SYS:
+        if get_be32(d + 24) != AUTH_SYS:
             return None
-        cdef uint32_t clen = _r32(d + 28)
+        cdef uint32_t clen = get_be32(d + 28)
         if clen > MAX_AUTH or clen < 4 or clen & 3:
             return None
         cdef Py_ssize_t pos = 32 + clen
-        if pos + 8 > n or _r32(d + pos) != 0 or _r32(d + pos + 4) != 0:
+        if pos + 8 > n or get_be32(d + pos) != 0 or get_be32(d + pos + 4) != 0:
             return None      # only an empty AUTH_NONE verifier is ordinary
         cdef const unsigned char* cred = d + 36   # after the stamp
         cdef Py_ssize_t cred_n = clen - 4
@@ -607,16 +436,13 @@ cdef class FastPath:
         # nfs_fh3: as handles.decode_fh accepts it
         if pos + 4 > n:
             return None
-        cdef uint32_t fhlen = _r32(d + pos)
+        cdef uint32_t fhlen = get_be32(d + pos)
         pos += 4
-        if fhlen < FH_HEAD or fhlen > 64 or pos + fhlen > n or fhlen & 3:
-            return None
-        cdef const unsigned char* fh = d + pos
-        cdef uint32_t nanc = fh[1]
-        if fh[0] != 1 or nanc > MAX_ANC or fh[2] or fh[3] or fhlen != FH_HEAD + 8 * nanc:
+        cdef fh_t fh
+        if fhlen > FH_MAX or pos + fhlen > n or fh_unpack(d + pos, fhlen, &fh) < 0:
             return None
         pos += fhlen
-        cdef _Export x = self._export(_r32(fh + 4))
+        cdef _Export x = self._export(fh.export_id)
         if x is None or not x.plain:
             return None
         cdef _Caller c = self._caller(x, peer, cred, cred_n)
@@ -632,8 +458,8 @@ cdef class FastPath:
         if proc == READ:
             if pos + 12 > n:
                 return None
-            roff = _r64(d + pos)
-            count = _r32(d + pos + 8)
+            roff = get_be64(d + pos)
+            count = get_be32(d + pos + 8)
             if count > maxdata:
                 count = maxdata
             if count > self.read_inline_max:
@@ -641,11 +467,11 @@ cdef class FastPath:
         elif proc == ACCESS:
             if pos + 4 > n:
                 return None
-            requested = _r32(d + pos)
+            requested = get_be32(d + pos)
         elif proc == LOOKUP:
             if pos + 4 > n:
                 return None
-            namelen = _r32(d + pos)
+            namelen = get_be32(d + pos)
             # the string's padding must be there too (RFC 4506 section 4.11)
             if namelen == 0 or namelen > MAXNAMLEN or pos + 4 + ((namelen + 3) & ~3) > n:
                 return None
@@ -654,9 +480,7 @@ cdef class FastPath:
                 return None
             if name[0] == b'.' and (namelen == 1 or (namelen == 2 and name[1] == b'.')):
                 return None
-        cdef uint64_t ino = _r64(fh + 8)
-        cdef uint32_t dev = _r32(fh + 16)
-        cdef uint32_t gen = _r32(fh + 20)
+        cdef uint64_t ino = fh.ino
         path = x.cache.lookup(ino)
         if path is None:
             return None
@@ -665,27 +489,27 @@ cdef class FastPath:
         cdef int fd
         cdef int rc
         cdef uint32_t real_mode = 0
+        applied = None
         if proc != LOOKUP or ino == x.root_ino:
             if ino == x.root_ino:
                 rc = _stat(x.root_fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &sx)
             else:
                 rc = _stat(x.root_fd, PyBytes_AS_STRING(bpath), AT_SYMLINK_NOFOLLOW, &sx)
-            if rc != 0 or not _same(&sx, ino, dev, gen):
+            if rc != 0 or not statx_names(&sx, ino, fh.dev, fh.gen):
                 return None
             real_mode = sx.stx_mode
-            if _overlay(x, bpath, &sx) < 0:
-                return None
+            applied = _overlay(x, bpath, &sx)
         cdef Packer p = self.out       # reused: the reply leaves as a copy, below
-        p._len = 0
+        p.restart()
         out = None
         cdef unsigned char* w = p.extend(28)
-        _w32(w, 0)
+        put_be32(w, 0)
         memcpy(w + 4, d, 4)                           # xid
-        _w32(w + 8, 1)                                # REPLY
-        _w32(w + 12, 0)                               # MSG_ACCEPTED
-        _w32(w + 16, 0)                               # verifier AUTH_NONE, empty
-        _w32(w + 20, 0)
-        _w32(w + 24, 0)                               # SUCCESS
+        put_be32(w + 8, 1)                                # REPLY
+        put_be32(w + 12, 0)                               # MSG_ACCEPTED
+        put_be32(w + 16, 0)                               # verifier AUTH_NONE, empty
+        put_be32(w + 20, 0)
+        put_be32(w + 24, 0)                               # SUCCESS
         cdef uint32_t status = NFS3_OK
         if proc == GETATTR:
             p.write_u32(NFS3_OK)
@@ -707,7 +531,7 @@ cdef class FastPath:
             if x.meta is not None and not io_allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid,
                                                          sx.stx_gid, sx.stx_mode, R_OK):
                 return None   # (VirtfsBackend.check_io) the general path refuses it
-            out = self._read(p, x, bpath, &sx, roff, count)
+            out = self._read(p, x, bpath, &sx, applied, roff, count)
             if out is None:
                 return None
         else:
@@ -722,12 +546,12 @@ cdef class FastPath:
                 if fd < 0:
                     return None
                 if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &dsx) != 0 \
-                        or not _same(&dsx, ino, dev, gen):
+                        or not statx_names(&dsx, ino, fh.dev, fh.gen):
                     close(fd)
                     return None
-            if ino != x.root_ino and _overlay(x, bpath, &dsx) < 0 \
-                    or (dsx.stx_mode & S_IFMT) != S_IFDIR \
-                    or x.meta is not None and (not _allowed(c, &dsx, X_OK) or _hidden(name, namelen)):
+                _overlay(x, bpath, &dsx)
+            if (dsx.stx_mode & S_IFMT) != S_IFDIR \
+                    or x.meta is not None and (not _allowed(c, &dsx, X_OK) or hidden_name(name, namelen)):
                 if fd != x.root_fd:
                     close(fd)
                 return None
@@ -735,8 +559,8 @@ cdef class FastPath:
             rc = _stat(fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW, &sx)
             if rc != 0:
                 rc = errno
-            elif _overlay_child(x, fd, name, namelen, &sx) < 0:
-                rc = -1
+            else:
+                _overlay_child(x, fd, bpath, bname, &sx)
             if fd != x.root_fd:
                 close(fd)
             if rc == ENOENT:
@@ -750,13 +574,13 @@ cdef class FastPath:
                 child = bname if ino == x.root_ino else bpath + b"/" + bname
                 x.cache.store(sx.stx_ino, child)
                 p.write_u32(NFS3_OK)
-                self._put_child_fh(p, x, &sx, ino, fh, nanc)
+                self._put_child_fh(p, x, &sx, ino, &fh)
                 p.write_u32(1)
                 _fattr3(p, &sx, x.fsid)
                 p.write_u32(1)
                 _fattr3(p, &dsx, x.fsid)
         if out is None:
-            out = PyBytes_FromStringAndSize(<const char*>p._data, p._len)
+            out = PyBytes_FromStringAndSize(<const char*>p.bytes_at(), p.size())
         clock_gettime(CLOCK_MONOTONIC, &t1)
         self._count(proc, status == NFS3_OK,
                     (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec),
@@ -826,8 +650,8 @@ cdef class FastPath:
         p.write_opaque(<const unsigned char*>buf, k)
         return 0
 
-    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
-                      Py_ssize_t count):
+    cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, object applied,
+                      uint64_t offset, Py_ssize_t count):
         """The whole READ reply from the page cache only (RFC 1813 section 3.3.6):
         the header from p, the data read by the kernel straight into the bytes
         that leave.  None to decline: a read that would wait for the disk goes
@@ -838,21 +662,17 @@ cdef class FastPath:
             return None
         # the object the handle named (HostPaths.open_obj)
         if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &fsx) != 0 \
-                or fsx.stx_ino != sx.stx_ino or _btime(&fsx) != _btime(sx):
+                or fsx.stx_ino != sx.stx_ino or statx_btime_ns(&fsx) != statx_btime_ns(sx):
             close(fd)
             return None
-        if x.meta is not None:
-            # seen as clients see it: sx, the same regular file, carries the
-            # metadata already (an overlay changes no more than these of one)
-            fsx.stx_uid = sx.stx_uid
-            fsx.stx_gid = sx.stx_gid
-            fsx.stx_mode = sx.stx_mode
+        if applied is not None:          # seen as clients see it, as sx is
+            overlay_statx(&fsx, applied)
         p.write_u32(NFS3_OK)
         p.write_u32(1)
         _fattr3(p, &fsx, x.fsid)
         p.write_u64(0)                       # count and eof, known after the read
         p.write_u32(0)                       # the data's length
-        cdef Py_ssize_t head = p._len
+        cdef Py_ssize_t head = p.size()
         cdef Py_ssize_t got = 0
         cdef iovec iov
         if count == 0 or offset > 0x7FFFFFFFFFFFFFFF:
@@ -870,21 +690,16 @@ cdef class FastPath:
         if got < count:                      # the end of the file: a shorter reply
             out = PyBytes_FromStringAndSize(<const char*>w, head + ((got + 3) & ~3))
             w = <unsigned char*>PyBytes_AS_STRING(out)
-        memcpy(w, p._data, head)
-        _w32(w + head - 12, <uint32_t>got)
-        _w32(w + head - 8, 1 if offset + got >= fsx.stx_size else 0)
-        _w32(w + head - 4, <uint32_t>got)
+        memcpy(w, p.bytes_at(), head)
+        put_be32(w + head - 12, <uint32_t>got)
+        put_be32(w + head - 8, 1 if offset + got >= fsx.stx_size else 0)
+        put_be32(w + head - 4, <uint32_t>got)
         memset(w + head + got, 0, <size_t>((-got) & 3))
         self.bytes_read += got
         return out
 
     cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
-                           const unsigned char* dir_fh, uint32_t dir_nanc) except -1:
-        """nfs_fh3 of a directory's child: its ancestors are the directory and
-        the directory's own first ones (fs.Obj.child_anc)."""
-        cdef uint32_t nanc = dir_nanc + 1 if dir_nanc < MAX_ANC else MAX_ANC
-        cdef unsigned char anc_be[8 * MAX_ANC]
-        _w64(anc_be, dir_ino)
-        if nanc > 1:
-            memcpy(anc_be + 8, dir_fh + FH_HEAD, 8 * (nanc - 1))
-        return _put_fh(p, x, sx, anc_be, nanc)
+                           const fh_t* dir_fh) except -1:
+        """nfs_fh3 of a directory's child."""
+        cdef unsigned char anc_be[8 * FH_MAX_ANC]
+        return _put_fh(p, x, sx, anc_be, fh_child_anc(anc_be, dir_ino, dir_fh))

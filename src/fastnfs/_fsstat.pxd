@@ -32,7 +32,12 @@ cdef enum:
     STATX_BASIC_STATS = 0x7ff
     STATX_BTIME = 0x800
 
-cpdef unsigned int generation(long long btime_ns)
+cpdef unsigned int generation(long long btime_ns) noexcept nogil
+
+# the birth time in ns (0: unknown), and whether sx is the object a handle names
+cdef long long statx_btime_ns(const statx* sx) noexcept nogil
+cdef bint statx_names(const statx* sx, unsigned long long ino, unsigned int dev,
+                      unsigned int gen) noexcept nogil
 
 
 cdef class Stat:

@@ -36,13 +36,40 @@ cdef class Stat:
         return "Stat(ino=%d, mode=%o, size=%d)" % (self.st_ino, self.st_mode, self.st_size)
 
 
-cpdef unsigned int generation(long long btime_ns):
+cpdef unsigned int generation(long long btime_ns) noexcept nogil:
     """32 bits of the birth time for a filehandle; 0 when the filesystem has none."""
     if btime_ns == 0:
         return 0
     cdef unsigned long long g = <unsigned long long>btime_ns * 0x9E3779B97F4A7C15ULL
     cdef unsigned int r = <unsigned int>(g >> 32)
     return r if r else 1
+
+
+cdef long long statx_btime_ns(const statx* sx) noexcept nogil:
+    if sx.stx_mask & STATX_BTIME:
+        return sx.stx_btime.tv_sec * 1000000000 + sx.stx_btime.tv_nsec
+    return 0
+
+
+cdef inline bint _names(unsigned long long st_ino, unsigned long long st_dev,
+                        long long btime_ns, unsigned long long ino, unsigned int dev,
+                        unsigned int gen) noexcept nogil:
+    # the inode, the low 32 bits of the device, and the generation unless the handle has none
+    if st_ino != ino or <unsigned int>(st_dev & 0xFFFFFFFFULL) != dev:
+        return False
+    return gen == 0 or generation(btime_ns) == gen
+
+
+cdef bint statx_names(const statx* sx, unsigned long long ino, unsigned int dev,
+                      unsigned int gen) noexcept nogil:
+    """Is sx the object a handle's inode, device and generation name?"""
+    return _names(sx.stx_ino, makedev(sx.stx_dev_major, sx.stx_dev_minor), statx_btime_ns(sx),
+                  ino, dev, gen)
+
+
+def names_object(st, unsigned long long ino, unsigned int dev, unsigned int gen):
+    """statx_names on a Stat (fsstat.py_names_object's twin)."""
+    return _names(st.st_ino, st.st_dev, st.btime_ns, ino, dev, gen)
 
 
 cdef Stat _call(int dirfd, const char *path, int flags, object name):
@@ -67,10 +94,7 @@ cdef Stat _call(int dirfd, const char *path, int flags, object name):
     st.st_atime_ns = sx.stx_atime.tv_sec * 1000000000 + sx.stx_atime.tv_nsec
     st.st_mtime_ns = sx.stx_mtime.tv_sec * 1000000000 + sx.stx_mtime.tv_nsec
     st.st_ctime_ns = sx.stx_ctime.tv_sec * 1000000000 + sx.stx_ctime.tv_nsec
-    if sx.stx_mask & STATX_BTIME:
-        st.btime_ns = sx.stx_btime.tv_sec * 1000000000 + sx.stx_btime.tv_nsec
-    else:
-        st.btime_ns = 0
+    st.btime_ns = statx_btime_ns(&sx)
     return st
 
 

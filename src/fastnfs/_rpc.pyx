@@ -10,7 +10,7 @@ FASTNFS_PURE=1).
 
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 
-from fastnfs._xdr cimport Packer, Unpacker
+from fastnfs._xdr cimport Packer, Unpacker, ftype3
 
 from fastnfs.errors import XdrError
 from fastnfs.rpc_msg import CallHeader, Cred, RpcReject, CRED_NONE, AUTH_NONE, AUTH_SYS
@@ -20,9 +20,6 @@ cdef extern from "<sys/sysmacros.h>" nogil:
     unsigned int c_major "major"(unsigned long long dev)
     unsigned int c_minor "minor"(unsigned long long dev)
 
-cdef uint32_t _S_IFMT = 0o170000
-cdef dict _FTYPE = {0o100000: 1, 0o040000: 2, 0o060000: 3, 0o020000: 4, 0o120000: 5,
-                    0o140000: 6, 0o010000: 7}
 
 
 cdef object _authsys(Unpacker a):
@@ -78,8 +75,7 @@ def put_fattr3(Packer p, st, uint64_t fsid):
     """fattr3 from a stat-like object; mode carries permission bits only."""
     cdef uint32_t mode = st.st_mode
     cdef unsigned long long rdev = st.st_rdev
-    ftype = _FTYPE.get(mode & _S_IFMT, 1)
-    p.write_fattr3(ftype, mode & 0o7777, st.st_nlink, <uint32_t>(st.st_uid & 0xFFFFFFFF),
+    p.write_fattr3(ftype3(mode), mode & 0o7777, st.st_nlink, <uint32_t>(st.st_uid & 0xFFFFFFFF),
                    <uint32_t>(st.st_gid & 0xFFFFFFFF), st.st_size, st.st_blocks * 512,
                    c_major(rdev), c_minor(rdev), fsid, st.st_ino,
                    st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)

@@ -5,6 +5,47 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 
+# big-endian loads and stores (XDR's byte order, RFC 4506 section 4.1), for
+# every Cython module that reads or writes wire bytes itself
+cdef inline uint32_t get_be32(const unsigned char* d) noexcept nogil:
+    return (<uint32_t>d[0] << 24) | (<uint32_t>d[1] << 16) | (<uint32_t>d[2] << 8) | d[3]
+
+
+cdef inline uint64_t get_be64(const unsigned char* d) noexcept nogil:
+    return (<uint64_t>get_be32(d) << 32) | get_be32(d + 4)
+
+
+cdef inline void put_be32(unsigned char* d, uint32_t v) noexcept nogil:
+    d[0] = v >> 24
+    d[1] = (v >> 16) & 0xFF
+    d[2] = (v >> 8) & 0xFF
+    d[3] = v & 0xFF
+
+
+cdef inline void put_be64(unsigned char* d, uint64_t v) noexcept nogil:
+    put_be32(d, <uint32_t>(v >> 32))
+    put_be32(d + 4, <uint32_t>v)
+
+
+# ftype3 (RFC 1813 section 2.6) of a mode's file type bits; anything unknown
+# reads as a regular file (nfs3.types.put_fattr3's table is the Python twin)
+cdef inline uint32_t ftype3(uint32_t mode) noexcept nogil:
+    cdef uint32_t t = mode & 0o170000
+    if t == 0o040000:
+        return 2                    # NF3DIR
+    if t == 0o060000:
+        return 3                    # NF3BLK
+    if t == 0o020000:
+        return 4                    # NF3CHR
+    if t == 0o120000:
+        return 5                    # NF3LNK
+    if t == 0o140000:
+        return 6                    # NF3SOCK
+    if t == 0o010000:
+        return 7                    # NF3FIFO
+    return 1                        # NF3REG
+
+
 cdef class Unpacker:
     cdef Py_buffer _view            # held for the Unpacker's lifetime
     cdef bint _have_view
@@ -31,6 +72,9 @@ cdef class Packer:
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _exports        # live buffer exports (getbuffer views)
 
+    cdef Py_ssize_t size(self) noexcept                   # bytes packed so far
+    cdef const unsigned char* bytes_at(self) noexcept     # where they are (valid until the next write)
+    cdef int restart(self) except -1                      # truncate(0)
     cdef unsigned char* extend(self, Py_ssize_t n) except NULL  # n bytes appended, uninitialised
     cdef int write_u32(self, uint32_t v) except -1
     cdef int write_i32(self, int32_t v) except -1

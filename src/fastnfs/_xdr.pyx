@@ -49,25 +49,7 @@ cdef Py_ssize_t INITIAL_CAPACITY = 256
 cdef char* FORMAT_B = "B"
 
 
-# ---------------------------------------------------------------- byte order
-
-cdef inline uint32_t _r32(const unsigned char* d) noexcept nogil:
-    return ((<uint32_t>d[0] << 24) | (<uint32_t>d[1] << 16) |
-            (<uint32_t>d[2] << 8) | <uint32_t>d[3])
-
-cdef inline uint64_t _r64(const unsigned char* d) noexcept nogil:
-    return (<uint64_t>_r32(d) << 32) | _r32(d + 4)
-
-cdef inline void _w32(unsigned char* d, uint32_t v) noexcept nogil:
-    d[0] = <unsigned char>(v >> 24)
-    d[1] = <unsigned char>(v >> 16)
-    d[2] = <unsigned char>(v >> 8)
-    d[3] = <unsigned char>v
-
-cdef inline void _w64(unsigned char* d, uint64_t v) noexcept nogil:
-    _w32(d, <uint32_t>(v >> 32))
-    _w32(d + 4, <uint32_t>v)
-
+# byte order: get_be32/64, put_be32/64 (_xdr.pxd)
 
 # ------------------------------------------------ Python int -> C, as struct
 
@@ -158,10 +140,10 @@ cdef inline Py_ssize_t _take(Unpacker u, uint64_t n) except -1:
     return p
 
 cdef inline uint32_t _get_u32(Unpacker u) except? 0xFFFFFFFF:
-    return _r32(u._data + _take(u, 4))
+    return get_be32(u._data + _take(u, 4))
 
 cdef inline uint64_t _get_u64(Unpacker u) except? 0xFFFFFFFFFFFFFFFF:
-    return _r64(u._data + _take(u, 8))
+    return get_be64(u._data + _take(u, 8))
 
 cdef inline int _get_bool(Unpacker u) except -1:
     cdef uint32_t v = _get_u32(u)
@@ -377,7 +359,7 @@ cdef inline int _put_opaque(Packer self, const unsigned char* src, Py_ssize_t n)
     if <uint64_t>n > 0xFFFFFFFF:
         raise StructError("argument out of range")
     d = _extend(self, 4 + n + pad)
-    _w32(d, <uint32_t>n)
+    put_be32(d, <uint32_t>n)
     if n:
         memcpy(d + 4, src, <size_t>n)
     memset(d + 4 + n, 0, <size_t>pad)
@@ -389,23 +371,23 @@ cdef inline void _put_fattr3(unsigned char* d, uint32_t ftype, uint32_t mode, ui
                              uint64_t fileid, uint32_t asec, uint32_t ansec, uint32_t msec,
                              uint32_t mnsec, uint32_t csec, uint32_t cnsec) noexcept nogil:
     # RFC 1813 section 2.6 fattr3: 84 bytes
-    _w32(d, ftype)
-    _w32(d + 4, mode & 0o7777)
-    _w32(d + 8, nlink)
-    _w32(d + 12, uid)
-    _w32(d + 16, gid)
-    _w64(d + 20, size)
-    _w64(d + 28, used)
-    _w32(d + 36, specmajor)
-    _w32(d + 40, specminor)
-    _w64(d + 44, fsid)
-    _w64(d + 52, fileid)
-    _w32(d + 60, asec)
-    _w32(d + 64, ansec)
-    _w32(d + 68, msec)
-    _w32(d + 72, mnsec)
-    _w32(d + 76, csec)
-    _w32(d + 80, cnsec)
+    put_be32(d, ftype)
+    put_be32(d + 4, mode & 0o7777)
+    put_be32(d + 8, nlink)
+    put_be32(d + 12, uid)
+    put_be32(d + 16, gid)
+    put_be64(d + 20, size)
+    put_be64(d + 28, used)
+    put_be32(d + 36, specmajor)
+    put_be32(d + 40, specminor)
+    put_be64(d + 44, fsid)
+    put_be64(d + 52, fileid)
+    put_be32(d + 60, asec)
+    put_be32(d + 64, ansec)
+    put_be32(d + 68, msec)
+    put_be32(d + 72, mnsec)
+    put_be32(d + 76, csec)
+    put_be32(d + 80, cnsec)
 
 cdef inline void _split_c(int64_t ns, uint32_t* sec, uint32_t* nsec) noexcept:
     sec[0] = <uint32_t><uint64_t>(ns // 1000000000)
@@ -501,26 +483,26 @@ cdef class Packer:
     def u32(self, v):
         cdef uint64_t x
         _arg_u(v, 0xFFFFFFFF, &x)
-        _w32(_extend(self, 4), <uint32_t>x)
+        put_be32(_extend(self, 4), <uint32_t>x)
 
     def i32(self, v):
         cdef int64_t x
         _arg_i(v, INT32_MIN, INT32_MAX, &x)
-        _w32(_extend(self, 4), <uint32_t>x)
+        put_be32(_extend(self, 4), <uint32_t>x)
 
     def u64(self, v):
         cdef uint64_t x
         _arg_u(v, UINT64_MAX, &x)
-        _w64(_extend(self, 8), x)
+        put_be64(_extend(self, 8), x)
 
     def i64(self, v):
         cdef int64_t x
         _arg_i(v, INT64_MIN, INT64_MAX, &x)
-        _w64(_extend(self, 8), <uint64_t>x)
+        put_be64(_extend(self, 8), <uint64_t>x)
 
     def boolean(self, v):
         cdef bint b = v
-        _w32(_extend(self, 4), 1 if b else 0)
+        put_be32(_extend(self, 4), 1 if b else 0)
 
     def fixed(self, data, n=None):
         """Fixed-length opaque: data must be n bytes (default len(data))."""
@@ -584,7 +566,7 @@ cdef class Packer:
                 "pack_into requires a buffer of at least %d bytes for packing 4 bytes at "
                 "offset %d (actual buffer size is %d)" % (offset + 4, offset, size))
         _arg_u(v, 0xFFFFFFFF, &x)
-        _w32(self._data + offset, <uint32_t>x)
+        put_be32(self._data + offset, <uint32_t>x)
 
     def fattr3(self, ftype, mode, nlink, uid, gid, size, used, specmajor, specminor,
                fsid, fileid, atime_ns, mtime_ns, ctime_ns):
@@ -621,19 +603,32 @@ cdef class Packer:
         return _extend(self, n)
 
     cdef int write_u32(self, uint32_t v) except -1:
-        _w32(_extend(self, 4), v)
+        put_be32(_extend(self, 4), v)
         return 0
 
     cdef int write_i32(self, int32_t v) except -1:
-        _w32(_extend(self, 4), <uint32_t>v)
+        put_be32(_extend(self, 4), <uint32_t>v)
         return 0
 
     cdef int write_u64(self, uint64_t v) except -1:
-        _w64(_extend(self, 8), v)
+        put_be64(_extend(self, 8), v)
         return 0
 
     cdef int write_i64(self, int64_t v) except -1:
-        _w64(_extend(self, 8), <uint64_t>v)
+        put_be64(_extend(self, 8), <uint64_t>v)
+        return 0
+
+    cdef Py_ssize_t size(self) noexcept:
+        return self._len
+
+    cdef const unsigned char* bytes_at(self) noexcept:
+        return self._data
+
+    cdef int restart(self) except -1:
+        """Empty the buffer for the next reply (truncate(0) in C)."""
+        if self._exports:
+            raise BufferError("Existing exports of data: object cannot be re-sized")
+        self._len = 0
         return 0
 
     cdef int write_raw(self, const unsigned char* p, Py_ssize_t n) except -1:
@@ -664,7 +659,7 @@ cdef class Packer:
             self._len = start   # errno is the caller's to read
             return -1
         d = self._data + start
-        _w32(d, <uint32_t>n)
+        put_be32(d, <uint32_t>n)
         memset(d + 4 + n, 0, <size_t>((-n) & 3))
         self._len = start + 4 + n + ((-n) & 3)
         return n

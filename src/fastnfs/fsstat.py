@@ -12,7 +12,7 @@ import struct
 
 from ._accel import load
 
-__all__ = ["Stat", "lstatat", "fstat", "generation"]
+__all__ = ["Stat", "lstatat", "fstat", "generation", "names_object"]
 
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
@@ -58,6 +58,14 @@ def generation(btime_ns: int) -> int:
     return r or 1
 
 
+def py_names_object(st, ino: int, dev: int, gen: int) -> bool:
+    """Is st the object a handle's inode, device (its low 32 bits) and
+    generation (unless the handle has none) name?"""
+    if st.st_ino != ino or (st.st_dev & 0xFFFFFFFF) != dev:
+        return False
+    return gen == 0 or generation(st.btime_ns) == gen
+
+
 def _ns(buf, off):
     sec, nsec = _TS.unpack_from(buf, off)
     return sec * 1_000_000_000 + nsec
@@ -97,6 +105,8 @@ def fstat(fd: int) -> Stat:
     return _call(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, fd)
 
 
+names_object = py_names_object
 _cx = load("_fsstat")
 if _cx is not None:  # the Cython twin
     Stat, fstat, generation, lstatat = _cx.Stat, _cx.fstat, _cx.generation, _cx.lstatat
+    names_object = _cx.names_object

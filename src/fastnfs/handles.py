@@ -25,6 +25,7 @@ import os
 import struct
 import zlib
 
+from ._accel import load
 from .fs import MAX_ANCESTORS, NFSError
 from .nfs3 import const as C
 
@@ -42,22 +43,37 @@ def export_id_of(path: bytes) -> int:
     return zlib.crc32(path)
 
 
-def encode_fh(export_id: int, ino: int, dev: int, gen: int, anc: tuple) -> bytes:
+def py_encode_fh(export_id: int, ino: int, dev: int, gen: int, anc: tuple) -> bytes:
+    """The handle of an object (dev: any st_dev, its low 32 bits are kept)."""
     return (FH_HEAD.pack(FH_VERSION, len(anc), 0, export_id, ino, dev & 0xFFFFFFFF, gen)
             + _ANC[len(anc)].pack(*anc))
 
 
-def decode_fh(fh: bytes, export_id: int):
-    """(ino, dev, gen, ancestors) of a handle of the export export_id, or NFSError."""
+def py_unpack_fh(fh: bytes):
+    """(export id, ino, dev, gen, ancestors) of a well-formed handle, else None."""
     if len(fh) < FH_HEAD.size:
-        raise NFSError(C.NFS3ERR_BADHANDLE)
+        return None
     ver, nanc, reserved, eid, ino, dev, gen = FH_HEAD.unpack_from(fh)
     if (ver != FH_VERSION or nanc > MAX_ANCESTORS or reserved
             or len(fh) != FH_HEAD.size + 8 * nanc):
+        return None
+    return eid, ino, dev, gen, _ANC[nanc].unpack_from(fh, FH_HEAD.size)
+
+
+encode_fh, unpack_fh = py_encode_fh, py_unpack_fh
+_cx = load("_handles")
+if _cx is not None:  # the Cython twin, whose C functions the fast lane cimports
+    encode_fh, unpack_fh = _cx.encode_fh, _cx.unpack_fh
+
+
+def decode_fh(fh: bytes, export_id: int):
+    """(ino, dev, gen, ancestors) of a handle of the export export_id, or NFSError."""
+    f = unpack_fh(fh if type(fh) is bytes else bytes(fh))
+    if f is None:
         raise NFSError(C.NFS3ERR_BADHANDLE)
-    if eid != export_id:
+    if f[0] != export_id:
         raise NFSError(C.NFS3ERR_STALE)
-    return ino, dev, gen, _ANC[nanc].unpack_from(fh, FH_HEAD.size)
+    return f[1:]
 
 
 def export_id_in(fh: bytes) -> int:

@@ -19,7 +19,7 @@ from .refusals import Refusals
 # latency histogram bucket upper bounds, in seconds (Prometheus "le")
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
            0.5, 1.0, 2.5, 5.0, 10.0)
-_BUCKETS_NS = tuple(int(b * 1e9) for b in BUCKETS)
+BUCKETS_NS = tuple(int(b * 1e9) for b in BUCKETS)
 
 PROC_NAMES = {
     100003: ("nfs", ["NULL", "GETATTR", "SETATTR", "LOOKUP", "ACCESS", "READLINK", "READ",
@@ -71,7 +71,7 @@ class Stats:
         if not ok:
             row[1] += 1
         row[2] += ns
-        row[3][bisect_left(_BUCKETS_NS, ns)] += 1
+        row[3][bisect_left(BUCKETS_NS, ns)] += 1
         c = self.client_row(host)
         c[0] += 1
         c[1] += nin

@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 from ..fhcache import FHCache
 from ..fs import NFSError, Obj, check_name, dirname, join, nfsstat_of
-from ..fsstat import fstat, lstatat
+from ..fsstat import fstat, lstatat, names_object
 from ..nfs3 import const as C
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
@@ -91,11 +91,6 @@ def open_granting(paths, obj, flags: int) -> int:
         os.close(pin)
 
 
-def _same(st, dev: int, gen: int) -> bool:
-    """Does st belong to the object a handle's device and generation name?"""
-    return (st.st_dev & 0xFFFFFFFF) == dev and (gen == 0 or st.gen == gen)
-
-
 class HostPaths:
     """An exported directory tree of the host and the objects in it."""
 
@@ -132,7 +127,7 @@ class HostPaths:
         path = self.cache.get(ino)
         if path is not None:
             st = self._lstat(path)
-            if st is not None and st.st_ino == ino and _same(st, dev, gen):
+            if st is not None and names_object(st, ino, dev, gen):
                 return Obj(ino, path, self.view(path, st), anc)
         return None
 
@@ -168,7 +163,7 @@ class HostPaths:
         if ino == self.root_ino:
             # the root is nobody's child: no scan finds it once the LRU evicted it
             st = fstat(self.root_fd)
-            if not _same(st, dev, gen):
+            if not names_object(st, ino, dev, gen):
                 return None
             self.cache.put(ino, b".")
             return Obj(ino, b".", self.view(b".", st), anc)
@@ -224,7 +219,7 @@ class HostPaths:
                                 st = lstatat(dfd, name)
                             except OSError:
                                 continue
-                            if st.st_ino == ino and _same(st, dev, gen):
+                            if names_object(st, ino, dev, gen):
                                 return path, st
                         try:
                             if e.is_dir(follow_symlinks=False):

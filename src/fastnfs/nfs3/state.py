@@ -19,7 +19,7 @@ import time
 from .. import creds, rpc
 from ..exports import squash
 from ..fs import NFSError, Obj
-from ..handles import Export
+from ..handles import FH_HEAD, FH_VERSION, Export, export_id_in
 from ..rpc import Cred
 from ..stats import Stats
 from . import const as C
@@ -52,6 +52,11 @@ class NFS3State:
                 self._by_id.update((b.export_id, b) for b in boards.exports.values())
         self._admitted = {}
 
+    @property
+    def by_id(self) -> dict:
+        """export id -> Export (a new dict after each set_exports)."""
+        return self._by_id
+
     def add_export(self, e: Export) -> None:
         """A board's export (BASE@NAME): its handles resolve, EXPORT does not list it."""
         self._by_id[e.export_id] = e
@@ -69,14 +74,14 @@ class NFS3State:
 
     # -- handles and access -------------------------------------------------
     def export_of(self, fh: bytes) -> Export:
-        if len(fh) < 24:
+        if len(fh) < FH_HEAD.size:
             raise NFSError(C.NFS3ERR_BADHANDLE)
-        eid = int.from_bytes(fh[4:8], "big")
+        eid = export_id_in(fh)
         e = self._by_id.get(eid)
         if e is None:
             e = self._board_export(eid)
         if e is None:
-            raise NFSError(C.NFS3ERR_STALE if fh[0] == 1 else C.NFS3ERR_BADHANDLE)
+            raise NFSError(C.NFS3ERR_STALE if fh[0] == FH_VERSION else C.NFS3ERR_BADHANDLE)
         return e
 
     def admit(self, call, e: Export):

@@ -10,6 +10,12 @@ target is the file's content.
 Reads cost one lstat of the metadata file on a cache hit: the cache is keyed
 by the metadata file's inode and checked against its stamp (size, mtime,
 ctime), so a file rewritten by anyone (a ptxdist rebuild) is read again.
+
+The rules (where the metadata lives, the reader with its cache, the overlay
+with the device-as-file rule) are in C in ``virtfs._meta``, which the fast
+lane cimports; the ``py_*`` functions here are their pure-Python twins
+(tests/test_virtfs_twins.py holds them equal).  A file with a flaw is left
+by both paths to ``Virtfs.meta``, which reads it leniently and warns once.
 """
 
 from __future__ import annotations
@@ -19,16 +25,115 @@ import logging
 import os
 import stat as S
 
+from .._accel import load
 from ..fsstat import fstat, lstatat
 from .meta import MetaCache, parse_meta
-from .store import HIDDEN, MAX_META_SIZE, META_DIR, META_ROOT, Meta
+from .store import HIDDEN, MAX_META_SIZE, META_DIR, META_ROOT, NO_META, Meta
 
 log = logging.getLogger("fastnfs.virtfs")
 
-_SPECIAL = frozenset({S.S_IFCHR, S.S_IFBLK, S.S_IFIFO, S.S_IFSOCK, S.S_IFLNK})
+_SPECIAL = frozenset({S.S_IFCHR, S.S_IFBLK, S.S_IFIFO, S.S_IFSOCK})
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NONE = Meta(-1, -1, -1, -1)
+
+
+def py_overlay_fields(st_mode: int, st_uid: int, st_gid: int, st_size: int, st_rdev: int,
+                      meta: Meta) -> tuple:
+    """(mode, uid, gid, size, rdev) as clients see them: a key the metadata
+    gives replaces the disk's owner or group; its mode's permission bits
+    replace the disk's, and its type too where the file stands for another
+    (the device-as-file rule: an empty regular file whose metadata says
+    device, fifo or socket, or a regular file whose metadata says symlink,
+    QEMU's mapped-file way)."""
+    uid = st_uid if meta.uid < 0 else meta.uid
+    gid = st_gid if meta.gid < 0 else meta.gid
+    mode = st_mode
+    if meta.mode >= 0:
+        vfmt = S.S_IFMT(meta.mode)
+        if S.S_ISREG(st_mode) and (vfmt == S.S_IFLNK or (vfmt in _SPECIAL and st_size == 0)):
+            mode = meta.mode
+            if vfmt in (S.S_IFCHR, S.S_IFBLK):
+                st_rdev = 0 if meta.rdev < 0 else meta.rdev
+                st_size = 0
+        else:
+            mode = S.S_IFMT(st_mode) | (meta.mode & 0o7777)
+    return mode, uid, gid, st_size, st_rdev
+
+
+def py_meta_path(path: bytes) -> bytes:
+    """Where the metadata of the object at path (relative to the root) lives."""
+    if path == b".":
+        return META_ROOT
+    i = path.rfind(b"/")
+    if i < 0:
+        return META_DIR + b"/" + path
+    return path[:i] + b"/" + META_DIR + path[i:]
+
+
+def py_meta_at(cache, dirfd: int, mp: bytes, absent):
+    """The metadata in the file mp beneath dirfd: absent when there is no such
+    file; from the cache when its stamp still holds; else read, parsed and
+    cached when the file is clean; None for a file with any flaw (not a
+    regular file, too big, a symlink on the way, a problem in its lines),
+    which Virtfs.meta reads and warns about.  absent is store.NO_META."""
+    try:
+        st = lstatat(dirfd, mp)
+    except OSError:
+        return absent
+    key = (st.st_dev, st.st_ino)
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    m = cache.get(key, stamp)
+    if m is not None:
+        return m
+    if not S.S_ISREG(st.st_mode) or st.st_size > MAX_META_SIZE:
+        return None
+    try:
+        fd = _open_beneath(dirfd, mp)
+    except OSError:
+        return None
+    try:
+        if fstat(fd).st_ino != st.st_ino:
+            return None
+        data = os.read(fd, MAX_META_SIZE + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_META_SIZE:
+        return None
+    uid, gid, mode, rdev, problems = parse_meta(data)
+    if problems:
+        return None
+    m = Meta(uid, gid, mode, rdev)
+    if m == absent:
+        m = absent
+    cache.put(key, stamp, m)
+    return m
+
+
+def _open_beneath(dirfd: int, path: bytes) -> int:
+    """Open path beneath dirfd with no symlink anywhere on the way (openat2's
+    RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, one component at a time)."""
+    *dirs, last = path.split(b"/")
+    fd = dirfd
+    try:
+        for c in dirs:
+            if c in (b"", b".", b".."):
+                raise OSError(errno.EXDEV, "not beneath")
+            nfd = os.open(c, _DIR_PATH, dir_fd=fd)
+            if fd != dirfd:
+                os.close(fd)
+            fd = nfd
+        return os.open(last, _READ_FLAGS, dir_fd=fd)
+    finally:
+        if fd != dirfd:
+            os.close(fd)
+
+
+overlay_fields, meta_path, meta_at = py_overlay_fields, py_meta_path, py_meta_at
+_cx = load("virtfs._meta")
+if _cx is not None and MetaCache is _cx.MetaCache:  # the Cython twins, which the lane cimports
+    overlay_fields, meta_path, meta_at = _cx.overlay_fields, _cx.meta_path, _cx.meta_at_py
 
 
 class VStat:
@@ -42,7 +147,6 @@ class VStat:
         self.st_ino = st.st_ino
         self.st_dev = st.st_dev
         self.st_nlink = st.st_nlink
-        self.st_size = st.st_size
         self.st_blocks = st.st_blocks
         self.st_atime_ns = st.st_atime_ns
         self.st_mtime_ns = st.st_mtime_ns
@@ -51,21 +155,8 @@ class VStat:
         self.gen = st.gen
         real = st.st_mode
         self.real_mode = real
-        self.st_uid = st.st_uid if meta.uid < 0 else meta.uid
-        self.st_gid = st.st_gid if meta.gid < 0 else meta.gid
-        self.st_rdev = st.st_rdev
-        mode = real
-        if meta.mode >= 0:
-            vfmt = S.S_IFMT(meta.mode)
-            rfmt = S.S_IFMT(real)
-            if rfmt == S.S_IFREG and vfmt in _SPECIAL and (st.st_size == 0 or vfmt == S.S_IFLNK):
-                mode = meta.mode          # a device, fifo, socket or symlink stored as a file
-                if vfmt in (S.S_IFCHR, S.S_IFBLK):
-                    self.st_rdev = 0 if meta.rdev < 0 else meta.rdev
-                    self.st_size = 0
-            else:
-                mode = rfmt | (meta.mode & 0o7777)
-        self.st_mode = mode
+        (self.st_mode, self.st_uid, self.st_gid, self.st_size,
+         self.st_rdev) = overlay_fields(real, st.st_uid, st.st_gid, st.st_size, st.st_rdev, meta)
 
     @property
     def stored_as_file(self) -> bool:
@@ -79,16 +170,6 @@ class VStat:
     @property
     def st_atime(self):
         return self.st_atime_ns / 1e9
-
-
-def meta_path(path: bytes) -> bytes:
-    """Where the metadata of the object at path (relative to the root) lives."""
-    if path == b".":
-        return META_ROOT
-    i = path.rfind(b"/")
-    if i < 0:
-        return META_DIR + b"/" + path
-    return path[:i] + b"/" + META_DIR + path[i:]
 
 
 class Virtfs:
@@ -129,41 +210,47 @@ class Virtfs:
     def meta(self, path: bytes) -> Meta | None:
         """The metadata of the object at path, or None when it has none."""
         mp = meta_path(path)
+        m = meta_at(self.cache, self.root_fd, mp, NO_META)
+        if m is None:
+            m = self._read(mp)   # a flaw: read it the lenient way, and warn
+        return None if m is NO_META else m
+
+    def _read(self, mp: bytes) -> Meta:
+        """Read, check and cache a metadata file meta_at found a flaw in (a
+        symlink above the entry's directory is allowed here); the warning
+        names the flaw.  NO_META for one that says nothing or cannot be used."""
         try:
             st = lstatat(self.root_fd, mp)
         except OSError:
-            return None
+            return NO_META
         key = (st.st_dev, st.st_ino)
         stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        hit = self.cache.get(key, stamp)
-        if hit is not None:
-            return hit if hit is not _NONE else None
         shown = os.fsdecode(mp)
         if not S.S_ISREG(st.st_mode):
             self._warn(key, stamp, "%s: not a regular file; ignored" % shown)
-            self.cache.put(key, stamp, _NONE)
-            return None
+            self.cache.put(key, stamp, NO_META)
+            return NO_META
         if st.st_size > MAX_META_SIZE:
             self._warn(key, stamp, "%s: %d bytes, over the %d-byte limit; ignored"
                        % (shown, st.st_size, MAX_META_SIZE))
-            self.cache.put(key, stamp, _NONE)
-            return None
+            self.cache.put(key, stamp, NO_META)
+            return NO_META
         try:
             fd = self._open_meta(mp)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 self._warn(key, stamp, "%s: reached through a symlink; ignored" % shown)
-                self.cache.put(key, stamp, _NONE)
+                self.cache.put(key, stamp, NO_META)
             else:
                 self._warn(key, stamp, "%s: %s" % (shown, e.strerror))
-            return None
+            return NO_META
         try:
             if fstat(fd).st_ino != st.st_ino:
-                return None  # replaced between stat and open: read it next time
+                return NO_META  # replaced between stat and open: read it next time
             data = os.read(fd, MAX_META_SIZE + 1)
         except OSError as e:
             self._warn(key, stamp, "%s: %s" % (shown, e.strerror))
-            return None
+            return NO_META
         finally:
             os.close(fd)
         uid, gid, mode, rdev, problems = parse_meta(data)
@@ -172,9 +259,8 @@ class Virtfs:
             more = "" if len(problems) == 1 else " (and %d more problems)" % (len(problems) - 1)
             self._warn(key, stamp, "%s:%d: %s%s" % (shown, lineno, what, more))
         meta = Meta(uid, gid, mode, rdev)
-        if meta == _NONE:
-            self.cache.put(key, stamp, _NONE)
-            return None
+        if meta == NO_META:
+            meta = NO_META
         self.cache.put(key, stamp, meta)
         return meta
 

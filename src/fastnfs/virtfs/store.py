@@ -11,7 +11,8 @@ the export root's own is ``ROOT/.virtfs_metadata_root``.  Both names are in
 ``HIDDEN``: the server must not list them, look them up or let clients create them.
 
 Reading is not here: the server reads metadata through ``virtfs.overlay``
-(and the fast lane), with its own stamp-checked cache.  The writers take an
+(the fast lane too, through the blocks of ``virtfs._meta``), with its own
+stamp-checked cache.  The writers take an
 optional ``cache=`` (a ``MetaCache`` keyed by ``(dir_key, name)``, where
 ``dir_key`` defaults to ``(st_dev, st_ino)`` of ``fstat(dir_fd)``) and keep
 it current: what they write is remembered under the new file's stamp
@@ -38,7 +39,7 @@ from typing import NamedTuple
 
 from .meta import KEYS, LIMITS, MetaCache
 
-__all__ = ["META_DIR", "META_ROOT", "HIDDEN", "MAX_META_SIZE", "Meta", "write_meta", "write_root_meta", "remove_meta", "rename_meta",
+__all__ = ["META_DIR", "META_ROOT", "HIDDEN", "MAX_META_SIZE", "Meta", "NO_META", "write_meta", "write_root_meta", "remove_meta", "rename_meta",
            "link_meta", "meta_dir_only", "rmdir_meta_dir", "split_rdev", "make_rdev",
            "format_meta", "MetaCache"]
 
@@ -62,6 +63,10 @@ class Meta(NamedTuple):
     gid: int
     mode: int
     rdev: int
+
+
+#: what a metadata file that gives no key (or no file at all) says: nothing
+NO_META = Meta(-1, -1, -1, -1)
 
 
 # ------------------------------------------------------------------ helpers
