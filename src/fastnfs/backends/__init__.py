@@ -51,8 +51,9 @@ NFS3ERR_NOTSUPP.  Build exports with it by giving ``server.Config`` a
 ``backend`` factory (``path -> Backend``).  ``tests/memfs.py`` is a complete
 in-memory example that the protocol tests run against.  The fast lane
 (``_fastpath.pyx``) serves only backends that set ``lane = True`` (the host
-filesystem ones, whose layout it knows); every other backend is served by
-the general path alone.  The lane applies a backend's rules through the same
+filesystem ones, whose layout it knows) and boards (``backends.boards``:
+the objects that are the base's own, learnt through ``lane_layer`` and
+``lane_base``); every other backend is served by the general path alone.  The lane applies a backend's rules through the same
 Cython blocks the backend uses (``_handles``, ``_fsstat``, ``_perm``,
 ``virtfs._meta``): a rule added to a backend belongs in such a block, with
 its pure-Python twin, or the backend sets ``lane = False``.

@@ -22,6 +22,12 @@ Objects are located by their merged path (``Obj.path``); each call locates
 them again, one no-follow step at a time from the roots, so a symlink, a
 ``..`` or a layer's own files are never reached.  The server checks
 permissions itself on the merged attributes (``fastnfs.perm``), as virtfs does.
+
+The fast lane (``_fastpath``) answers for objects that are the base's own
+(``_own``: nothing of them or of a directory on their way in the layer), from
+the base, with the board's handles and fsid; it asks ``lane_layer`` when the
+layer's generation moved and ``lane_base`` for a handle it has not met, and
+declines everything else to the methods here.
 """
 
 from __future__ import annotations
@@ -219,7 +225,7 @@ class BoardDirOp(DirOp):
 class BoardBackend(ServerChecks, Backend):
     """Board NAME's view of BASE, its layer kept under the boards directory."""
 
-    lane = False
+    lane = False    # (not the host layout: the lane serves boards through lane_layer)
     hidden = HIDDEN
     NEGATIVE_TTL = 5.0
 
