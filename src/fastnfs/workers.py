@@ -1,12 +1,21 @@
-"""Several worker processes answering on one port (--workers N).
+"""Several processes answering on one port (--workers N).
 
-The parent binds one set of listeners per worker on the same ports with
-SO_REUSEPORT, so the kernel spreads connections and datagrams across them,
-and keeps every set open itself: a worker that dies is replaced by a new one
-on the same sockets, and connections queued meanwhile are not lost.  Workers
-share nothing at run time; they agree because handles name inodes and the
-write verifier is made once, here, before the fork.  The parent registers
-with rpcbind, forwards SIGHUP, and stops every worker on SIGTERM or SIGINT.
+The server process binds one set of listeners per worker on the same ports
+with SO_REUSEPORT, so the kernel spreads connections and datagrams across
+them.  It answers on the first set itself (it is worker 0) and starts a fresh
+interpreter for each other set (``python -m fastnfs.workers``), which gets its
+sockets as inherited file descriptors and the server's configuration and
+write verifier through a pipe: workers share nothing at run time and agree
+because handles name inodes and the verifier is the parent's.  A fresh
+interpreter, not a fork, so that a worker holds only what serving needs and
+the parent need not keep a second copy of everything to fork from.
+
+The parent keeps every worker's sockets open: a worker that dies is replaced
+by a new one on the same sockets, and connections queued meanwhile are not
+lost.  It registers with rpcbind, forwards SIGHUP, and stops every worker on
+SIGTERM or SIGINT.  A worker dies with the parent (PR_SET_PDEATHSIG), so a
+parent that dies, however, takes the whole server down, as unfsd's single
+process does.
 """
 
 from __future__ import annotations
@@ -14,99 +23,148 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 
 log = logging.getLogger("fastnfs.workers")
 
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 STOP_GRACE = 10.0
+_ENV = "FASTNFS_WORKER_FD"   # the pipe a new worker reads its orders from
 
 
-def _child(server, sets, i, serve) -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for sig in (signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    _die_with_parent()
-    for j, s in enumerate(sets):
-        if j != i:
-            for _kind, sock in s:
+class WorkerPool:
+    """Workers 1..n-1 of a server whose own process is worker 0."""
+
+    def __init__(self, server, n: int):
+        self.server = server
+        self.sets = {i: server.bind_again() for i in range(1, n)}
+        self.children: dict = {}   # subprocess.Popen -> (worker index, pidfd or None)
+        self.stopping = False
+        self.loop = None
+
+    def start(self, loop) -> None:
+        """Start every worker; the loop calls reap() when one ends (a pidfd
+        turns readable: uvloop keeps SIGCHLD to itself)."""
+        self.loop = loop
+        _clear_warned(self.server)
+        log.info("worker 0 started (pid %d, this process)", os.getpid())
+        for i in self.sets:
+            self._spawn(i)
+
+    def _spawn(self, i: int) -> None:
+        import pickle
+        import subprocess
+
+        s = self.server
+        orders = pickle.dumps({
+            "config": s.config, "verifier": s.nfs.write_verifier, "listen": s.listen,
+            "sockets": [(kind, sock.fileno()) for kind, sock in self.sets[i]],
+            "log": _log_setup(), "ppid": os.getpid(), "index": i})
+        r, w = os.pipe()
+        fds = [r] + [sock.fileno() for _kind, sock in self.sets[i]]
+        # the worker inherits SIGHUP blocked: one sent before its loop handles it
+        # waits for the handler (and a reload) instead of killing it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            p = subprocess.Popen([sys.executable, "-m", "fastnfs.workers"], pass_fds=fds,
+                                 env=dict(os.environ, **{_ENV: str(r)}),
+                                 stdin=subprocess.DEVNULL)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+            os.close(r)
+        with os.fdopen(w, "wb") as f:
+            f.write(orders)
+        pidfd = None
+        try:
+            pidfd = os.pidfd_open(p.pid)
+            self.loop.add_reader(pidfd, self.reap)
+        except (AttributeError, OSError):   # the server's once-a-second tick reaps then
+            pass
+        self.children[p] = (i, pidfd)
+        log.info("worker %d started (pid %d)", i, p.pid)
+
+    def reap(self) -> None:
+        """Replace the workers that died."""
+        for p, (i, pidfd) in list(self.children.items()):
+            status = p.poll()
+            if status is None:
+                continue
+            del self.children[p]
+            if pidfd is not None:
+                self.loop.remove_reader(pidfd)
+                os.close(pidfd)
+            if not self.stopping:
+                log.error("worker %d (pid %d) died (%s); starting a new one",
+                          i, p.pid, _describe(status))
+                self._spawn(i)
+
+    def signal(self, sig) -> None:
+        for p in self.children:
+            _kill(p.pid, sig)
+
+    def stop(self) -> None:
+        """SIGTERM every worker and wait for them; SIGKILL the late ones."""
+        self.stopping = True
+        if self.children:
+            log.info("stopping %d workers", len(self.children))
+        self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for p in list(self.children):
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except Exception:   # subprocess.TimeoutExpired
+                log.warning("worker pid %d did not stop in time; killing it", p.pid)
+                p.kill()
+                p.wait()
+        for _i, pidfd in self.children.values():
+            if pidfd is not None:
+                self.loop.remove_reader(pidfd)
+                os.close(pidfd)
+        self.children.clear()
+        for socks in self.sets.values():
+            for _kind, sock in socks:
                 sock.close()
-    server.sockets = sets[i]
-    code = 0
+
+
+def worker_main() -> int:
+    """A worker started by WorkerPool: serve the inherited sockets until told to stop."""
+    import pickle
+    import socket
+
+    with os.fdopen(int(os.environ.pop(_ENV)), "rb") as f:
+        orders = pickle.load(f)
+    _die_with_parent()
+    if os.getppid() != orders["ppid"]:   # the parent died before PDEATHSIG was set
+        return 0
+    from .cli import setup_logging
+    setup_logging(*orders["log"])
+    os.umask(0)   # as the parent: modes are exactly what clients ask for
+    from .server import Server, raise_fd_limit, serve_in_this_process
+    raise_fd_limit()
     try:
-        serve(server, register=False)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0
-    except BaseException:
-        log.exception("worker %d failed", i)
-        code = 1
-    os._exit(code)
-
-
-def supervise(server, n: int, serve) -> int:
-    """Run serve(server, register=False) in n forked workers and watch over them."""
-    sets = [server.sockets] + [server.bind_again() for _ in range(n - 1)]
-    _clear_warned(server)
-    registered = False
-    if server.config.portmap:
-        registered = server.registration.register(server.mappings(), server.mappings6())
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    children: dict = {}
-
-    def spawn(i: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            _child(server, sets, i, serve)
-        children[pid] = i
-        log.info("worker %d started (pid %d)", i, pid)
-
-    for i in range(n):
-        spawn(i)
-    stopping = False
-    deadline = None
+        server = Server(orders["config"], write_verifier=orders["verifier"])
+    except OSError as e:
+        log.error("worker %d cannot export %s: %s", orders["index"],
+                  os.fsdecode(e.filename or b"?"), e.strerror)
+        return 1
+    server.listen = orders["listen"]
+    server.sockets = [(kind, socket.socket(fileno=fd)) for kind, fd in orders["sockets"]]
     try:
-        while children:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if timeout is None:
-                info = signal.sigwaitinfo(_SIGNALS)
-                sig = info.si_signo
-            else:
-                info = signal.sigtimedwait(_SIGNALS, timeout)
-                sig = None if info is None else info.si_signo
-                if info is None:
-                    for pid in children:
-                        log.warning("worker pid %d did not stop in time; killing it", pid)
-                        _kill(pid, signal.SIGKILL)
-                    deadline = time.monotonic() + STOP_GRACE
-                    continue
-            if sig in (signal.SIGTERM, signal.SIGINT) and not stopping:
-                stopping = True
-                log.info("stopping %d workers", len(children))
-                for pid in children:
-                    _kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + STOP_GRACE
-            elif sig == signal.SIGHUP:
-                for pid in children:
-                    _kill(pid, signal.SIGHUP)
-            elif sig == signal.SIGCHLD:
-                while True:
-                    try:
-                        pid, status = os.waitpid(-1, os.WNOHANG)
-                    except ChildProcessError:
-                        break
-                    if pid == 0:
-                        break
-                    i = children.pop(pid, None)
-                    if i is None or stopping:
-                        continue
-                    log.error("worker %d (pid %d) died (%s); starting a new one",
-                              i, pid, _describe(status))
-                    spawn(i)
+        serve_in_this_process(server, register=False)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        if registered:
-            server.registration.unregister()
+        for e in server.exports:
+            e.close()
     return 0
+
+
+def _log_setup() -> tuple:
+    """(level, format) of this process's logging, for setup_logging in a worker."""
+    root = logging.getLogger()
+    fmt = "text"
+    for h in root.handlers:
+        if type(h.formatter).__name__ == "JsonFormatter":
+            fmt = "json"
+    return logging.getLevelName(root.level).lower(), fmt
 
 
 def _clear_warned(server) -> None:
@@ -135,6 +193,10 @@ def _kill(pid: int, sig) -> None:
 
 
 def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return "killed by signal %d" % os.WTERMSIG(status)
-    return "exit status %d" % os.waitstatus_to_exitcode(status)
+    if status < 0:
+        return "killed by signal %d" % -status
+    return "exit status %d" % status
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
