@@ -325,7 +325,7 @@ class Server:
                                        self.mappings6())
         sdir = stats_dir(self.port)
         self._share_warnings(sdir)
-        if main and self.config.metrics:  # a single process serves its own metrics
+        if main and self.config.metrics and self.pool is None:  # else run() started it
             self._start_metrics(sdir)
         ticker = asyncio.ensure_future(self._tick(sdir))
         log.info("ready: answering NFS and MOUNT calls")
@@ -435,7 +435,10 @@ def run(server: Server) -> int:
     raise_fd_limit()
     try:
         if c.workers > 1:   # this process is worker 0 and starts the others
+            if c.metrics:   # up before any worker answers, as with one process
+                server._start_metrics(stats_dir(server.port))
             server.pool = WorkerPool(server, c.workers)
+            server.pool.fork()
         serve_in_this_process(server)
     finally:
         if c.pid_file:

@@ -2,20 +2,21 @@
 
 The server process binds one set of listeners per worker on the same ports
 with SO_REUSEPORT, so the kernel spreads connections and datagrams across
-them.  It answers on the first set itself (it is worker 0) and starts a fresh
-interpreter for each other set (``python -m fastnfs.workers``), which gets its
-sockets as inherited file descriptors and the server's configuration and
-write verifier through a pipe: workers share nothing at run time and agree
-because handles name inodes and the verifier is the parent's.  A fresh
-interpreter, not a fork, so that a worker holds only what serving needs and
-the parent need not keep a second copy of everything to fork from.
+them, and answers on the first set itself: it is worker 0.  Workers 1..N-1
+are forked from it before it starts its loop or any thread, so they share
+its memory copy-on-write.  Workers share nothing at run time; they agree
+because handles name inodes and the write verifier is made once, before the
+fork.
 
 The parent keeps every worker's sockets open: a worker that dies is replaced
-by a new one on the same sockets, and connections queued meanwhile are not
-lost.  It registers with rpcbind, forwards SIGHUP, and stops every worker on
-SIGTERM or SIGINT.  A worker dies with the parent (PR_SET_PDEATHSIG), so a
-parent that dies, however, takes the whole server down, as unfsd's single
-process does.
+on the same sockets, so connections queued meanwhile are not lost.  The
+replacement is a fresh interpreter (``python -m fastnfs.workers``: a process
+with a running loop and threads must not fork) that inherits the sockets and
+gets the configuration, the exports in force and the verifier through a
+pipe.  The parent registers with rpcbind, forwards SIGHUP, and stops every
+worker on SIGTERM or SIGINT.  A worker dies with the parent
+(PR_SET_PDEATHSIG), so a parent that dies, of a crash in its own serving
+too, takes the whole server down, as unfsd's single process does.
 """
 
 from __future__ import annotations
@@ -38,20 +39,60 @@ class WorkerPool:
     def __init__(self, server, n: int):
         self.server = server
         self.sets = {i: server.bind_again() for i in range(1, n)}
-        self.children: dict = {}   # subprocess.Popen -> (worker index, pidfd or None)
+        self.children: dict = {}   # pid -> [worker index, pidfd or None, Popen or None]
         self.stopping = False
         self.loop = None
 
-    def start(self, loop) -> None:
-        """Start every worker; the loop calls reap() when one ends (a pidfd
-        turns readable: uvloop keeps SIGCHLD to itself)."""
-        self.loop = loop
+    def fork(self) -> None:
+        """Fork the first workers, before this process has a loop or threads:
+        they share its memory copy-on-write (a replacement is a fresh one)."""
         _clear_warned(self.server)
         log.info("worker 0 started (pid %d, this process)", os.getpid())
         for i in self.sets:
-            self._spawn(i)
+            with _sighup_blocked():
+                pid = os.fork()
+            if pid == 0:
+                os._exit(self._forked(i))
+            self.children[pid] = [i, None, None]
+            log.info("worker %d started (pid %d)", i, pid)
+
+    def _forked(self, i: int) -> int:
+        _die_with_parent()
+        server = self.server
+        for _kind, sock in server.sockets:
+            sock.close()
+        for j, socks in self.sets.items():
+            if j != i:
+                for _kind, sock in socks:
+                    sock.close()
+        server.sockets, server.pool = self.sets[i], None
+        try:
+            from .server import serve_in_this_process
+            serve_in_this_process(server, register=False)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 0
+        except BaseException:
+            log.exception("worker %d failed", i)
+            return 1
+        return 0
+
+    def start(self, loop) -> None:
+        """Watch the workers from loop: a pidfd turns readable when one ends
+        (uvloop keeps SIGCHLD to itself), and reap() replaces it."""
+        self.loop = loop
+        for pid, child in self.children.items():
+            child[1] = self._watch(pid)
+
+    def _watch(self, pid: int):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):   # the server's once-a-second tick reaps then
+            return None
+        self.loop.add_reader(pidfd, self.reap)
+        return pidfd
 
     def _spawn(self, i: int) -> None:
+        """A fresh worker i: python -m fastnfs.workers, told what to serve through a pipe."""
         import pickle
         import subprocess
 
@@ -62,45 +103,41 @@ class WorkerPool:
             "log": _log_setup(), "ppid": os.getpid(), "index": i})
         r, w = os.pipe()
         fds = [r] + [sock.fileno() for _kind, sock in self.sets[i]]
-        # the worker inherits SIGHUP blocked: one sent before its loop handles it
-        # waits for the handler (and a reload) instead of killing it
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            p = subprocess.Popen([sys.executable, "-m", "fastnfs.workers"], pass_fds=fds,
-                                 env=dict(os.environ, **{_ENV: str(r)}),
-                                 stdin=subprocess.DEVNULL)
+            with _sighup_blocked():
+                p = subprocess.Popen([sys.executable, "-m", "fastnfs.workers"], pass_fds=fds,
+                                     env=dict(os.environ, **{_ENV: str(r)}),
+                                     stdin=subprocess.DEVNULL)
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
             os.close(r)
         with os.fdopen(w, "wb") as f:
             f.write(orders)
-        pidfd = None
-        try:
-            pidfd = os.pidfd_open(p.pid)
-            self.loop.add_reader(pidfd, self.reap)
-        except (AttributeError, OSError):   # the server's once-a-second tick reaps then
-            pass
-        self.children[p] = (i, pidfd)
+        self.children[p.pid] = [i, self._watch(p.pid), p]
         log.info("worker %d started (pid %d)", i, p.pid)
 
     def reap(self) -> None:
         """Replace the workers that died."""
-        for p, (i, pidfd) in list(self.children.items()):
-            status = p.poll()
-            if status is None:
+        for pid, (i, pidfd, popen) in list(self.children.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
                 continue
-            del self.children[p]
+            del self.children[pid]
+            if popen is not None:   # reaped here: subprocess must not wait for it again
+                popen.returncode = os.waitstatus_to_exitcode(status)
             if pidfd is not None:
                 self.loop.remove_reader(pidfd)
                 os.close(pidfd)
             if not self.stopping:
                 log.error("worker %d (pid %d) died (%s); starting a new one",
-                          i, p.pid, _describe(status))
+                          i, pid, _describe(status))
                 self._spawn(i)
 
     def signal(self, sig) -> None:
-        for p in self.children:
-            _kill(p.pid, sig)
+        for pid in self.children:
+            _kill(pid, sig)
 
     def stop(self) -> None:
         """SIGTERM every worker and wait for them; SIGKILL the late ones."""
@@ -109,21 +146,29 @@ class WorkerPool:
             log.info("stopping %d workers", len(self.children))
         self.signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
-        for p in list(self.children):
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except Exception:   # subprocess.TimeoutExpired
-                log.warning("worker pid %d did not stop in time; killing it", p.pid)
-                p.kill()
-                p.wait()
-        for _i, pidfd in self.children.values():
-            if pidfd is not None:
-                self.loop.remove_reader(pidfd)
-                os.close(pidfd)
-        self.children.clear()
+        while self.children:
+            self.reap()
+            if time.monotonic() > deadline:
+                for pid in self.children:
+                    log.warning("worker pid %d did not stop in time; killing it", pid)
+                    _kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + STOP_GRACE
+            time.sleep(0.01)
         for socks in self.sets.values():
             for _kind, sock in socks:
                 sock.close()
+
+
+class _sighup_blocked:
+    """SIGHUP blocked around a fork: the worker inherits the mask, so a SIGHUP
+    sent before its loop handles it waits for the handler (a reload) instead
+    of killing it; Server.serve unblocks it."""
+
+    def __enter__(self):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+    def __exit__(self, *exc):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def worker_main() -> int:
@@ -193,9 +238,9 @@ def _kill(pid: int, sig) -> None:
 
 
 def _describe(status: int) -> str:
-    if status < 0:
-        return "killed by signal %d" % -status
-    return "exit status %d" % status
+    if os.WIFSIGNALED(status):
+        return "killed by signal %d" % os.WTERMSIG(status)
+    return "exit status %d" % os.waitstatus_to_exitcode(status)
 
 
 if __name__ == "__main__":
