@@ -107,3 +107,26 @@ def test_a_new_worker_serves_the_reloaded_exports(tmp_path):
         assert new in pids                           # not the exports it was started with
     finally:
         assert srv.stop() == 0
+
+
+def mapped(pid: int, what: str) -> bool:
+    with open("/proc/%d/maps" % pid) as f:
+        return what in f.read()
+
+
+def test_no_server_process_loads_openssl(export_dir):
+    """fastnfs serves no TLS: asyncio and uvloop are imported without ssl
+    (fastnfs.notls), which saves OpenSSL's ~4-5 MB in every process."""
+    (export_dir / "f").write_bytes(b"")
+    srv = FastnfsProcess(export_dir, ["--workers", "2"]).start()
+    try:
+        (old,) = wait_for(lambda: children(srv.proc.pid))
+        os.kill(old, signal.SIGKILL)                 # a replacement starts fresh
+        assert wait_for(lambda: srv.log().count("ready:") == 3)
+        (new,) = wait_for(lambda: children(srv.proc.pid) - {old})
+        mount_many(srv, str(export_dir), 8)
+        for pid in (srv.proc.pid, new):
+            assert mapped(pid, "uvloop/loop.cpython")
+            assert not mapped(pid, "libssl") and not mapped(pid, "libcrypto")
+    finally:
+        assert srv.stop() == 0
