@@ -114,9 +114,10 @@ def mapped(pid: int, what: str) -> bool:
         return what in f.read()
 
 
-def test_no_server_process_loads_openssl(export_dir):
+def test_no_server_process_loads_openssl_or_sqlite(export_dir):
     """fastnfs serves no TLS: asyncio and uvloop are imported without ssl
-    (fastnfs.notls), which saves OpenSSL's ~4-5 MB in every process."""
+    (fastnfs.notls), which saves OpenSSL's ~4-5 MB in every process; SQLite
+    is loaded only where boards are served."""
     (export_dir / "f").write_bytes(b"")
     srv = FastnfsProcess(export_dir, ["--workers", "2"]).start()
     try:
@@ -128,5 +129,6 @@ def test_no_server_process_loads_openssl(export_dir):
         for pid in (srv.proc.pid, new):
             assert mapped(pid, "uvloop/loop.cpython")
             assert not mapped(pid, "libssl") and not mapped(pid, "libcrypto")
+            assert not mapped(pid, "libsqlite3")
     finally:
         assert srv.stop() == 0
