@@ -32,6 +32,17 @@ def end_session(sid: int, grace: float = 10.0) -> None:
             sig = signal.SIGKILL
 
 
+def wait_for(pred, timeout: float = 15.0):
+    """pred()'s first true value within timeout seconds, else its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    return pred()
+
+
 class FastnfsProcess:
     """`fastnfs serve` in a child process, as a user would start it."""
 

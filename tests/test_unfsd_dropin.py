@@ -21,12 +21,11 @@ import signal
 import socket
 import subprocess
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import require, wait_for
 from rpcclient import MNT3_OK, NFS3_OK, AuthSys
 from test_exports_e2e import (MNT3ERR_ACCES, ROOT, ServerProcess, _check_no_traceback, connect,
                               lookup_path, owner)
@@ -204,13 +203,7 @@ def test_ptxdist_virtfs_ownership(tmp_path, unfsd_on_path):
 # Yocto runqemu-export-rootfs
 
 def _wait_for(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    return pred()
+    return wait_for(pred, timeout)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ from posix.unistd cimport close, dup
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 import os
-from hashlib import blake2b
+from _blake2 import blake2b   # hashlib's, without loading OpenSSL
 
 cdef extern from *:
     """

@@ -39,8 +39,6 @@ import fcntl
 import mmap
 import os
 import re
-import shutil
-import sqlite3
 import stat as S
 import struct
 import time
@@ -123,6 +121,7 @@ class Layer:
         self.upper_fd = os.open(b"upper", d, dir_fd=self.fd)
         self.index_fd = os.open(b"index", d, dir_fd=self.fd)
         self.work_fd = os.open(b"work", d, dir_fd=self.fd)
+        import sqlite3   # here: a server without boards never loads SQLite
         self.db = sqlite3.connect("/proc/self/fd/%d/layer.db" % self.fd,
                                   isolation_level=None, check_same_thread=False)
         self.gen_fd = os.open(GEN, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -198,6 +197,7 @@ class Layer:
                 os.close(g)
             fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY, dir_fd=boards_fd)
             try:
+                import sqlite3
                 db = sqlite3.connect("/proc/self/fd/%d/layer.db" % fd, isolation_level=None)
                 epoch = int.from_bytes(os.urandom(4), "big") % ((1 << EPOCH_BITS) - 1) + 1
                 now = str(time.time())
@@ -394,6 +394,7 @@ def _exists(dir_fd: int, name: bytes) -> bool:
 def _rmtree_at(dir_fd: int, name: bytes) -> None:
     path = "/proc/self/fd/%d/%s" % (dir_fd, os.fsdecode(name))
     _make_removable(path)
+    import shutil
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -425,6 +426,7 @@ class Boards:
                       and S.S_ISDIR(os.stat(n, dir_fd=self.fd, follow_symlinks=False).st_mode))
 
     def _db(self, name: bytes):
+        import sqlite3
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.fd)
         try:
             return sqlite3.connect("file:/proc/self/fd/%d/layer.db?mode=ro" % fd, uri=True), fd

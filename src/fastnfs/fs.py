@@ -13,11 +13,15 @@ Filehandles are ``fastnfs.handles``; finding objects again by inode is
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat as S
 
 from ._accel import load
+
+try:
+    from _blake2 import blake2b   # hashlib's own, without loading hashlib's OpenSSL half
+except ImportError:  # pragma: no cover
+    from hashlib import blake2b
 from .nfs3 import const as C
 
 MAX_ANCESTORS = 5  # ancestor inodes a handle carries (handles.py)
@@ -92,7 +96,7 @@ def name_cookie(name: bytes) -> int:
     skipped when other entries come and go (RFC 1813 section 3.3.16).
     1 and 2 are "." and ".."; 0 means "from the start".
     """
-    c = int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big") >> 1
+    c = int.from_bytes(blake2b(name, digest_size=8).digest(), "big") >> 1
     return c if c > 2 else c + 3
 
 

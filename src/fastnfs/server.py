@@ -21,7 +21,7 @@ from .nfs3.program import nfs3_program
 from .nfs3.state import NFS3State
 from .stats import Stats, serve_metrics, stats_dir
 from .transport import Connections, RpcDatagramProtocol, RpcStreamProtocol
-from .workers import supervise
+from .workers import WorkerPool
 
 log = logging.getLogger("fastnfs")
 
@@ -60,13 +60,14 @@ class Config:
 
 
 class Server:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, write_verifier: bytes | None = None):
         self.config = config
         self.exports = self._make_exports(config.exports, {})
         # with virtfs the metadata, not the kernel, says who may do what
-        self.nfs = NFS3State(self.exports,
+        self.nfs = NFS3State(self.exports, write_verifier=write_verifier,
                              switch_creds=False if (config.single_user or config.virtfs
                                                     or config.preload) else None)
+        self.pool: WorkerPool | None = None   # the other workers, when this is worker 0
         self.executor = None  # made in serve(): threads must not predate a fork
         self.dispatcher = Dispatcher([nfs3_program(self.nfs), mount_program(self.nfs)],
                                      udp_maxdata=UDP_MAXDATA,
@@ -172,6 +173,7 @@ class Server:
                 if getattr(e, "boards", None) is not None:
                     e.boards.close()
         self.exports = new
+        self.config.exports = entries   # what a worker started from now on serves
         self.nfs.set_exports(new)
         self._share_warnings(stats_dir(self.port))
         log.info("exports reloaded from %s: %d exports", path, len(new))
@@ -300,7 +302,9 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})   # see workers._child
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})   # a worker's (workers.py)
+        if self.pool is not None:
+            self.pool.start(loop)
         if _early_stop:
             self._stop.set()
         mr = self.config.max_record
@@ -314,14 +318,14 @@ class Server:
                 tr, _ = await loop.create_datagram_endpoint(
                     lambda: RpcDatagramProtocol(self.dispatcher), sock=sock)
                 self._servers.append(tr)
-        main = register  # False in a worker: the parent serves metrics then
+        main = register  # False in a worker: worker 0, the parent, serves metrics
         register = register and self.config.portmap
         if register:
             await loop.run_in_executor(None, self.registration.register, self.mappings(),
                                        self.mappings6())
         sdir = stats_dir(self.port)
         self._share_warnings(sdir)
-        if main and self.config.metrics:  # a single process serves its own metrics
+        if main and self.config.metrics and self.pool is None:  # else run() started it
             self._start_metrics(sdir)
         ticker = asyncio.ensure_future(self._tick(sdir))
         log.info("ready: answering NFS and MOUNT calls")
@@ -333,6 +337,8 @@ class Server:
             Stats.remove(sdir)
             for s in self._servers:
                 s.close()
+            if self.pool is not None:
+                self.pool.stop()
             if register:
                 self.registration.unregister()
             self.executor.shutdown(wait=True, cancel_futures=False)
@@ -351,6 +357,8 @@ class Server:
             except OSError as e:
                 log.debug("cannot write statistics to %s: %s", sdir, e)
             self.connections.reap_idle()
+            if self.pool is not None:   # where pidfd_open is missing
+                self.pool.reap()
             await asyncio.sleep(1.0)
 
     def _start_metrics(self, sdir: str) -> None:
@@ -361,6 +369,8 @@ class Server:
             log.error("cannot serve metrics on %s: %s", self.config.metrics, e)
 
     def _hangup(self) -> None:
+        if self.pool is not None:
+            self.pool.signal(signal.SIGHUP)
         if self.nfs.switch_creds:
             creds.become_server()  # the loop thread may still wear the last caller's ids
         self.reload_exports()
@@ -424,10 +434,11 @@ def run(server: Server) -> int:
         os.replace(tmp, c.pid_file)  # readers never see an empty pid file
     raise_fd_limit()
     try:
-        if c.workers > 1:
-            if c.metrics:
+        if c.workers > 1:   # this process is worker 0 and starts the others
+            if c.metrics:   # up before any worker answers, as with one process
                 server._start_metrics(stats_dir(server.port))
-            return supervise(server, c.workers, serve_in_this_process)
+            server.pool = WorkerPool(server, c.workers)
+            server.pool.fork()
         serve_in_this_process(server)
     finally:
         if c.pid_file:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from bisect import bisect_left
 
@@ -34,7 +33,10 @@ MAX_CLIENTS = 1024  # per-client rows kept; beyond that, "other"
 def stats_dir(port: int) -> str:
     base = os.environ.get("FASTNFS_STATS_DIR")
     if not base:
-        run = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        # tempfile.gettempdir()'s first choices, without loading tempfile (and
+        # shutil, random, bz2, lzma) into every server process
+        run = (os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR")
+               or os.environ.get("TEMP") or os.environ.get("TMP") or "/tmp")
         base = os.path.join(run, "fastnfs-%d" % os.getuid())
     return os.path.join(base, "port-%d" % port)
 
