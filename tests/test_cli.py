@@ -200,3 +200,22 @@ def test_without_rpcbind_is_only_a_notice(export_dir):
         _out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "no rpcbind" in err and "Traceback" not in err
+
+
+def test_a_stop_signal_while_the_workers_start_still_cleans_up(export_dir, tmp_path):
+    """SIGTERM as soon as the pid file is there (the workers may still be forking):
+    the server stops as asked and removes its pid file, every time."""
+    for i in range(5):
+        pidfile = tmp_path / ("fastnfs-%d.pid" % i)
+        proc = subprocess.Popen(fastnfs_cmd("serve", str(export_dir), "-n", str(free_port()),
+                                            "-p", "--workers", "2", "-i", str(pidfile)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(pidfile.exists)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            assert not pidfile.exists(), "round %d: the pid file was left behind" % i
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -427,6 +427,7 @@ def run(server: Server) -> int:
     c = server.config
     if not c.foreground:
         daemonize()
+    _remember_stop_signals()    # from here on, a stop still removes the pid file
     if c.pid_file:
         tmp = "%s.%d.tmp" % (c.pid_file, os.getpid())
         with open(tmp, "w") as f:
@@ -454,11 +455,15 @@ def run(server: Server) -> int:
 _early_stop: list = []   # a stop signal that came before the loop's handlers
 
 
-def serve_in_this_process(server: Server, register: bool = True) -> None:
-    # until the loop installs its own handlers, a stop signal is remembered, and
-    # serve() stops at once: raising from a handler would leave the loop running
+def _remember_stop_signals() -> None:
+    """Until the loop installs its own handlers, a stop signal is remembered and
+    serve() stops at once (raising from a handler would leave the loop running)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signo, _frame: _early_stop.append(signo))
+
+
+def serve_in_this_process(server: Server, register: bool = True) -> None:
+    _remember_stop_signals()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:
