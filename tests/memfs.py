@@ -15,7 +15,7 @@ import sys
 import time
 
 from fastnfs import perm
-from fastnfs.backends import Backend, DirOp
+from fastnfs.backends import Backend, RefreshingDirOp
 from fastnfs.fs import NFSError, Obj, check_name, name_cookie
 from fastnfs.nfs3 import const as C
 from fastnfs.nfs3.types import Sattr3, put_fattr3
@@ -70,17 +70,6 @@ class Node:
 
     def touch(self) -> None:
         self.mtime = self.ctime = max(time.time_ns(), self.ctime + 1)
-
-
-class MemDirOp(DirOp):
-    __slots__ = ("b",)
-
-    def __init__(self, b, d, name):
-        DirOp.__init__(self, d, name)
-        self.b = b
-
-    def after(self):
-        return self.b.refresh(self.d)
 
 
 class MemBackend(Backend):
@@ -226,7 +215,7 @@ class MemBackend(Backend):
             raise NFSError(C.NFS3ERR_EXIST)
         check_name(name)
         self._check(cred, d.st, perm.W | perm.X)
-        return MemDirOp(self, d, name)
+        return RefreshingDirOp(self, d, name)
 
     def _add(self, cred, op, mode: int) -> Node:
         dn = self._node(op.d)

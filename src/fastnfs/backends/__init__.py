@@ -92,6 +92,19 @@ class DirOp:
         pass
 
 
+class RefreshingDirOp(DirOp):
+    """A DirOp whose post-op attributes are the backend's refresh of the directory."""
+
+    __slots__ = ("b",)
+
+    def __init__(self, b, d: Obj, name: bytes):
+        DirOp.__init__(self, d, name)
+        self.b = b
+
+    def after(self):
+        return self.b.refresh(self.d)
+
+
 class Backend:
     """The storage of one export.  Every method may raise NFSError (or OSError)."""
 

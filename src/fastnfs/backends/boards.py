@@ -32,7 +32,6 @@ declines everything else to the methods here.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -45,16 +44,17 @@ from contextlib import contextmanager
 
 from .. import perm
 from .._accel import load
+from ..beneath import DIRP, open_dir as _open_dir, openat2 as _openat2, openat2_ok as _openat2_ok
 from ..boards import Layer
-from ..fs import NFSError, Obj, check_name, name_cookie
+from ..fs import NFSError, Obj, check_name, join, name_cookie
 from ..fsstat import fstat, lstatat
 from ..nfs3 import const as C
 from ..nfs3.types import Sattr3, put_fattr3
 from ..virtfs.ops import changed_meta, disk_mode, new_meta
-from ..virtfs.overlay import Virtfs
+from ..virtfs.overlay import Virtfs, VStat
 from ..virtfs.store import (HIDDEN, Meta, link_meta, make_rdev, meta_dir_only, remove_meta,
                             rename_meta, rmdir_meta_dir, write_meta, write_root_meta)
-from . import Backend, DirOp, ServerChecks
+from . import Backend, RefreshingDirOp, ServerChecks
 from .listing import listing_start
 from .plain import entry_plus_size, read_reply
 
@@ -66,35 +66,33 @@ log = logging.getLogger("fastnfs.boards")
 
 TAG = 1 << 63
 INO_BITS = 40
-DIRP = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DIRR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_OFFSET = (1 << 63) - 1
 U, I, B = "upper", "index", "base"
 
 
-class BStat:
-    """Attributes as the board's clients see them."""
+class BStat(VStat):
+    """Attributes as the board's clients see them: st's (a host stat or a
+    virtfs VStat) under the board's fileid, fsid and generation."""
 
-    __slots__ = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
-                 "st_blocks", "st_rdev", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
-                 "btime_ns", "gen", "real_mode")
+    __slots__ = ()
 
     def __init__(self, st, fileid: int, fsid: int, gen: int):
-        for k in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
-                  "st_rdev", "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "btime_ns"):
-            setattr(self, k, getattr(st, k))
+        self.st_mode = st.st_mode
+        self.st_nlink = st.st_nlink
+        self.st_uid = st.st_uid
+        self.st_gid = st.st_gid
+        self.st_size = st.st_size
+        self.st_blocks = st.st_blocks
+        self.st_rdev = st.st_rdev
+        self.st_atime_ns = st.st_atime_ns
+        self.st_mtime_ns = st.st_mtime_ns
+        self.st_ctime_ns = st.st_ctime_ns
+        self.btime_ns = st.btime_ns
         self.real_mode = getattr(st, "real_mode", st.st_mode)
         self.st_ino = fileid
         self.st_dev = fsid
         self.gen = gen
-
-    @property
-    def st_mtime(self):
-        return self.st_mtime_ns / 1e9
-
-    @property
-    def st_atime(self):
-        return self.st_atime_ns / 1e9
 
 
 class Loc:
@@ -108,62 +106,6 @@ def _split(path: bytes):
     if i < 0:
         return b".", path
     return path[:i], path[i + 1:]
-
-
-def _join(d: bytes, name: bytes) -> bytes:
-    return name if d == b"." else d + b"/" + name
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-_SYS_OPENAT2 = 437   # the same number on every architecture (a syscall of 5.6)
-_RESOLVE = 0x04 | 0x08   # RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
-_syscall = ctypes.CDLL(None, use_errno=True).syscall
-_syscall.restype = ctypes.c_long
-_HOW: dict = {}
-_openat2_ok = [True]
-
-
-def _openat2(root_fd: int, path: bytes, flags: int):
-    """openat2(2) of path below root_fd that follows no symlink and never leaves
-    root_fd: one call where a walk takes one open per component; None where the
-    kernel has no openat2."""
-    how = _HOW.get(flags)
-    if how is None:
-        how = _HOW[flags] = _OpenHow(flags, 0, _RESOLVE)
-    fd = _syscall(_SYS_OPENAT2, root_fd, path, ctypes.byref(how), 24)
-    if fd >= 0:
-        return fd
-    err = ctypes.get_errno()
-    if err == errno.ENOSYS:
-        _openat2_ok[0] = False
-        return None
-    raise OSError(err, os.strerror(err), path)
-
-
-def _open_dir(root_fd: int, path: bytes, flags: int = DIRP) -> int:
-    """An fd of the directory at path under root_fd; no symlink followed on the way."""
-    if path == b".":
-        return os.open(b".", flags, dir_fd=root_fd)
-    if _openat2_ok[0]:
-        fd = _openat2(root_fd, path, flags)
-        if fd is not None:
-            return fd
-    fd = os.open(b".", DIRP, dir_fd=root_fd)
-    try:
-        comps = path.split(b"/")
-        for i, comp in enumerate(comps):
-            # search rights suffice on the way (O_PATH); the last one opened as asked
-            nfd = os.open(comp, flags if i == len(comps) - 1 else DIRP, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 _NOATIME = getattr(os, "O_NOATIME", 0)
@@ -209,17 +151,6 @@ def _lstat_in(root_fd: int, path: bytes):
         return None
     finally:
         os.close(dfd)
-
-
-class BoardDirOp(DirOp):
-    __slots__ = ("b",)
-
-    def __init__(self, b, d, name):
-        DirOp.__init__(self, d, name)
-        self.b = b
-
-    def after(self):
-        return self.b.refresh(self.d)
 
 
 class BoardBackend(ServerChecks, Backend):
@@ -357,7 +288,7 @@ class BoardBackend(ServerChecks, Backend):
         for comp in path.split(b"/"):
             if st is not None and (not S.S_ISDIR(st.st_mode) or st.st_ino in L.attrs):
                 return None
-            p = _join(p, comp)
+            p = join(p, comp)
             if (comp in self.hidden or p in L.whiteouts or p in L.opaque
                     or p in L.redirects or self._upper_lstat(L, p) is not None):
                 return None
@@ -404,7 +335,7 @@ class BoardBackend(ServerChecks, Backend):
         bp = self.base_dir_of(parent)
         if bp is None:
             return None
-        return _join(bp, name)
+        return join(bp, name)
 
     def _base_entry(self, path: bytes):
         """(base path, lstat) of the base entry that path shows if no upper entry
@@ -418,7 +349,7 @@ class BoardBackend(ServerChecks, Backend):
         bd = self.base_dir_of(parent)
         if bd is None:
             return None, None
-        bpath = _join(bd, name)
+        bpath = join(bd, name)
         st = _lstat_in(self.base_fd, bpath)
         return (bpath, st) if st is not None else (None, None)
 
@@ -563,7 +494,7 @@ class BoardBackend(ServerChecks, Backend):
             except (NFSError, OSError):
                 continue
             for name in names:
-                p = _join(d, name)
+                p = join(d, name)
                 try:
                     loc = self.locate(p)
                 except (NFSError, OSError):
@@ -589,7 +520,7 @@ class BoardBackend(ServerChecks, Backend):
         if name in self.hidden:
             raise NFSError(C.NFS3ERR_NOENT)
         with self.lock:
-            return self._obj(_join(d.path, name), d.child_anc())
+            return self._obj(join(d.path, name), d.child_anc())
 
     def refresh(self, obj: Obj):
         try:
@@ -848,9 +779,9 @@ class BoardBackend(ServerChecks, Backend):
         return self.locate(obj.path).st
 
     # -- changes of names ----------------------------------------------------------------------
-    def dirop(self, cred, d, name: bytes) -> BoardDirOp:
+    def dirop(self, cred, d, name: bytes) -> RefreshingDirOp:
         self.check_dirop(cred, d, name)
-        return BoardDirOp(self, d, name)
+        return RefreshingDirOp(self, d, name)
 
     def _exists(self, path: bytes):
         try:
@@ -861,7 +792,7 @@ class BoardBackend(ServerChecks, Backend):
     def _new_entry(self, cred, op, fmt: int, mode: int, make, attrs, rdev: int = -1):
         """Make a new upper entry with make(pfd, name); its metadata; the new Obj."""
         with self._changing():
-            path = _join(op.d.path, op.name)
+            path = join(op.d.path, op.name)
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
             pfd = self._upper_dir(op.d.path)
@@ -915,7 +846,7 @@ class BoardBackend(ServerChecks, Backend):
             return self._obj(path, op.d.child_anc())
 
     def create(self, cred, op, how: int, attrs, verf):
-        path = _join(op.d.path, op.name)
+        path = join(op.d.path, op.name)
         if how == C.EXCLUSIVE:
             old = self._exists(path)
             if old is not None:
@@ -1005,7 +936,7 @@ class BoardBackend(ServerChecks, Backend):
             os.close(fd)
 
     def _victim(self, cred, op) -> Loc:
-        path = _join(op.d.path, op.name)
+        path = join(op.d.path, op.name)
         loc = self.locate(path)
         self.check_delete(cred, op.d.st, loc.st)
         return loc
@@ -1015,7 +946,7 @@ class BoardBackend(ServerChecks, Backend):
             loc = self._victim(cred, op)
             if S.S_ISDIR(loc.st.st_mode):
                 raise NFSError(C.NFS3ERR_ISDIR)
-            path = _join(op.d.path, op.name)
+            path = join(op.d.path, op.name)
             self._drop(path, loc, self._base_entry(path)[1] is not None)
             self._touch(op.d.path)
 
@@ -1024,7 +955,7 @@ class BoardBackend(ServerChecks, Backend):
             loc = self._victim(cred, op)
             if not S.S_ISDIR(loc.st.st_mode):
                 raise NFSError(C.NFS3ERR_NOTDIR)
-            path = _join(op.d.path, op.name)
+            path = join(op.d.path, op.name)
             if self._merged_names(path):
                 raise NFSError(C.NFS3ERR_NOTEMPTY)
             self._drop(path, loc, self._base_entry(path)[1] is not None)
@@ -1032,8 +963,8 @@ class BoardBackend(ServerChecks, Backend):
 
     def rename(self, cred, src, dst) -> None:
         with self._changing():
-            spath = _join(src.d.path, src.name)
-            dpath = _join(dst.d.path, dst.name)
+            spath = join(src.d.path, src.name)
+            dpath = join(dst.d.path, dst.name)
             loc = self._victim(cred, src)
             if spath == dpath:
                 return
@@ -1093,7 +1024,7 @@ class BoardBackend(ServerChecks, Backend):
         if obj.is_dir:
             raise NFSError(C.NFS3ERR_ISDIR)
         with self._changing():
-            path = _join(op.d.path, op.name)
+            path = join(op.d.path, op.name)
             if self._exists(path) is not None:
                 raise NFSError(C.NFS3ERR_EXIST)
             self.copy_up(obj.path)
@@ -1140,7 +1071,7 @@ class BoardBackend(ServerChecks, Backend):
                 try:
                     for n in os.listdir(fd):
                         n = os.fsencode(n)
-                        if _join(path, n) not in L.whiteouts:
+                        if join(path, n) not in L.whiteouts:
                             names.add(n)
                 finally:
                     os.close(fd)
@@ -1174,7 +1105,7 @@ class BoardBackend(ServerChecks, Backend):
                else None)
         try:
             for n in self._merged_names(path):
-                p = _join(path, n)
+                p = join(path, n)
                 try:
                     fid = (os.lstat(n, dir_fd=dfd).st_ino if dfd is not None
                            else self.locate(p).fileid)
@@ -1262,7 +1193,7 @@ class BoardBackend(ServerChecks, Backend):
         elif name != b"..":
             try:
                 with self.lock:
-                    loc = self.locate(_join(d.path, name))
+                    loc = self.locate(join(d.path, name))
             except (NFSError, OSError):
                 loc = None
             if loc is not None and loc.fileid == fid:   # (not gone or replaced meanwhile)

@@ -28,6 +28,7 @@ import stat as S
 from collections import deque
 from typing import NamedTuple
 
+from ..beneath import open_dir
 from .meta import parse_meta
 from .store import HIDDEN, MAX_META_SIZE, META_DIR, META_ROOT
 
@@ -74,20 +75,6 @@ def _meta_mode(mfd: int, name: bytes) -> int:
     return mode if mode >= 0 else 0
 
 
-def _open_dir(root_fd: int, comps: tuple) -> int:
-    """A readable fd of the directory at comps below root_fd, no symlink followed."""
-    fd = os.open(b".", _DIR_RD, dir_fd=root_fd)
-    try:
-        for c in comps:
-            nfd = os.open(c, _DIR_RD, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def survey(root_fd: int, limit: int | None = SURVEY_LIMIT, examples: int = 3) -> Survey:
     """Count both kinds of symlink among the first ``limit`` entries (None: all)."""
     qemu = host = seen = 0
@@ -105,7 +92,7 @@ def survey(root_fd: int, limit: int | None = SURVEY_LIMIT, examples: int = 3) ->
     while queue:
         comps = queue.popleft()
         try:
-            dfd = _open_dir(root_fd, comps)
+            dfd = open_dir(root_fd, b"/".join(comps) or b".", _DIR_RD)
         except OSError:
             if not comps:
                 raise
