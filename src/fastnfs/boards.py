@@ -247,11 +247,6 @@ class Layer:
             self.whiteouts.add(path)
             self.db.execute("INSERT OR IGNORE INTO whiteout VALUES (?)", (path,))
 
-    def drop_whiteout(self, path: bytes) -> None:
-        if path in self.whiteouts:
-            self.whiteouts.discard(path)
-            self.db.execute("DELETE FROM whiteout WHERE path = ?", (path,))
-
     def set_opaque(self, path: bytes) -> None:
         if path not in self.opaque:
             self.opaque.add(path)
