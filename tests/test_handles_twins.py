@@ -1,6 +1,7 @@
 """The filehandle layout: fastnfs._handles (Cython, cimported by the fast
 lane) against its plain-Python twin in fastnfs.handles, and which object a
-handle names: fastnfs._fsstat.names_object against fsstat.py_names_object."""
+handle names: fastnfs._fsstat.names_object against fsstat.py_names_object,
+and names_fileid (a board's handles) against fsstat.py_names_fileid."""
 
 from __future__ import annotations
 
@@ -78,3 +79,17 @@ def test_names_object_twins_agree(ino, dev, btime, hino, hdev, hgen):
     for gen in (hgen, 0, fsstat.generation(btime)):
         assert _fs.names_object(s, hino, hdev, gen) == \
             fsstat.py_names_object(s, hino, hdev, gen)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([5, 6, 2**63 | 5]), st.sampled_from([0, 1, 7, 2**32 - 1]),
+       st.sampled_from([5, 6, 2**63 | 5]), st.sampled_from([0, 1, 7, 2**32 - 1]))
+def test_names_fileid_twins_agree(fileid, fgen, ino, gen):
+    assert _fs.names_fileid(fileid, fgen, ino, gen) is \
+        fsstat.py_names_fileid(fileid, fgen, ino, gen)
+
+
+def test_names_fileid_compares_generations_only_when_both_have_one():
+    for f in (_fs.names_fileid, fsstat.py_names_fileid):
+        assert f(5, 7, 5, 7) and f(5, 0, 5, 7) and f(5, 7, 5, 0)
+        assert not f(5, 7, 5, 8) and not f(6, 7, 5, 7) and not f(6, 0, 5, 0)

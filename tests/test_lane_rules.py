@@ -63,6 +63,14 @@ def test_no_permission_or_object_rules(lane):
         assert block in lane, block
 
 
+def test_no_board_handle_rule(lane):
+    # _fsstat.names_fileid: a board's handle names a base object by fileid and generation
+    for word in ("stx_ino != fh", "stx_ino == fh", "fh.ino ==", "fh.ino !=", "fh.gen ==",
+                 "== fh.gen", "!= fh.gen", "fh.gen == 0"):
+        assert word not in lane, word
+    assert "names_fileid" in lane
+
+
 def test_no_private_names_of_other_modules(lane):
     # imports and cimports of a leading-underscore name
     assert not re.search(r"c?import[^\n]*\b_[a-z]\w*\s*$", lane, re.M), "private import"

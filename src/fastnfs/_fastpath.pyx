@@ -50,8 +50,8 @@ from fastnfs._handles cimport (FH_MAX, FH_MAX_ANC, fh_child_anc, fh_pack, fh_put
                                fh_unpack)
 from fastnfs._perm cimport access3_ids, allowed_ids, io_allowed_ids
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
-                              STATX_BTIME, c_statx, generation, makedev, statx,
-                              statx_btime_ns, statx_names)
+                              STATX_BTIME, c_statx, generation, makedev, names_fileid,
+                              statx, statx_btime_ns, statx_names)
 from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32
 from fastnfs.virtfs._meta cimport (MetaCache, child_meta_path_into, hidden_name, meta_at,
                                    meta_path_into, overlay_statx)
@@ -338,13 +338,12 @@ cdef int _board_sync(_Export x) except -1:
     return 1 if layer_gen(x.gen_map) == seen else 0
 
 
-cdef inline bint _board_names(statx* sx, const fh_t* fh) noexcept:
-    """Is sx the base object a board handle names (BoardBackend._verify: its
-    inode, and its generation unless either side has none)?"""
-    if sx.stx_ino != fh.ino:
-        return False
-    cdef uint32_t g = generation(statx_btime_ns(sx))
-    return fh.gen == 0 or g == 0 or g == fh.gen
+cdef inline bint _names(_Export x, statx* sx, const fh_t* fh) noexcept:
+    """Is sx the object fh names?  On a board, the base object whose fileid it
+    is (names_fileid, as BoardBackend._verify asks), else statx_names."""
+    if x.board:
+        return names_fileid(sx.stx_ino, generation(statx_btime_ns(sx)), fh.ino, fh.gen)
+    return statx_names(sx, fh.ino, fh.dev, fh.gen)
 
 
 cdef int _board_learn(_Export x, statx* sx, bytes path) except -1:
@@ -717,8 +716,7 @@ cdef class FastPath:
                 rc = _stat(x.root_fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &sx)
             else:
                 rc = _stat(x.root_fd, PyBytes_AS_STRING(bpath), AT_SYMLINK_NOFOLLOW, &sx)
-            if rc != 0 or not (_board_names(&sx, &fh) if x.board
-                               else statx_names(&sx, ino, fh.dev, fh.gen)):
+            if rc != 0 or not _names(x, &sx, &fh):
                 return None
             real_mode = sx.stx_mode
             applied = _overlay(x, bpath, &sx)
@@ -769,8 +767,7 @@ cdef class FastPath:
                 if fd < 0:
                     return None
                 if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &dsx) != 0 \
-                        or not (_board_names(&dsx, &fh) if x.board
-                                else statx_names(&dsx, ino, fh.dev, fh.gen)):
+                        or not _names(x, &dsx, &fh):
                     close(fd)
                     return None
                 _overlay(x, bpath, &dsx)

@@ -38,6 +38,9 @@ cpdef unsigned int generation(long long btime_ns) noexcept nogil
 cdef long long statx_btime_ns(const statx* sx) noexcept nogil
 cdef bint statx_names(const statx* sx, unsigned long long ino, unsigned int dev,
                       unsigned int gen) noexcept nogil
+# whether an object (fileid, its generation) is the one a board's handle names
+cpdef bint names_fileid(unsigned long long fileid, unsigned int fgen, unsigned long long ino,
+                        unsigned int gen) noexcept nogil
 
 
 cdef class Stat:

@@ -67,6 +67,14 @@ cdef bint statx_names(const statx* sx, unsigned long long ino, unsigned int dev,
                   ino, dev, gen)
 
 
+cpdef bint names_fileid(unsigned long long fileid, unsigned int fgen, unsigned long long ino,
+                        unsigned int gen) noexcept nogil:
+    """fsstat.py_names_fileid's twin: is the object with this fileid and
+    generation the one a handle's inode and generation name?"""
+    # a generation of 0 on either side is unknown (a board's objects: BoardBackend._verify)
+    return fileid == ino and (gen == 0 or fgen == 0 or fgen == gen)
+
+
 def names_object(st, unsigned long long ino, unsigned int dev, unsigned int gen):
     """statx_names on a Stat (fsstat.py_names_object's twin)."""
     return _names(st.st_ino, st.st_dev, st.btime_ns, ino, dev, gen)

@@ -12,7 +12,7 @@ import struct
 
 from ._accel import load
 
-__all__ = ["Stat", "lstatat", "fstat", "generation", "names_object"]
+__all__ = ["Stat", "lstatat", "fstat", "generation", "names_object", "names_fileid"]
 
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
@@ -66,6 +66,13 @@ def py_names_object(st, ino: int, dev: int, gen: int) -> bool:
     return gen == 0 or generation(st.btime_ns) == gen
 
 
+def py_names_fileid(fileid: int, fgen: int, ino: int, gen: int) -> bool:
+    """Is the object with this fileid and generation fgen the one a handle's
+    inode and generation name?  A generation of 0 on either side is unknown
+    and not compared (backends.boards: where the board's fileids name objects)."""
+    return fileid == ino and (gen == 0 or fgen == 0 or fgen == gen)
+
+
 def _ns(buf, off):
     sec, nsec = _TS.unpack_from(buf, off)
     return sec * 1_000_000_000 + nsec
@@ -105,8 +112,8 @@ def fstat(fd: int) -> Stat:
     return _call(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, fd)
 
 
-names_object = py_names_object
+names_object, names_fileid = py_names_object, py_names_fileid
 _cx = load("_fsstat")
 if _cx is not None:  # the Cython twin
     Stat, fstat, generation, lstatat = _cx.Stat, _cx.fstat, _cx.generation, _cx.lstatat
-    names_object = _cx.names_object
+    names_object, names_fileid = _cx.names_object, _cx.names_fileid
