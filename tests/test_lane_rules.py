@@ -71,6 +71,14 @@ def test_no_board_handle_rule(lane):
     assert "names_fileid" in lane
 
 
+def test_no_lookup_steps(lane):
+    # _fsstat.lookup_dir, lookup_name, lookup_done: the steps HostPaths.walk takes (lookup_at)
+    for word in ("O_PATH", "O_DIRECTORY"):
+        assert word not in lane, word
+    for block in ("lookup_dir", "lookup_name", "lookup_done"):
+        assert block in lane, block
+
+
 def test_no_private_names_of_other_modules(lane):
     # imports and cimports of a leading-underscore name
     assert not re.search(r"c?import[^\n]*\b_[a-z]\w*\s*$", lane, re.M), "private import"

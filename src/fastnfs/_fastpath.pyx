@@ -25,7 +25,8 @@ never looked up.
 
 The rules themselves are not coded here but cimported from the blocks the
 general path uses too: the handle layout (_handles), which object a handle
-names (_fsstat), the permission rules (_perm), and the virtfs rules (where
+names and the steps of a one-name LOOKUP (_fsstat), the permission rules
+(_perm), and the virtfs rules (where
 metadata lives, its cache, the hidden names, the overlay with the
 device-as-file rule: virtfs._meta).  A metadata file the cache does not hold
 is read by the backend's own reader (overlay.Virtfs.meta).
@@ -50,8 +51,9 @@ from fastnfs._handles cimport (FH_MAX, FH_MAX_ANC, fh_child_anc, fh_pack, fh_put
                                fh_unpack)
 from fastnfs._perm cimport access3_ids, allowed_ids, io_allowed_ids
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
-                              STATX_BTIME, c_statx, generation, makedev, names_fileid,
-                              statx, statx_btime_ns, statx_names)
+                              STATX_BTIME, c_statx, generation, lookup_dir, lookup_done,
+                              lookup_name, makedev, names_fileid, statx, statx_btime_ns,
+                              statx_names)
 from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32
 from fastnfs.virtfs._meta cimport (MetaCache, child_meta_path_into, hidden_name, meta_at,
                                    meta_path_into, overlay_statx)
@@ -65,15 +67,12 @@ cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
 
 cdef extern from "<fcntl.h>" nogil:
-    int O_PATH
     int O_NOATIME
     int F_DUPFD_CLOEXEC
     int fcntl(int fd, int cmd, ...)
     int O_RDONLY
     int O_NONBLOCK
-    int O_NOCTTY
     int O_NOFOLLOW
-    int O_DIRECTORY
     int O_CLOEXEC
 
 cdef extern from "<sys/uio.h>" nogil:
@@ -756,25 +755,22 @@ cdef class FastPath:
             if out is None:
                 return None
         else:
-            # LOOKUP: the directory, opened without following a symlink and
-            # checked by inode, then one no-follow stat of the name in it
+            # LOOKUP: the directory as the handle names it, then the name in
+            # it, in the steps HostPaths.walk takes (_fsstat.lookup_dir, lookup_name)
             if ino == x.root_ino:
                 dsx = sx
                 fd = x.root_fd
             else:
-                fd = openat(x.root_fd, PyBytes_AS_STRING(bpath),
-                            O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
+                fd = lookup_dir(x.root_fd, PyBytes_AS_STRING(bpath), &dsx)
                 if fd < 0:
                     return None
-                if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &dsx) != 0 \
-                        or not _names(x, &dsx, &fh):
-                    close(fd)
+                if not _names(x, &dsx, &fh):
+                    lookup_done(x.root_fd, fd)
                     return None
                 _overlay(x, bpath, &dsx)
             if (dsx.stx_mode & S_IFMT) != S_IFDIR \
                     or x.checks and (not _allowed(c, &dsx, X_OK) or hidden_name(name, namelen)):
-                if fd != x.root_fd:
-                    close(fd)
+                lookup_done(x.root_fd, fd)
                 return None
             bname = PyBytes_FromStringAndSize(<const char*>name, namelen)
             if x.board and ino == x.root_ino:
@@ -787,18 +783,14 @@ cdef class FastPath:
                         return None
                     if len(x.root_absent) < 65536:
                         x.root_absent.add(bname)
-            rc = _stat(fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW, &sx)
-            if rc != 0:
-                rc = errno
-            else:
+            rc = lookup_name(fd, PyBytes_AS_STRING(bname), &sx)
+            if rc == 0:
                 child = bname if ino == x.root_ino else bpath + b"/" + bname
                 if x.board and not _board_learn(x, &sx, child):
-                    if fd != x.root_fd:
-                        close(fd)
+                    lookup_done(x.root_fd, fd)
                     return None
                 _overlay_child(x, fd, bpath, bname, &sx)
-            if fd != x.root_fd:
-                close(fd)
+            lookup_done(x.root_fd, fd)
             if rc == ENOENT:
                 status = NFS3ERR_NOENT
                 p.write_u32(NFS3ERR_NOENT)

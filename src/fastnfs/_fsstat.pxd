@@ -34,6 +34,12 @@ cdef enum:
 
 cpdef unsigned int generation(long long btime_ns) noexcept nogil
 
+# LOOKUP of one name (RFC 1813 section 3.3.3): the directory opened and statted,
+# then the name statted in it (fsstat.lookup_at takes both steps for HostPaths.walk)
+cdef int lookup_dir(int root_fd, const char* path, statx* dsx) noexcept nogil
+cdef int lookup_name(int dfd, const char* name, statx* sx) noexcept nogil
+cdef void lookup_done(int root_fd, int dfd) noexcept nogil
+
 # the birth time in ns (0: unknown), and whether sx is the object a handle names
 cdef long long statx_btime_ns(const statx* sx) noexcept nogil
 cdef bint statx_names(const statx* sx, unsigned long long ino, unsigned int dev,

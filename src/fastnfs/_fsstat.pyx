@@ -6,8 +6,16 @@ freed and handed to a new file (handles.py keeps 32 bits of it as the
 handle's generation).  Plain-Python twin: fsstat.py.
 """
 
-from libc.errno cimport errno
+from libc.errno cimport ENOTDIR, ESTALE, errno
 from libc.string cimport memset
+from posix.fcntl cimport openat
+from posix.unistd cimport close
+
+cdef extern from "<fcntl.h>" nogil:
+    int O_PATH
+    int O_NOFOLLOW
+    int O_DIRECTORY
+    int O_CLOEXEC
 
 
 import os
@@ -80,6 +88,68 @@ def names_object(st, unsigned long long ino, unsigned int dev, unsigned int gen)
     return _names(st.st_ino, st.st_dev, st.btime_ns, ino, dev, gen)
 
 
+cdef int lookup_dir(int root_fd, const char* path, statx* dsx) noexcept nogil:
+    """A LOOKUP's first step: the directory at path below root_fd, opened
+    O_PATH without following a symlink at the end, its attributes in dsx (for
+    the caller to check it is the object the handle names): its fd, to close
+    with lookup_done, or the errno negated."""
+    cdef int fd = openat(root_fd, path, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
+    if fd < 0:
+        return -errno
+    cdef int e
+    if c_statx(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
+               STATX_BASIC_STATS | STATX_BTIME, dsx) != 0:
+        e = errno
+        close(fd)
+        return -e
+    return fd
+
+
+cdef int lookup_name(int dfd, const char* name, statx* sx) noexcept nogil:
+    """The second: one no-follow statx of name (one component) in the
+    directory open at dfd; 0, or its errno."""
+    if c_statx(dfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, sx) != 0:
+        return errno
+    return 0
+
+
+cdef void lookup_done(int root_fd, int dfd) noexcept nogil:
+    """Close what lookup_dir opened (the root is no directory it opens)."""
+    if dfd != root_fd:
+        close(dfd)
+
+
+def lookup_at(int root_fd, bytes dpath, unsigned long long dino, bytes name):
+    """fsstat.py_lookup_at's twin: the Stat of name in the directory dpath below
+    root_fd ("." is root_fd itself), which must be inode dino; OSError(ENOTDIR)
+    or OSError(ESTALE) when the directory is not there as such, else the name's."""
+    cdef statx dsx, sx
+    cdef int fd = root_fd
+    cdef int rc = 0
+    cdef const char* dp = dpath
+    cdef const char* np = name
+    cdef bint root = dpath == b"."
+    memset(&sx, 0, sizeof(sx))
+    with nogil:
+        if root:
+            rc = lookup_name(fd, np, &sx)
+        else:
+            fd = lookup_dir(root_fd, dp, &dsx)
+            if fd < 0:
+                rc = -ENOTDIR if fd == -ENOTDIR else -ESTALE
+            elif dsx.stx_ino != dino:
+                rc = -ESTALE
+            else:
+                rc = lookup_name(fd, np, &sx)
+            if fd >= 0:
+                lookup_done(root_fd, fd)
+    if rc < 0:      # the directory's
+        raise OSError(-rc, os.strerror(-rc), dpath)
+    if rc:
+        raise OSError(rc, os.strerror(rc), name)
+    return _stat_of(&sx)
+
+
 cdef Stat _call(int dirfd, const char *path, int flags, object name):
     cdef statx sx
     cdef int rc
@@ -89,6 +159,10 @@ cdef Stat _call(int dirfd, const char *path, int flags, object name):
     if rc != 0:
         e = errno
         raise OSError(e, os.strerror(e), name)
+    return _stat_of(&sx)
+
+
+cdef Stat _stat_of(const statx* sx):
     cdef Stat st = Stat.__new__(Stat)
     st.st_mode = sx.stx_mode
     st.st_ino = sx.stx_ino
@@ -102,7 +176,7 @@ cdef Stat _call(int dirfd, const char *path, int flags, object name):
     st.st_atime_ns = sx.stx_atime.tv_sec * 1000000000 + sx.stx_atime.tv_nsec
     st.st_mtime_ns = sx.stx_mtime.tv_sec * 1000000000 + sx.stx_mtime.tv_nsec
     st.st_ctime_ns = sx.stx_ctime.tv_sec * 1000000000 + sx.stx_ctime.tv_nsec
-    st.btime_ns = statx_btime_ns(&sx)
+    st.btime_ns = statx_btime_ns(sx)
     return st
 
 

@@ -7,17 +7,20 @@ lets a filehandle notice that its inode number was freed and reused.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 
 from ._accel import load
 
-__all__ = ["Stat", "lstatat", "fstat", "generation", "names_object", "names_fileid"]
+__all__ = ["Stat", "lstatat", "fstat", "generation", "names_object", "names_fileid",
+           "lookup_at"]
 
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
 _MASK = 0x7FF | 0x800  # STATX_BASIC_STATS | STATX_BTIME
 _STATX_BTIME = 0x800
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
 _libc = ctypes.CDLL(None, use_errno=True)
 _statx = _libc.statx
 _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
@@ -112,8 +115,35 @@ def fstat(fd: int) -> Stat:
     return _call(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, fd)
 
 
-names_object, names_fileid = py_names_object, py_names_fileid
+def py_lookup_at(root_fd: int, dpath: bytes, dino: int, name: bytes) -> Stat:
+    """LOOKUP of one name (RFC 1813 section 3.3.3), as HostPaths.walk takes it:
+    the directory dpath below root_fd ("." is root_fd itself) opened O_PATH
+    without following a symlink at its end and checked to be inode dino, then
+    one no-follow statx of name in it.  The name's Stat; OSError(ENOTDIR) or
+    OSError(ESTALE) when the directory is not there as such, else the name's.
+    The fast lane takes the same steps (_fsstat.lookup_dir, lookup_name)."""
+    if dpath == b".":
+        return _call(root_fd, name, _AT_SYMLINK_NOFOLLOW, name)
+    try:
+        fd = os.open(dpath, _O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
+                     dir_fd=root_fd)
+    except OSError as e:
+        e = errno.ENOTDIR if e.errno == errno.ENOTDIR else errno.ESTALE
+        raise OSError(e, os.strerror(e), dpath) from None
+    try:
+        try:
+            dst = _call(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, dpath)
+        except OSError:
+            dst = None
+        if dst is None or dst.st_ino != dino:
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), dpath)
+        return _call(fd, name, _AT_SYMLINK_NOFOLLOW, name)
+    finally:
+        os.close(fd)
+
+
+names_object, names_fileid, lookup_at = py_names_object, py_names_fileid, py_lookup_at
 _cx = load("_fsstat")
 if _cx is not None:  # the Cython twin
     Stat, fstat, generation, lstatat = _cx.Stat, _cx.fstat, _cx.generation, _cx.lstatat
-    names_object, names_fileid = _cx.names_object, _cx.names_fileid
+    names_object, names_fileid, lookup_at = _cx.names_object, _cx.names_fileid, _cx.lookup_at
