@@ -79,6 +79,13 @@ def test_no_lookup_steps(lane):
         assert block in lane, block
 
 
+def test_no_read_rules(lane):
+    # _xdr.read_data: the page cache only, a part declined, nothing past off_t (plain.read_reply)
+    for word in ("preadv", "RWF_NOWAIT", "0x7FFFFFFFFFFFFFFF", "iovec"):
+        assert word not in lane, word
+    assert "read_data" in lane
+
+
 def test_no_private_names_of_other_modules(lane):
     # imports and cimports of a leading-underscore name
     assert not re.search(r"c?import[^\n]*\b_[a-z]\w*\s*$", lane, re.M), "private import"

@@ -8,8 +8,9 @@ nfs3/*.py) spends most of its time building Python objects.
 ordinary (NFSv3 with AUTH_SYS, a well-formed handle the filehandle cache
 places, a caller admitted before, the thread already holding the caller's
 credentials, a READ of at most 64 KiB the page cache holds) it builds the
-reply itself: statx(2) straight into the reply buffer, READ data by
-preadv2(RWF_NOWAIT) into the bytes that are sent.  Anything else (an error
+reply itself: statx(2) straight into the reply buffer, READ data from the
+page cache only (_xdr.read_data, as the general path reads) into the bytes
+that are sent.  Anything else (an error
 other than a missing name, a filehandle cache miss, an unknown caller, a
 symlink kept as a file, unfsd's -s view) returns None, and the
 general path answers; it is the reference, and tests/test_fastpath.py and the
@@ -25,8 +26,8 @@ never looked up.
 
 The rules themselves are not coded here but cimported from the blocks the
 general path uses too: the handle layout (_handles), which object a handle
-names and the steps of a one-name LOOKUP (_fsstat), the permission rules
-(_perm), and the virtfs rules (where
+names and the steps of a one-name LOOKUP (_fsstat), a READ's data from the
+page cache (_xdr), the permission rules (_perm), and the virtfs rules (where
 metadata lives, its cache, the hidden names, the overlay with the
 device-as-file rule: virtfs._meta).  A metadata file the cache does not hold
 is read by the backend's own reader (overlay.Virtfs.meta).
@@ -38,7 +39,6 @@ Also here: put_entries_plus, the Cython twin of backends.plain.py_put_entries_pl
 cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy, memset
-from posix.types cimport off_t
 from posix.fcntl cimport openat
 from posix.unistd cimport close
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
@@ -54,7 +54,7 @@ from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_ST
                               STATX_BTIME, c_statx, generation, lookup_dir, lookup_done,
                               lookup_name, makedev, names_fileid, statx, statx_btime_ns,
                               statx_names)
-from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32
+from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32, read_data
 from fastnfs.virtfs._meta cimport (MetaCache, child_meta_path_into, hidden_name, meta_at,
                                    meta_path_into, overlay_statx)
 
@@ -74,13 +74,6 @@ cdef extern from "<fcntl.h>" nogil:
     int O_NONBLOCK
     int O_NOFOLLOW
     int O_CLOEXEC
-
-cdef extern from "<sys/uio.h>" nogil:
-    int RWF_NOWAIT
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-    ssize_t preadv2(int fd, const iovec* iov, int iovcnt, off_t offset, int flags)
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t readlinkat(int dirfd, const char* path, char* buf, size_t size)
@@ -909,20 +902,12 @@ cdef class FastPath:
         p.write_u64(0)                       # count and eof, known after the read
         p.write_u32(0)                       # the data's length
         cdef Py_ssize_t head = p.size()
-        cdef Py_ssize_t got = 0
-        cdef iovec iov
-        if count == 0 or offset > 0x7FFFFFFFFFFFFFFF:
-            count = 0                        # nothing to read, or past any off_t: eof
         out = PyBytes_FromStringAndSize(NULL, head + ((count + 3) & ~3))
         cdef unsigned char* w = <unsigned char*>PyBytes_AS_STRING(out)
-        if count:
-            iov.iov_base = w + head
-            iov.iov_len = <size_t>count
-            got = preadv2(fd, &iov, 1, <off_t>offset, RWF_NOWAIT)
-            if got < 0 or (got < count and offset + got < fsx.stx_size):
-                close(fd)                    # not (all) in the page cache
-                return None
+        cdef Py_ssize_t got = read_data(fd, w + head, count, offset, fsx.stx_size, True)
         close(fd)
+        if got < 0:
+            return None                      # not (all) in the page cache: the general path
         if got < count:                      # the end of the file: a shorter reply
             out = PyBytes_FromStringAndSize(<const char*>w, head + ((got + 3) & ~3))
             w = <unsigned char*>PyBytes_AS_STRING(out)
