@@ -8,14 +8,6 @@ handle's generation).  Plain-Python twin: fsstat.py.
 
 from libc.errno cimport ENOTDIR, ESTALE, errno
 from libc.string cimport memset
-from posix.fcntl cimport openat
-from posix.unistd cimport close
-
-cdef extern from "<fcntl.h>" nogil:
-    int O_PATH
-    int O_NOFOLLOW
-    int O_DIRECTORY
-    int O_CLOEXEC
 
 
 import os
@@ -88,41 +80,11 @@ def names_object(st, unsigned long long ino, unsigned int dev, unsigned int gen)
     return _names(st.st_ino, st.st_dev, st.btime_ns, ino, dev, gen)
 
 
-cdef int lookup_dir(int root_fd, const char* path, statx* dsx) noexcept nogil:
-    """A LOOKUP's first step: the directory at path below root_fd, opened
-    O_PATH without following a symlink at the end, its attributes in dsx (for
-    the caller to check it is the object the handle names): its fd, to close
-    with lookup_done, or the errno negated."""
-    cdef int fd = openat(root_fd, path, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
-    if fd < 0:
-        return -errno
-    cdef int e
-    if c_statx(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
-               STATX_BASIC_STATS | STATX_BTIME, dsx) != 0:
-        e = errno
-        close(fd)
-        return -e
-    return fd
-
-
-cdef int lookup_name(int dfd, const char* name, statx* sx) noexcept nogil:
-    """The second: one no-follow statx of name (one component) in the
-    directory open at dfd; 0, or its errno."""
-    if c_statx(dfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, sx) != 0:
-        return errno
-    return 0
-
-
-cdef void lookup_done(int root_fd, int dfd) noexcept nogil:
-    """Close what lookup_dir opened (the root is no directory it opens)."""
-    if dfd != root_fd:
-        close(dfd)
-
-
 def lookup_at(int root_fd, bytes dpath, unsigned long long dino, bytes name):
-    """fsstat.py_lookup_at's twin: the Stat of name in the directory dpath below
-    root_fd ("." is root_fd itself), which must be inode dino; OSError(ENOTDIR)
-    or OSError(ESTALE) when the directory is not there as such, else the name's."""
+    """fsstat.py_lookup_at's twin, in the steps of _fsstat.pxd (lookup_dir,
+    lookup_name): the Stat of name in the directory dpath below root_fd ("."
+    is root_fd itself), which must be inode dino; OSError(ENOTDIR) or
+    OSError(ESTALE) when the directory is not there as such, else the name's."""
     cdef statx dsx, sx
     cdef int fd = root_fd
     cdef int rc = 0
