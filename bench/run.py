@@ -685,21 +685,23 @@ def one_bootstorm(a, kind, tree, nclients, per_client) -> dict:
     return result
 
 
-def loopback(a, io: int) -> dict:
+def loopback(a, io: int, path: str | None = None) -> dict:
     """The loopback limit of a READ stream: a plain TCP stream over 127.0.0.1 of --size
     bytes written in io-sized sends by one process (pinned like the server,
     --server-cpu) and read by another (pinned like the load generator, --client-cpu)
     with recv into an io-sized buffer: `streamgen loopback-send` and `streamgen
     loopback` (the C stream client, a.streamgen), else loadgen.py's two ends in Python.
     No RPC, no file: what the kernel's loopback TCP moves between two processes with
-    the READ's sizes."""
+    the READ's sizes.  With path (streamgen only), the sender sendfile()s that file
+    instead, as a READ answered from the page cache is sent."""
     port = free_port()
     exe = getattr(a, "streamgen", None)
 
     def end(mode: str, cpu: int | None) -> list:
         pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
         if exe:
-            return pin + [exe, mode, "127.0.0.1", str(port), str(a.size), str(io)]
+            return pin + [exe, mode, "127.0.0.1", str(port), str(a.size), str(io)] + (
+                [path] if path and mode == "loopback-send" else [])
         return pin + [sys.executable, LOADGEN, mode, "--port", str(port), "--size",
                       str(a.size), "--io", str(io)]
 
@@ -764,6 +766,7 @@ def wl_stream(a) -> list:
                 # the loopback limit at this READ's size, in the same round, right after
                 # it (the server is idle meanwhile)
                 lo = loopback(a, r["io_size"])
+                lf = loopback(a, r["io_size"], src) if a.streamgen else None
                 fresh_file(dst)
                 w = loadgen(["stream", "--mode", "write", "--port", s.port,
                              "--mount-port", s.mount_port, "--export", s.tree,
@@ -783,6 +786,10 @@ def wl_stream(a) -> list:
                        loop_send_cpu_s_per_gb=lo["send_cpu_s"] / (lo["bytes"] / 1e9),
                        loop_recv_cpu_s_per_gb=lo["gen_cpu_s"] / (lo["bytes"] / 1e9),
                        read_pct_loopback=r["mb_per_s"] / lo["mb_per_s"] * 100)
+            if lf:
+                row.update(loopf_mb_s=lf["mb_per_s"],
+                           loopf_recv_cpu_s_per_gb=lf["gen_cpu_s"] / (lf["bytes"] / 1e9),
+                           read_pct_loopf=r["mb_per_s"] / lf["mb_per_s"] * 100)
             log(a, "round %d %s: read %.0f MB/s (%d KiB I/O, %.0f %% of loopback %.0f MB/s), "
                    "write %.0f MB/s (%d KiB I/O) + COMMIT %.2f s" % (
                        rnd + 1, kind, row["read_mb_s"], r["io_size"] >> 10,
@@ -791,9 +798,12 @@ def wl_stream(a) -> list:
             res.setdefault(kind, []).append(row)
     os.unlink(dst)
     mib = a.size >> 20
+    by_file = [("loopback by sendfile of the read file (MB/s)", "loopf_mb_s", res, None),
+               ("READ: % of the sendfile loopback", "read_pct_loopf", res, True)]
     return [("READ %d MiB sequential (MB/s)" % mib, "read_mb_s", res, True),
             ("loopback TCP, %d MiB in READ-sized sends (MB/s)" % mib, "loop_mb_s", res, None),
-            ("READ: % of loopback", "read_pct_loopback", res, True),
+            ("READ: % of loopback", "read_pct_loopback", res, True)] + (
+                by_file if a.streamgen else []) + [
             ("WRITE %d MiB sequential, UNSTABLE (MB/s)" % mib, "write_mb_s", res, True),
             ("final COMMIT (s)", "commit_s", res, False),
             ("READ size used (KiB)", "read_io", res, None),
@@ -802,7 +812,9 @@ def wl_stream(a) -> list:
             ("server CPU s per GB written", "write_srv_cpu_s_per_gb", res, False),
             ("generator CPU s per GB read", "read_gen_cpu_s_per_gb", res, None),
             ("loopback: sender CPU s per GB", "loop_send_cpu_s_per_gb", res, None),
-            ("loopback: receiver CPU s per GB", "loop_recv_cpu_s_per_gb", res, None)]
+            ("loopback: receiver CPU s per GB", "loop_recv_cpu_s_per_gb", res, None)] + ([
+            ("sendfile loopback: receiver CPU s per GB", "loopf_recv_cpu_s_per_gb", res, None)]
+                if a.streamgen else [])
 
 
 def virtfs_tree(a, tree: str) -> str:

@@ -3,7 +3,7 @@
  * ends of the plain TCP stream that run.py measures as the loopback limit.
  *
  *     streamgen read|write HOST PORT FH_HEX SIZE IO DEPTH
- *     streamgen loopback-send HOST PORT SIZE IO
+ *     streamgen loopback-send HOST PORT SIZE IO [FILE]
  *     streamgen loopback HOST PORT SIZE IO
  *
  * read/write: FH_HEX is the file's handle (loadgen.py --engine c did the MNT,
@@ -16,7 +16,8 @@
  *
  * loopback-send: listen on HOST:PORT, print "listening", accept one
  * connection, wait for its 4-byte go, send SIZE bytes in IO-sized send()s
- * from one buffer, close.  loopback: connect, send go, recv() into an IO-sized
+ * from one buffer (with FILE: IO-sized sendfile()s of FILE's first SIZE
+ * bytes, as a READ is answered from the page cache), close.  loopback: connect, send go, recv() into an IO-sized
  * buffer until SIZE bytes came; timed from the go to the last byte.  The same
  * program as the NFS client, so that READ's share of the loopback compares
  * two clients of equal efficiency.
@@ -25,8 +26,10 @@
  * Build: cc -O2 -o streamgen streamgen.c   (only libc; client.h beside it)
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/sendfile.h>
 #include <sys/uio.h>
 
 #include "client.h"
@@ -376,8 +379,9 @@ static int nfs_stream(int argc, char **argv)
 /* ------------------------------------------------------------ the loopback limit */
 static void loopback_args(int argc, char **argv, uint64_t *size, size_t *io)
 {
-    if (argc != 6)
-        fatal("usage: streamgen %s HOST PORT SIZE IO", argv[1]);
+    if (argc != 6 && (argc != 7 || strcmp(argv[1], "loopback-send")))
+        fatal("usage: streamgen %s HOST PORT SIZE IO%s", argv[1],
+              strcmp(argv[1], "loopback") ? " [FILE]" : "");
     *size = number(argv[4], "SIZE");
     *io = number(argv[5], "IO");
     if (*io == 0 || *io > IO_MAX)
@@ -410,17 +414,36 @@ static int loopback_send(int argc, char **argv)
         fatal("accept: %s", strerror(errno));
     close(ls);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);   /* as the NFS connections */
-    uint8_t *data = xmalloc(io);
-    memset(data, 0xa5, io);
+    int file = -1;
+    uint8_t *data = NULL;
+    if (argc == 7) {
+        file = open(argv[6], O_RDONLY | O_CLOEXEC);
+        if (file < 0)
+            fatal("%s: %s", argv[6], strerror(errno));
+    } else {
+        data = xmalloc(io);
+        memset(data, 0xa5, io);
+    }
     uint8_t go[4];
     size_t got = 0;
     while (got < 4)
         got += recv_some(fd, go + got, 4 - got);
     double cpu0 = cpu_seconds();
-    for (uint64_t left = size; left > 0;) {
+    for (uint64_t left = size; left > 0 && file < 0;) {
         struct iovec iov = {data, left < io ? (size_t)left : io};
         left -= iov.iov_len;
         send_iov(fd, &iov, 1);
+    }
+    for (off_t off = 0; file >= 0 && (uint64_t)off < size;) {   /* as a READ's sendfile */
+        size_t n = size - (uint64_t)off < io ? (size_t)(size - (uint64_t)off) : io;
+        while (n) {
+            ssize_t k = sendfile(fd, file, &off, n);
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k <= 0)
+                fatal("sendfile %s: %s", argv[6], k ? strerror(errno) : "the file ended");
+            n -= (size_t)k;
+        }
     }
     double cpu = cpu_seconds() - cpu0;
     close(fd);
@@ -467,6 +490,7 @@ int main(int argc, char **argv)
     if (argc >= 2 && !strcmp(argv[1], "loopback"))
         return loopback_recv(argc, argv);
     fprintf(stderr, "usage: %s read|write HOST PORT FH_HEX SIZE IO DEPTH\n"
-                    "       %s loopback-send|loopback HOST PORT SIZE IO\n", argv[0], argv[0]);
+                    "       %s loopback-send HOST PORT SIZE IO [FILE]\n"
+                    "       %s loopback HOST PORT SIZE IO\n", argv[0], argv[0], argv[0]);
     return 2;
 }

@@ -34,6 +34,18 @@ def test_loopback_moves_every_byte_in_read_sized_sends(tmp_path, engine):
     assert r["send_cpu_s"] >= 0
 
 
+def test_loopback_by_sendfile_sends_the_file(tmp_path):
+    a = argparse.Namespace(size=(3 << 20) + 5, server_cpu=None, client_cpu=None,
+                           streamgen=streamgen(tmp_path))
+    f = tmp_path / "read.bin"
+    f.write_bytes(os.urandom(a.size))
+    r = run.loopback(a, 1 << 20, str(f))
+    assert r["bytes"] == a.size and r["mb_per_s"] > 0
+    f.write_bytes(b"short")     # the sender says so when the file is shorter
+    with pytest.raises(RuntimeError, match="the file ended"):
+        run.loopback(a, 1 << 20, str(f))
+
+
 @pytest.mark.parametrize("mode", ["read", "write"])
 def test_stream_c_client_makes_the_python_clients_calls(tmp_path, mode):
     """streamgen.c and loadgen.py's stream: the same calls, the same bytes, on a
@@ -69,6 +81,7 @@ def test_stream_reports_read_as_a_share_of_loopback(tmp_path, capsys, generator)
                      "--fastnfs-arg=--workers=1", "--generator", generator]) == 0
     out = capsys.readouterr().out
     assert ("streamgen (C" in out.splitlines()[0]) == (generator == "c")
+    assert ("READ: % of the sendfile loopback" in out) == (generator == "c")
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
             for line in out.splitlines() if line.startswith("| ")}
     assert float(rows["READ: % of loopback"]) > 0
