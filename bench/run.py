@@ -739,17 +739,28 @@ def fresh_file(path: str) -> None:
     os.sync()
 
 
+def cached_file(path: str, size: int) -> None:
+    """path holds size bytes (written once), every page of them in the page cache:
+    read through right before use, since the kernel may have evicted some meanwhile
+    (on this VM DAMON reclaims cold pages: a few 1 MiB ranges of a file read
+    seconds earlier were found evicted, and READs of them went to the disk)."""
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        chunk = os.urandom(1 << 20)
+        with open(path, "wb") as f:
+            left = size
+            while left > 0:
+                f.write(chunk[:min(left, len(chunk))])
+                left -= len(chunk)
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(1 << 20)
+        while f.readinto(buf):
+            pass
+
+
 def wl_stream(a) -> list:
     d = os.path.join(a.workdir, "stream")
     os.makedirs(d, exist_ok=True)
     src = os.path.join(d, "read.bin")
-    if not os.path.exists(src) or os.path.getsize(src) != a.size:
-        chunk = os.urandom(1 << 20)
-        with open(src, "wb") as f:
-            left = a.size
-            while left > 0:
-                f.write(chunk[:min(left, len(chunk))])
-                left -= len(chunk)
     dst = os.path.join(d, "write.bin")
     engine = ["--engine", "c", "--streamgen", a.streamgen] if a.streamgen else []
     res: dict = {}
@@ -757,6 +768,7 @@ def wl_stream(a) -> list:
         for kind in servers_for(a):
             s = start(a, kind, d, a.server_cpu)
             try:
+                cached_file(src, a.size)
                 c0 = s.cpu_seconds()
                 r = loadgen(["stream", "--mode", "read", "--port", s.port,
                              "--mount-port", s.mount_port, "--export", s.tree,
@@ -767,7 +779,10 @@ def wl_stream(a) -> list:
                 # it (the server is idle meanwhile)
                 lo = loopback(a, r["io_size"])
                 lf = loopback(a, r["io_size"], src) if a.streamgen else None
-                fresh_file(dst)
+                if a.write_over:
+                    cached_file(dst, a.size)
+                else:
+                    fresh_file(dst)
                 w = loadgen(["stream", "--mode", "write", "--port", s.port,
                              "--mount-port", s.mount_port, "--export", s.tree,
                              "--path", "write.bin", "--size", a.size, "--depth", a.depth]
@@ -993,6 +1008,10 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=parse_size, default=256 << 20,
                     help="stream: file size (default 256M; 1G for the full test)")
     ap.add_argument("--depth", type=int, default=4, help="stream: outstanding requests (default 4)")
+    ap.add_argument("--write-over", action="store_true",
+                    help="stream: WRITE over a file of --size already in the page cache, "
+                         "not into a freshly emptied one (the server's own cost, without "
+                         "this VM's cost of newly allocated page-cache memory)")
     ap.add_argument("--pseudo-prefix", default="/usr",
                     help="pseudo: PSEUDO_PREFIX, where pseudo's lib/ and bin/ are (default "
                          "/usr, Debian's pseudo; Yocto: $OECORE_NATIVE_SYSROOT/usr)")

@@ -260,3 +260,20 @@ def test_without_a_c_compiler_the_python_clients_are_used(tmp_path, monkeypatch,
     monkeypatch.setenv("PATH", str(tmp_path))   # no cc here
     assert run.build_c(str(tmp_path), "streamgen") is None
     assert "using the python generator" in capsys.readouterr().err
+
+
+def test_stream_can_write_over_a_cached_file(tmp_path, capsys):
+    assert run.main(["stream", "--size", "2M", "--rounds", "1", "--workdir", str(tmp_path),
+                     "--fastnfs-arg=--workers=1", "--write-over"]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert float(rows["WRITE 2 MiB sequential, UNSTABLE (MB/s)"]) > 0
+
+
+def test_cached_file_is_written_once(tmp_path):
+    f = tmp_path / "f"
+    run.cached_file(str(f), (1 << 20) + 7)
+    first = f.read_bytes()
+    assert len(first) == (1 << 20) + 7
+    run.cached_file(str(f), (1 << 20) + 7)
+    assert f.read_bytes() == first
