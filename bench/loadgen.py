@@ -726,6 +726,8 @@ async def _stream(a) -> dict:
     offsets = iter(range(0, size, io))
     done_bytes = 0
     errors = 0
+    calls: dict = {}
+    proc = "READ" if a.mode == "read" else "WRITE"
 
     async def worker():
         nonlocal done_bytes, errors
@@ -733,6 +735,7 @@ async def _stream(a) -> dict:
         for off in offsets:
             n = min(io, size - off)
             s = pc()
+            calls[proc] = calls.get(proc, 0) + 1
             if a.mode == "read":
                 rec = await c.send(H_READ, ofh + struct.pack(">QI", off, n))
                 o = reply_body(rec)
@@ -754,8 +757,6 @@ async def _stream(a) -> dict:
     await asyncio.gather(*[worker() for _ in range(a.depth)])
     t1 = time.perf_counter()
     commit_s = 0.0
-    n_calls = len(range(0, size, io))
-    calls = {"READ": n_calls} if a.mode == "read" else {"WRITE": n_calls}
     if a.mode == "write":
         rec = await c.send(H_COMMIT, ofh + struct.pack(">QI", 0, 0))
         reply_body(rec)
