@@ -103,8 +103,9 @@ def test_big_record_is_received_in_place_and_read_to_its_end():
     view = d.seen[0][0]
     # handed over as a view of the buffer the socket was read into: no copy
     assert isinstance(view, memoryview) and len(view.obj) > transport.RECV_SIZE
-    # the read stopped at the big record's end: the next record came in the small buffer
-    assert len(p._rb) == transport.RECV_SIZE and p.buffered == 0
+    # the read stopped at the big record's end: the next record came in a small buffer
+    assert len(d.seen[1][0].obj) == transport.RECV_SIZE and p.buffered == 0
+    assert len(p._rb) == 0          # and every byte handed on, the connection holds none
     assert len(t.writes) == 2
 
 
@@ -139,8 +140,36 @@ def test_big_buffers_are_reused_not_kept_per_connection():
     feed(p, record(big), 100000)
     assert [s for _, s in d.seen] == [big, big]
     assert d.seen[0][0].obj is d.seen[1][0].obj       # one big buffer, used twice
-    assert len(p._rb) == transport.RECV_SIZE           # not held by the idle connection
+    assert len(p._rb) == 0                             # not held by the idle connection
     assert len(transport._spares) == 1
+
+
+def test_idle_connections_hold_no_receive_buffer():
+    """Between records a connection gives its buffer back: 64 clients cost the
+    buffers of the reads in progress, not 64 x RECV_SIZE."""
+    transport._small.clear()
+    conns = [make() for _ in range(64)]
+    for i, (p, d, _) in enumerate(conns):
+        feed(p, record(b"call %d" % i), 65536)
+        assert [s for _, s in d.seen] == [b"call %d" % i]
+        assert len(p._rb) == 0
+    assert len(transport._small) == 1          # one buffer served all of them
+    # a record half received keeps its buffer (and its bytes) until its end
+    p, d, _ = conns[0]
+    whole = record(b"X" * 1000)
+    feed(p, whole[:300], 65536)
+    assert len(p._rb) == transport.RECV_SIZE and p.buffered == 300
+    assert len(transport._small) == 0
+    feed(p, whole[300:], 65536)
+    assert d.seen[-1][1] == b"X" * 1000 and len(p._rb) == 0
+    # a closed connection's buffer goes back too; the pool stays bounded
+    held = [make() for _ in range(2 * transport.MAX_SMALL)]
+    for q, _, _ in held:
+        feed(q, whole[:10], 65536)
+    for q, _, _ in held:
+        q.connection_lost(None)
+        assert len(q._rb) == 0
+    assert len(transport._small) == transport.MAX_SMALL
 
 
 def test_fragmented_record_and_split_marks():
@@ -241,3 +270,29 @@ def test_send_file_of_a_file_that_shrank_keeps_the_record(tmp_path):
     data = os.urandom(100000)
     out = send_file_case(tmp_path, data, 0, 150000)    # promised more than is left
     assert out == struct.pack(">I", 0x80000000 | (4 + 150000)) + b"HEAD" + data + bytes(50000)
+
+
+def test_ended_connections_give_the_heap_back(monkeypatch):
+    """The heap is trimmed when the last connection ends; while others stay
+    open, at the next tick (give_back), at most once a second."""
+    from fastnfs import heap
+    trims = []
+    monkeypatch.setattr(heap, "_malloc_trim", lambda pad: trims.append(pad))
+    monkeypatch.setattr(heap, "_last", 0.0)
+    conns = transport.Connections(Stats())
+    protos = [transport.RpcStreamProtocol(Recorder(), 1 << 20, connections=conns)
+              for _ in range(3)]
+    for p in protos:
+        p.connection_made(FakeTransport())
+    protos[0].connection_lost(None)
+    assert trims == []                     # two still open: left to the tick
+    conns.give_back()
+    assert trims == [0] and conns.ended == 0
+    conns.give_back()
+    assert trims == [0]                    # nothing ended since
+    protos[1].connection_lost(None)
+    conns.give_back()
+    assert trims == [0]                    # ended, but trimmed less than a second ago
+    monkeypatch.setattr(heap, "_last", 0.0)
+    protos[2].connection_lost(None)        # the last one: at once
+    assert trims == [0, 0] and conns.ended == 0

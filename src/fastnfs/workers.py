@@ -27,6 +27,8 @@ import signal
 import sys
 import time
 
+from . import heap
+
 log = logging.getLogger("fastnfs.workers")
 
 STOP_GRACE = 10.0
@@ -237,14 +239,14 @@ def _die_with_parent() -> None:
 def _trim() -> None:
     """Give the heap's free pages (what starting up, compiling and parsing left
     behind) back to the system before forking: each forked worker would
-    otherwise carry them in its resident set too (~2 MB in each process)."""
-    import ctypes
+    otherwise carry them in its resident set too (~2 MB in each process).
+    What is left is frozen: the collector then leaves those objects alone, so
+    a worker's collections do not write to (and copy) the pages it shares
+    with the parent."""
     import gc
     gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)   # glibc; elsewhere nothing to give back
-    except AttributeError:
-        pass
+    heap.trim()
+    gc.freeze()
 
 
 def _kill(pid: int, sig) -> None:

@@ -1,0 +1,42 @@
+"""Giving the heap's free memory back to the system.
+
+glibc keeps memory that Python frees inside its heap: after a burst of
+connections (their transports, buffers and calls) the pages stay in the
+process's resident set until something asks malloc to return them.  trim()
+does (``malloc_trim(0)`` releases every whole free page, not only the top of
+the heap); the server calls it before forking its workers and whenever
+connections have ended, at most once a second while they keep ending.
+Elsewhere than glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+MIN_INTERVAL = 1.0     # seconds between two trims asked for by ending connections
+
+_malloc_trim = None    # libc's, once looked up; False where there is none
+_last = 0.0
+
+
+def trim() -> bool:
+    """Return the heap's free pages to the system now; whether malloc_trim ran."""
+    global _malloc_trim, _last
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):   # not glibc
+            _malloc_trim = False
+    _last = time.monotonic()
+    if _malloc_trim is False:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+def trim_soon() -> bool:
+    """trim(), unless the last trim was less than MIN_INTERVAL ago."""
+    if time.monotonic() - _last < MIN_INTERVAL:
+        return False
+    return trim()
