@@ -501,8 +501,10 @@ def listen_address(bind: str) -> tuple:
         if ipv6_available():
             return socket.AF_INET6, ("::", 0, 0, 0)
         return socket.AF_INET, ("0.0.0.0", 0)
-    infos = socket.getaddrinfo(bind, 0, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
-                               socket.AI_PASSIVE)
+    # an ASCII name as bytes: a str is encoded by the idna codec, whose import
+    # (stringprep, unicodedata) costs every server process ~0.2 MB
+    infos = socket.getaddrinfo(bind.encode() if bind.isascii() else bind, 0,
+                               socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     family, _type, _proto, _name, addr = infos[0]
     return family, addr
 
