@@ -13,26 +13,18 @@ from __future__ import annotations
 
 import time
 
+from .proc import trim_heap
+
 MIN_INTERVAL = 1.0     # seconds between two trims asked for by ending connections
 
-_malloc_trim = None    # libc's, once looked up; False where there is none
 _last = 0.0
 
 
 def trim() -> bool:
     """Return the heap's free pages to the system now; whether malloc_trim ran."""
-    global _malloc_trim, _last
-    if _malloc_trim is None:
-        try:
-            import ctypes
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):   # not glibc
-            _malloc_trim = False
+    global _last
     _last = time.monotonic()
-    if _malloc_trim is False:
-        return False
-    _malloc_trim(0)
-    return True
+    return trim_heap() >= 0
 
 
 def trim_soon() -> bool:

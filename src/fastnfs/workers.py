@@ -28,6 +28,7 @@ import sys
 import time
 
 from . import heap
+from .proc import die_with_parent
 
 log = logging.getLogger("fastnfs.workers")
 
@@ -228,12 +229,7 @@ def _clear_warned(server) -> None:
 
 def _die_with_parent() -> None:
     """A worker must not outlive a parent killed with SIGKILL (it would hold the port)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    die_with_parent(signal.SIGTERM)
 
 
 def _trim() -> None:
