@@ -105,7 +105,7 @@ def test_big_record_is_received_in_place_and_read_to_its_end():
     assert isinstance(view, memoryview) and len(view.obj) > transport.RECV_SIZE
     # the read stopped at the big record's end: the next record came in a small buffer
     assert len(d.seen[1][0].obj) == transport.RECV_SIZE and p.buffered == 0
-    assert len(p._rb) == 0          # and every byte handed on, the connection holds none
+    assert len(p._rb) == transport.RECV_SIZE
     assert len(t.writes) == 2
 
 
@@ -144,32 +144,36 @@ def test_big_buffers_are_reused_not_kept_per_connection():
     assert len(transport._spares) == 1
 
 
-def test_idle_connections_hold_no_receive_buffer():
-    """Between records a connection gives its buffer back: 64 clients cost the
-    buffers of the reads in progress, not 64 x RECV_SIZE."""
+def test_idle_connections_give_their_receive_buffers_back(monkeypatch):
+    """A connection idle for BUFFER_IDLE gives its buffer back at the tick
+    (Connections.shed_buffers), unless a record of it is half received; the
+    next read takes one from the pool.  1000 idle clients cost no buffers."""
     transport._small.clear()
-    conns = [make() for _ in range(64)]
-    for i, (p, d, _) in enumerate(conns):
+    conns = transport.Connections(Stats())
+    protos = []
+    for i in range(64):
+        p = transport.RpcStreamProtocol(Recorder(), 1 << 20, connections=conns)
+        p.connection_made(FakeTransport())
         feed(p, record(b"call %d" % i), 65536)
-        assert [s for _, s in d.seen] == [b"call %d" % i]
-        assert len(p._rb) == 0
-    assert len(transport._small) == 1          # one buffer served all of them
-    # a record half received keeps its buffer (and its bytes) until its end
-    p, d, _ = conns[0]
+        assert len(p._rb) == transport.RECV_SIZE      # busy: it keeps its buffer
+        protos.append(p)
     whole = record(b"X" * 1000)
-    feed(p, whole[:300], 65536)
+    feed(protos[0], whole[:300], 65536)               # half a record
+    assert conns.shed_buffers() == 0                  # none idle long enough yet
+    monkeypatch.setattr(transport, "BUFFER_IDLE", -1.0)
+    assert conns.shed_buffers() == 63 and conns.released == 63
+    assert all(len(p._rb) == 0 for p in protos[1:])
+    assert len(transport._small) == transport.MAX_SMALL   # the pool stays bounded
+    p = protos[0]                                     # its bytes kept until the end
     assert len(p._rb) == transport.RECV_SIZE and p.buffered == 300
-    assert len(transport._small) == 0
     feed(p, whole[300:], 65536)
-    assert d.seen[-1][1] == b"X" * 1000 and len(p._rb) == 0
-    # a closed connection's buffer goes back too; the pool stays bounded
-    held = [make() for _ in range(2 * transport.MAX_SMALL)]
-    for q, _, _ in held:
-        feed(q, whole[:10], 65536)
-    for q, _, _ in held:
-        q.connection_lost(None)
-        assert len(q._rb) == 0
-    assert len(transport._small) == transport.MAX_SMALL
+    assert p.dispatcher.seen[-1][1] == b"X" * 1000
+    q = protos[1]                                     # the next read takes one again
+    feed(q, record(b"again"), 65536)
+    assert q.dispatcher.seen[-1][1] == b"again" and len(q._rb) == transport.RECV_SIZE
+    assert len(transport._small) == transport.MAX_SMALL - 1
+    q.connection_lost(None)                           # a closed one's goes back too
+    assert len(q._rb) == 0 and len(transport._small) == transport.MAX_SMALL
 
 
 def test_fragmented_record_and_split_marks():
@@ -287,7 +291,7 @@ def test_ended_connections_give_the_heap_back(monkeypatch):
     protos[0].connection_lost(None)
     assert trims == []                     # two still open: left to the tick
     conns.give_back()
-    assert trims == [0] and conns.ended == 0
+    assert trims == [0] and conns.released == 0
     conns.give_back()
     assert trims == [0]                    # nothing ended since
     protos[1].connection_lost(None)
@@ -295,4 +299,4 @@ def test_ended_connections_give_the_heap_back(monkeypatch):
     assert trims == [0]                    # ended, but trimmed less than a second ago
     monkeypatch.setattr(heap, "_last", 0.0)
     protos[2].connection_lost(None)        # the last one: at once
-    assert trims == [0, 0] and conns.ended == 0
+    assert trims == [0, 0] and conns.released == 0

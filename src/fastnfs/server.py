@@ -350,14 +350,16 @@ class Server:
                 overlay.shared_dir = os.path.join(sdir, "warned")
 
     async def _tick(self, sdir: str) -> None:
-        """Once a second: publish statistics; close idle connections; give the
-        memory of ended connections back."""
+        """Once a second: publish statistics; close idle connections; take
+        idle connections' buffers and give the memory of ended connections
+        back."""
         while True:
             try:
                 self.stats.dump(sdir)
             except OSError as e:
                 log.debug("cannot write statistics to %s: %s", sdir, e)
             self.connections.reap_idle()
+            self.connections.shed_buffers()
             self.connections.give_back()
             if self.pool is not None:   # where pidfd_open is missing
                 self.pool.reap()

@@ -4,9 +4,9 @@ The stream protocol reassembles fragments into records, hands each record to
 the dispatcher, and writes replies in whatever order they finish.  Memory per
 connection is bounded: a record larger than ``max_record`` closes the
 connection, and reading pauses while ``max_inflight`` calls are unanswered or
-the socket's send buffer is full.  A connection holds a receive buffer only
-while a record of it is partly received: between records its buffer goes back
-to the process's pool, so idle connections cost no buffer at all.
+the socket's send buffer is full.  A connection that has been idle for a
+second with nothing half received gives its receive buffer back, so idle
+connections cost no buffer at all.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ LAST_FRAGMENT = 0x80000000
 RECV_SIZE = 16384     # a connection's receive buffer; bigger fragments get a big one
 MAX_SPARES = 2        # big receive buffers a process keeps for the next big record
 MAX_SMALL = 4         # small receive buffers a process keeps for the next reads
+BUFFER_IDLE = 1.0     # seconds without a read after which a connection gives its buffer back
 _spares: list = []
 _small: list = []     # (bytearray, its memoryview) of RECV_SIZE, free for any connection
 _EMPTY = bytearray()
@@ -63,8 +64,10 @@ class Connections:
     flood of clients cannot exhaust file descriptors; a connection that has
     sent nothing for idle_timeout seconds (and has no call in progress) is
     closed, as knfsd does with idle clients, who reconnect when they need to.
-    What ended connections leave free in the heap goes back to the system when
-    the last one closes, or at the next tick (give_back).
+    Every tick, connections idle for BUFFER_IDLE give their receive buffers
+    back (shed_buffers); what ended connections and shed buffers leave free in
+    the heap goes back to the system when the last connection closes, or at
+    the next tick (give_back).
     """
 
     def __init__(self, stats, limit: int = 4096, idle_timeout: float = 360.0):
@@ -72,7 +75,7 @@ class Connections:
         self.limit = limit
         self.idle_timeout = idle_timeout
         self.open: set = set()
-        self.ended = 0        # connections closed since the heap was last trimmed
+        self.released = 0     # connections closed, buffers shed since the heap was trimmed
         self._last_refusal_log = 0.0
 
     def admit(self, proto) -> bool:
@@ -92,15 +95,26 @@ class Connections:
     def gone(self, proto) -> None:
         self.open.discard(proto)
         self.stats.connections = len(self.open)
-        self.ended += 1
+        self.released += 1
         if not self.open:
             self.give_back()
 
+    def shed_buffers(self) -> int:
+        """Idle connections give their receive buffers back; how many did."""
+        cutoff = time.monotonic() - BUFFER_IDLE
+        n = 0
+        for c in self.open:
+            if c.last_active < cutoff and c.release_buffer():
+                n += 1
+        self.released += n
+        return n
+
     def give_back(self) -> None:
-        """Return the heap's free pages to the system if connections ended since
-        the last time (at most once a second: heap.trim_soon)."""
-        if self.ended and heap.trim_soon():
-            self.ended = 0
+        """Return the heap's free pages to the system if connections ended or
+        buffers were shed since the last time (at most once a second:
+        heap.trim_soon)."""
+        if self.released and heap.trim_soon():
+            self.released = 0
 
     def reap_idle(self) -> int:
         """Close connections idle for longer than the timeout; how many were closed."""
@@ -125,10 +139,9 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
     arrived of it, into a big one of this process's spares, and the socket
     then reads exactly up to its end.  A call answered later (off the event
     loop) keeps its view: the connection leaves that buffer to it and goes on
-    in a new one.  When every byte received has been handed on, the
-    connection gives its buffer back (to _small or _spares) and takes one
-    again at its next read: the loop reads one socket at a time, so a few
-    buffers serve any number of connections.
+    in a new one.  A big buffer goes back to the spares as soon as its record
+    is handed on, the small one when the connection has been idle for a while
+    (release_buffer); the next read takes one again.
     """
 
     def __init__(self, dispatcher, max_record: int, max_inflight: int = 32,
@@ -205,7 +218,7 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
         rb = self._rb
         hi = self._hi
         if hi == len(rb):
-            if hi == 0:   # between records: no buffer held
+            if hi == 0:   # no buffer: a new connection, or one idle a while
                 self._take_small()
             else:
                 # full: a record mark split at the end, or records waiting while paused
@@ -250,6 +263,16 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
             self._rb[:hi - lo] = rb[lo:hi]
         self._lo = 0
         self._hi = hi - lo
+
+    def release_buffer(self) -> bool:
+        """Give the receive buffer back if nothing in it waits to be parsed;
+        whether there was one to give (the next read takes one again)."""
+        if not len(self._rb) or self._hi != self._lo or self._paused_reading:
+            return False
+        self._lo = self._hi = 0
+        self._drop_buffer()
+        self._held = False     # a call answered later keeps its view; nothing else is held
+        return True
 
     def _drop_buffer(self) -> None:
         """Give up the buffer: one no call holds goes back to the pool it came from."""
@@ -321,7 +344,8 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
                 return
         if lo == hi:
             self._lo = self._hi = 0
-            self._drop_buffer()           # all handed on: the next read takes one again
+            if len(rb) > RECV_SIZE:       # the big record is done: the next read takes a small one
+                self._drop_buffer()
         else:
             self._lo = lo
 
