@@ -96,8 +96,8 @@ class Connections:
         self.open.discard(proto)
         self.stats.connections = len(self.open)
         self.released += 1
-        if not self.open:
-            self.give_back()
+        if not self.open:    # all gone: the heap goes back now, not at the next tick
+            self.give_back(heap.LAST_INTERVAL)
 
     def shed_buffers(self) -> int:
         """Idle connections give their receive buffers back; how many did."""
@@ -109,11 +109,11 @@ class Connections:
         self.released += n
         return n
 
-    def give_back(self) -> None:
+    def give_back(self, interval: float = heap.MIN_INTERVAL) -> None:
         """Return the heap's free pages to the system if connections ended or
-        buffers were shed since the last time (at most once a second:
+        buffers were shed since the last time (at most once per interval:
         heap.trim_soon)."""
-        if self.released and heap.trim_soon():
+        if self.released and heap.trim_soon(interval):
             self.released = 0
 
     def reap_idle(self) -> int:
