@@ -17,6 +17,7 @@ cdef class FHCache:
     cdef Entry* _e                  # _cap entries
     cdef int32_t* _buckets          # _nb (a power of two) chain heads, -1 empty
     cdef Py_ssize_t _cap
+    cdef Py_ssize_t _used           # entries ever handed out: those beyond are untouched
     cdef Py_ssize_t _nb
     cdef int _shift                 # 64 - log2(_nb)
     cdef int32_t _free              # free list head

@@ -112,10 +112,14 @@ cdef class FHCache:
                 self._append(i)
             Py_DECREF(<object>old)
         else:
-            if self._free == NONE:
-                self._grow()
-            i = self._free
-            self._free = self._e[i].hnext
+            if self._free != NONE:        # one freed by a discard or an eviction
+                i = self._free
+                self._free = self._e[i].hnext
+            else:                         # the next never used (its page untouched so far)
+                if self._used == self._cap:
+                    self._grow()
+                i = <int32_t>self._used
+                self._used += 1
             self._e[i].ino = ino
             Py_INCREF(path)
             self._e[i].path = <PyObject*>path
@@ -131,6 +135,7 @@ cdef class FHCache:
     # -- internals -----------------------------------------------------------
     cdef void _reset(self) noexcept:
         self._cap = 0
+        self._used = 0
         self._nb = 0
         self._shift = 64
         self._free = NONE
@@ -201,7 +206,9 @@ cdef class FHCache:
         Py_DECREF(<object>p)
 
     cdef int _grow(self) except -1:
-        """Double the entries (and the chain heads with them); rechain every entry."""
+        """Double the entries (and the chain heads with them); rechain every entry.
+        The new entries are not written to until used: a big array is mapped
+        by malloc, and its pages become resident only as the cache fills."""
         cdef Py_ssize_t cap = self._cap * 2 if self._cap else 8
         cdef Py_ssize_t nb = 1
         cdef int shift = 64
@@ -232,10 +239,6 @@ cdef class FHCache:
                 e[i].hnext = self._buckets[b]
                 self._buckets[b] = i
                 i = e[i].next
-        for k in range(cap - 1, self._cap - 1, -1):   # the new entries, free
-            e[k].path = NULL
-            e[k].hnext = self._free
-            self._free = <int32_t>k
         self._cap = cap
         return 0
 
