@@ -38,6 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client.h"
+
 #define LAST_FRAG 0x80000000u
 #define NFS_PROG 100003u
 #define NFS_VERS 3u
@@ -101,7 +103,6 @@ static struct timespec t0_mono;
 /* Print the message and end the process.  Several threads may fail at once (a
  * server that dies closes every connection): the first one reports, the others
  * wait on the lock until the process is gone. */
-static void fatal(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void fatal(const char *fmt, ...)
 {
     static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -116,52 +117,11 @@ static void fatal(const char *fmt, ...)
     _exit(1);
 }
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p)
-        fatal("out of memory (%zu bytes)", n);
-    return p;
-}
-
-static void *xrealloc(void *p, size_t n)
-{
-    p = realloc(p, n ? n : 1);
-    if (!p)
-        fatal("out of memory (%zu bytes)", n);
-    return p;
-}
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static double since_t0(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)(ts.tv_sec - t0_mono.tv_sec) + (ts.tv_nsec - t0_mono.tv_nsec) / 1e9;
-}
-
-static double cpu_seconds(void)
-{
-    struct rusage r;
-    getrusage(RUSAGE_SELF, &r);
-    return r.ru_utime.tv_sec + r.ru_utime.tv_usec / 1e6 + r.ru_stime.tv_sec
-           + r.ru_stime.tv_usec / 1e6;
-}
-
-static inline void be32(uint8_t *p, uint32_t v)
-{
-    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
-}
-
-static inline uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
 /* ------------------------------------------------------------ reply reader */
@@ -562,32 +522,6 @@ static void *client_main(void *arg)
 }
 
 /* ------------------------------------------------------------ setup */
-static int connect_to(const char *host, const char *port)
-{
-    struct addrinfo hints = {0}, *res, *ai;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    int e = getaddrinfo(host, port, &hints, &res);
-    if (e)
-        fatal("%s:%s: %s", host, port, gai_strerror(e));
-    int fd = -1;
-    for (ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-        if (fd < 0)
-            continue;
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
-            break;
-        close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    if (fd < 0)
-        fatal("cannot connect to %s:%s: %s", host, port, strerror(errno));
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
-
 static void build_headers(void)
 {
     static const char machine[] = "bootgen";           /* 7 bytes, padded to 8 */
@@ -611,17 +545,6 @@ static void build_headers(void)
     }
 }
 
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* The next line of buf[*pos..len): returns it and its length, NUL-terminated
  * in place (the newline is overwritten); NULL at the end. */
 static uint8_t *next_line(uint8_t *buf, size_t len, size_t *pos, uint32_t *n)
@@ -635,24 +558,6 @@ static uint8_t *next_line(uint8_t *buf, size_t len, size_t *pos, uint32_t *n)
     *pos += k + 1;
     *n = (uint32_t)k;
     return s;
-}
-
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* n hex digits at in to n / 2 bytes at out; -1 on a bad digit */
-static int unhex(const uint8_t *in, uint32_t n, uint8_t *out)
-{
-    for (uint32_t i = 0; i < n / 2; i++) {
-        int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
 }
 
 int main(int argc, char **argv)

@@ -14,6 +14,7 @@ Workloads (each prints one JSON object on stdout; bench/run.py drives them):
   bootstorm  C clients, one TCP connection each, walking the tree like a booting board
              (--engine c: the same walk done by bench/bootgen.c, compiled)
   stream     one connection, D outstanding READs or WRITEs of the largest size offered
+             (--engine c: the same calls made by bench/streamgen.c, compiled)
   loopback-send, loopback  the two ends of a plain TCP stream (no RPC): the loopback
              limit run.py measures next to stream's READ
 
@@ -650,16 +651,23 @@ async def _bootstorm(a) -> dict:
     return r
 
 
+def c_client(path: str | None, name: str, flag: str) -> str:
+    """The compiled bench/NAME.c to run (--engine c): PATH, else the one run.py
+    builds in /tmp/fastnfs-bench; exits with how to build it when there is none."""
+    import tempfile
+    exe = path or os.path.join(tempfile.gettempdir(), "fastnfs-bench", name)
+    if not os.access(exe, os.X_OK):
+        raise SystemExit("loadgen: no %s binary at %s (build it with cc -O2 -pthread -o %s "
+                         "bench/%s.c, or pass %s)" % (name, exe, exe, name, flag))
+    return exe
+
+
 def bootstorm_c(a) -> str:
     """The bootstorm walked by bench/bootgen.c (--engine c): the same setup (MNT,
     FSINFO, the same paths per client) here, the storm in C; returns its JSON line."""
     import subprocess
     import tempfile
-    bootgen = a.bootgen or os.path.join(tempfile.gettempdir(), "fastnfs-bench", "bootgen")
-    if not os.access(bootgen, os.X_OK):
-        raise SystemExit("loadgen: no bootgen binary at %s (build it with "
-                         "cc -O2 -pthread -o %s bench/bootgen.c, or pass --bootgen)"
-                         % (bootgen, bootgen))
+    bootgen = c_client(a.bootgen, "bootgen", "--bootgen")
     root, rsize, paths, own = _boot_setup(a)
     fd, work = tempfile.mkstemp(prefix="bootgen-", suffix=".work")
     try:
@@ -682,17 +690,33 @@ def bootstorm_c(a) -> str:
     return out.stdout.decode()
 
 
-async def _stream(a) -> dict:
+def _stream_setup(a) -> tuple:
+    """What both stream clients start from: the file's handle (MNT, FSINFO, a
+    LOOKUP per component of --path) and the I/O size (rtmax or wtmax, capped)."""
     setup = SyncConn(a.host, a.port)
     root = mount_root(a, setup)
     info = setup.fsinfo(root)
     fh = setup.lookup_path(root, a.path.encode())
     setup.close()
+    return fh, min(info["rtmax" if a.mode == "read" else "wtmax"], a.max_io)
+
+
+def stream_c(a) -> str:
+    """The stream run by bench/streamgen.c (--engine c): the same setup here, the
+    READs or WRITEs and the COMMIT in C; returns its JSON line."""
+    import subprocess
+    exe = c_client(a.streamgen, "streamgen", "--streamgen")
+    fh, io = _stream_setup(a)
+    out = subprocess.run([exe, a.mode, a.host, str(a.port), fh.hex(), str(a.size), str(io),
+                          str(a.depth)], stdout=subprocess.PIPE, stderr=sys.stderr)
+    if out.returncode != 0:
+        raise SystemExit("loadgen: %s exited with %d" % (exe, out.returncode))
+    return out.stdout.decode()
+
+
+async def _stream(a) -> dict:
+    fh, io = _stream_setup(a)
     size = a.size
-    if a.mode == "read":
-        io = min(info["rtmax"], a.max_io)
-    else:
-        io = min(info["wtmax"], a.max_io)
     c = await AsyncConn.open(a.host, a.port)
     ofh = opaque(fh)
     data = os.urandom(io) if a.mode == "write" else None
@@ -702,6 +726,8 @@ async def _stream(a) -> dict:
     offsets = iter(range(0, size, io))
     done_bytes = 0
     errors = 0
+    calls: dict = {}
+    proc = "READ" if a.mode == "read" else "WRITE"
 
     async def worker():
         nonlocal done_bytes, errors
@@ -709,6 +735,7 @@ async def _stream(a) -> dict:
         for off in offsets:
             n = min(io, size - off)
             s = pc()
+            calls[proc] = calls.get(proc, 0) + 1
             if a.mode == "read":
                 rec = await c.send(H_READ, ofh + struct.pack(">QI", off, n))
                 o = reply_body(rec)
@@ -718,7 +745,7 @@ async def _stream(a) -> dict:
                 o = skip_post_op_attr(rec, o + 4)
                 done_bytes += int.from_bytes(rec[o:o + 4], "big")
             else:
-                d = data if n == io else data[:n]
+                d = data if n == io else data[:n] + bytes(-n & 3)   # XDR padding
                 rec = await c.send(H_WRITE, ofh + struct.pack(">QIII", off, n, UNSTABLE, n), d)
                 o = reply_body(rec)
                 if int.from_bytes(rec[o:o + 4], "big"):
@@ -734,13 +761,14 @@ async def _stream(a) -> dict:
         rec = await c.send(H_COMMIT, ofh + struct.pack(">QI", 0, 0))
         reply_body(rec)
         commit_s = time.perf_counter() - t1
+        calls["COMMIT"] = 1
     cpu = _cpu() - cpu0
     c.close()
     wall = t1 - t0
     r = dict(workload="stream", mode=a.mode, io_size=io, depth=a.depth, bytes=done_bytes,
              seconds=wall, mb_per_s=done_bytes / wall / 1e6, commit_s=commit_s,
              errors=errors, ops=len(lat), gen_cpu_s=cpu,
-             gen_cpu_us_per_op=cpu / max(len(lat), 1) * 1e6)
+             gen_cpu_us_per_op=cpu / max(len(lat), 1) * 1e6, calls=calls)
     r.update(_pcts(lat))
     return r
 
@@ -839,10 +867,13 @@ def main(argv=None) -> int:
                          "(fastnfs serve EXPORT --boards DIR)")
     ap.add_argument("--lat-out", help="bootstorm: write the latencies (ns, int64) here")
     ap.add_argument("--engine", choices=["python", "c"], default="python",
-                    help="bootstorm: walk with this client (c: the bootgen binary)")
+                    help="bootstorm, stream: this client (c: the bootgen or streamgen binary)")
     ap.add_argument("--bootgen", metavar="PATH",
                     help="bootstorm --engine c: the compiled bench/bootgen.c "
                          "(default /tmp/fastnfs-bench/bootgen)")
+    ap.add_argument("--streamgen", metavar="PATH",
+                    help="stream --engine c: the compiled bench/streamgen.c "
+                         "(default /tmp/fastnfs-bench/streamgen)")
     ap.add_argument("--mode", choices=["read", "write"], default="read", help="stream")
     ap.add_argument("--size", type=int, default=256 << 20, help="stream: bytes")
     ap.add_argument("--depth", type=int, default=4, help="stream: outstanding requests")
@@ -866,6 +897,9 @@ def main(argv=None) -> int:
         return 0
     elif a.workload == "bootstorm":
         r = _loop_run(_bootstorm(a))
+    elif a.engine == "c":
+        sys.stdout.write(stream_c(a))   # streamgen's JSON line, as it is
+        return 0
     else:
         r = _loop_run(_stream(a))
     json.dump(r, sys.stdout)

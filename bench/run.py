@@ -17,9 +17,10 @@ them (fastnfs, unfsd, ganesha, fastnfs, ...) for --rounds rounds, and prints a
 markdown table of the medians with the ratios fastnfs/unfsd and fastnfs/ganesha.
 Without --unfsd or --ganesha it measures fastnfs alone.  stream also measures
 the loopback limit (a plain TCP stream with the READ's total size, send size and
-pinning) each round and gives READ as a % of it.  The bootstorm, memory and
-virtfs workloads walk with bench/bootgen.c (compiled here into WORKDIR;
---generator python for the Python client of loadgen.py).  See bench/README.md.
+pinning) each round and gives READ as a % of it.  The bootstorm, memory, virtfs
+and boards workloads walk with bench/bootgen.c, stream and its loopback run
+bench/streamgen.c (both compiled here into WORKDIR; --generator python, or no C
+compiler, for the Python clients of loadgen.py).  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from array import array
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADGEN = os.path.join(HERE, "loadgen.py")
-BOOTGEN_SRC = os.path.join(HERE, "bootgen.c")
 BOOTSTORM_WORKLOADS = ("bootstorm", "memory", "virtfs", "boards")   # the bootstorm client's
 sys.path.insert(0, HERE)
 import mktree  # noqa: E402
@@ -332,15 +332,18 @@ def loadgen_parallel(arglists: list, cpu: int | None = None, timeout: float = 60
     return res
 
 
-def build_bootgen(workdir: str) -> str | None:
-    """WORKDIR/bootgen compiled from bench/bootgen.c (again if the source is newer);
-    None, after saying why on stderr, if it does not compile."""
-    exe = os.path.join(workdir, "bootgen")
-    if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(BOOTGEN_SRC):
+def build_c(workdir: str, name: str) -> str | None:
+    """WORKDIR/NAME compiled from bench/NAME.c (bootgen, streamgen; again if it or
+    the client.h it includes is newer); None, after saying why on stderr, if it does
+    not compile."""
+    src = os.path.join(HERE, name + ".c")
+    exe = os.path.join(workdir, name)
+    newest = max(os.path.getmtime(src), os.path.getmtime(os.path.join(HERE, "client.h")))
+    if os.path.exists(exe) and os.path.getmtime(exe) >= newest:
         return exe
     # built under another name, then renamed: a concurrent run never runs half a binary
     tmp = "%s.tmp-%d" % (exe, os.getpid())
-    cmd = ["cc", "-O2", "-pthread", "-o", tmp, BOOTGEN_SRC]
+    cmd = ["cc", "-O2", "-pthread", "-o", tmp, src]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True)
         ok = out.returncode == 0
@@ -627,7 +630,7 @@ def one_bootstorm(a, kind, tree, nclients, per_client) -> dict:
                              "--start-at", start_at, "--lat-out", lf]
                             + (["--boards"] if kind == "fastnfs-boards" else [])
                             + (["--engine", "c", "--bootgen", a.bootgen]
-                               if a.generator == "c" else []))
+                               if a.bootgen else []))
         if a.py_spy and kind.startswith("fastnfs"):
             out = os.path.join(a.workdir, "py-spy-%s-%d.%s" % (
                 kind, nclients, "txt" if a.py_spy_format == "raw" else "svg"))
@@ -682,21 +685,36 @@ def one_bootstorm(a, kind, tree, nclients, per_client) -> dict:
     return result
 
 
-def loopback(a, io: int) -> dict:
+def loopback(a, io: int, path: str | None = None) -> dict:
     """The loopback limit of a READ stream: a plain TCP stream over 127.0.0.1 of --size
-    bytes written in io-sized sends by one process (loadgen.py loopback-send, pinned like
-    the server, --server-cpu) and read by another (loadgen.py loopback, pinned like the
-    load generator, --client-cpu) with recv_into an io-sized buffer.  No RPC, no file:
-    what the kernel's loopback TCP moves between two processes with the READ's sizes."""
+    bytes written in io-sized sends by one process (pinned like the server,
+    --server-cpu) and read by another (pinned like the load generator, --client-cpu)
+    with recv into an io-sized buffer: `streamgen loopback-send` and `streamgen
+    loopback` (the C stream client, a.streamgen), else loadgen.py's two ends in Python.
+    No RPC, no file: what the kernel's loopback TCP moves between two processes with
+    the READ's sizes.  With path (streamgen only), the sender sendfile()s that file
+    instead, as a READ answered from the page cache is sent."""
     port = free_port()
-    pin = ["taskset", "-c", str(a.server_cpu)] if a.server_cpu is not None else []
-    sender = subprocess.Popen(pin + [sys.executable, LOADGEN, "loopback-send", "--port", str(port),
-                                     "--size", str(a.size), "--io", str(io)],
+    exe = getattr(a, "streamgen", None)
+
+    def end(mode: str, cpu: int | None) -> list:
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        if exe:
+            return pin + [exe, mode, "127.0.0.1", str(port), str(a.size), str(io)] + (
+                [path] if path and mode == "loopback-send" else [])
+        return pin + [sys.executable, LOADGEN, mode, "--port", str(port), "--size",
+                      str(a.size), "--io", str(io)]
+
+    sender = subprocess.Popen(end("loopback-send", a.server_cpu),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if sender.stdout.readline().strip() != "listening":
             raise RuntimeError("loopback sender failed: %s" % sender.communicate()[1][-3000:])
-        r = loadgen(["loopback", "--port", port, "--size", a.size, "--io", io], cpu=a.client_cpu)
+        out = subprocess.run(end("loopback", a.client_cpu), capture_output=True, text=True,
+                             timeout=600)
+        if out.returncode != 0:
+            raise RuntimeError("loopback receiver failed: %s" % out.stderr[-3000:])
+        r = json.loads(out.stdout.strip().splitlines()[-1])
         out, err = sender.communicate(timeout=60)
     finally:
         if sender.poll() is None:
@@ -721,37 +739,54 @@ def fresh_file(path: str) -> None:
     os.sync()
 
 
+def cached_file(path: str, size: int) -> None:
+    """path holds size bytes (written once), every page of them in the page cache:
+    read through right before use, since the kernel may have evicted some meanwhile
+    (on this VM DAMON reclaims cold pages: a few 1 MiB ranges of a file read
+    seconds earlier were found evicted, and READs of them went to the disk)."""
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        chunk = os.urandom(1 << 20)
+        with open(path, "wb") as f:
+            left = size
+            while left > 0:
+                f.write(chunk[:min(left, len(chunk))])
+                left -= len(chunk)
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(1 << 20)
+        while f.readinto(buf):
+            pass
+
+
 def wl_stream(a) -> list:
     d = os.path.join(a.workdir, "stream")
     os.makedirs(d, exist_ok=True)
     src = os.path.join(d, "read.bin")
-    if not os.path.exists(src) or os.path.getsize(src) != a.size:
-        chunk = os.urandom(1 << 20)
-        with open(src, "wb") as f:
-            left = a.size
-            while left > 0:
-                f.write(chunk[:min(left, len(chunk))])
-                left -= len(chunk)
     dst = os.path.join(d, "write.bin")
+    engine = ["--engine", "c", "--streamgen", a.streamgen] if a.streamgen else []
     res: dict = {}
     for rnd in range(a.rounds):
         for kind in servers_for(a):
             s = start(a, kind, d, a.server_cpu)
             try:
+                cached_file(src, a.size)
                 c0 = s.cpu_seconds()
                 r = loadgen(["stream", "--mode", "read", "--port", s.port,
                              "--mount-port", s.mount_port, "--export", s.tree,
-                             "--path", "read.bin", "--size", a.size, "--depth", a.depth],
-                            cpu=a.client_cpu)
+                             "--path", "read.bin", "--size", a.size, "--depth", a.depth]
+                            + engine, cpu=a.client_cpu)
                 c1 = s.cpu_seconds()
                 # the loopback limit at this READ's size, in the same round, right after
                 # it (the server is idle meanwhile)
                 lo = loopback(a, r["io_size"])
-                fresh_file(dst)
+                lf = loopback(a, r["io_size"], src) if a.streamgen else None
+                if a.write_over:
+                    cached_file(dst, a.size)
+                else:
+                    fresh_file(dst)
                 w = loadgen(["stream", "--mode", "write", "--port", s.port,
                              "--mount-port", s.mount_port, "--export", s.tree,
-                             "--path", "write.bin", "--size", a.size, "--depth", a.depth],
-                            cpu=a.client_cpu)
+                             "--path", "write.bin", "--size", a.size, "--depth", a.depth]
+                            + engine, cpu=a.client_cpu)
                 c2 = s.cpu_seconds()
             finally:
                 s.stop()
@@ -766,6 +801,10 @@ def wl_stream(a) -> list:
                        loop_send_cpu_s_per_gb=lo["send_cpu_s"] / (lo["bytes"] / 1e9),
                        loop_recv_cpu_s_per_gb=lo["gen_cpu_s"] / (lo["bytes"] / 1e9),
                        read_pct_loopback=r["mb_per_s"] / lo["mb_per_s"] * 100)
+            if lf:
+                row.update(loopf_mb_s=lf["mb_per_s"],
+                           loopf_recv_cpu_s_per_gb=lf["gen_cpu_s"] / (lf["bytes"] / 1e9),
+                           read_pct_loopf=r["mb_per_s"] / lf["mb_per_s"] * 100)
             log(a, "round %d %s: read %.0f MB/s (%d KiB I/O, %.0f %% of loopback %.0f MB/s), "
                    "write %.0f MB/s (%d KiB I/O) + COMMIT %.2f s" % (
                        rnd + 1, kind, row["read_mb_s"], r["io_size"] >> 10,
@@ -774,9 +813,12 @@ def wl_stream(a) -> list:
             res.setdefault(kind, []).append(row)
     os.unlink(dst)
     mib = a.size >> 20
+    by_file = [("loopback by sendfile of the read file (MB/s)", "loopf_mb_s", res, None),
+               ("READ: % of the sendfile loopback", "read_pct_loopf", res, True)]
     return [("READ %d MiB sequential (MB/s)" % mib, "read_mb_s", res, True),
             ("loopback TCP, %d MiB in READ-sized sends (MB/s)" % mib, "loop_mb_s", res, None),
-            ("READ: % of loopback", "read_pct_loopback", res, True),
+            ("READ: % of loopback", "read_pct_loopback", res, True)] + (
+                by_file if a.streamgen else []) + [
             ("WRITE %d MiB sequential, UNSTABLE (MB/s)" % mib, "write_mb_s", res, True),
             ("final COMMIT (s)", "commit_s", res, False),
             ("READ size used (KiB)", "read_io", res, None),
@@ -785,7 +827,9 @@ def wl_stream(a) -> list:
             ("server CPU s per GB written", "write_srv_cpu_s_per_gb", res, False),
             ("generator CPU s per GB read", "read_gen_cpu_s_per_gb", res, None),
             ("loopback: sender CPU s per GB", "loop_send_cpu_s_per_gb", res, None),
-            ("loopback: receiver CPU s per GB", "loop_recv_cpu_s_per_gb", res, None)]
+            ("loopback: receiver CPU s per GB", "loop_recv_cpu_s_per_gb", res, None)] + ([
+            ("sendfile loopback: receiver CPU s per GB", "loopf_recv_cpu_s_per_gb", res, None)]
+                if a.streamgen else [])
 
 
 def virtfs_tree(a, tree: str) -> str:
@@ -964,6 +1008,10 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=parse_size, default=256 << 20,
                     help="stream: file size (default 256M; 1G for the full test)")
     ap.add_argument("--depth", type=int, default=4, help="stream: outstanding requests (default 4)")
+    ap.add_argument("--write-over", action="store_true",
+                    help="stream: WRITE over a file of --size already in the page cache, "
+                         "not into a freshly emptied one (the server's own cost, without "
+                         "this VM's cost of newly allocated page-cache memory)")
     ap.add_argument("--pseudo-prefix", default="/usr",
                     help="pseudo: PSEUDO_PREFIX, where pseudo's lib/ and bin/ are (default "
                          "/usr, Debian's pseudo; Yocto: $OECORE_NATIVE_SYSROOT/usr)")
@@ -974,8 +1022,9 @@ def main(argv=None) -> int:
     ap.add_argument("--py-spy-format", default="flamegraph", choices=["flamegraph", "raw",
                                                                       "speedscope"])
     ap.add_argument("--generator", choices=["c", "python"], default="c",
-                    help="bootstorm/memory/virtfs clients: bench/bootgen.c, compiled into "
-                         "WORKDIR (default), or the Python client of loadgen.py")
+                    help="clients of bootstorm/memory/virtfs/boards (bench/bootgen.c) and "
+                         "of stream and its loopback (bench/streamgen.c), compiled into "
+                         "WORKDIR (default), or the Python clients of loadgen.py")
     ap.add_argument("--json", metavar="FILE", help="also write every round's figures here")
     a = ap.parse_args(argv)
     a.clients = [int(c) for c in (a.clients or ("16" if a.workload == "boards"
@@ -989,16 +1038,17 @@ def main(argv=None) -> int:
     if a.ganesha and os.sep in a.ganesha:
         a.ganesha = os.path.abspath(a.ganesha)   # else a name looked up in PATH
     todo = ["getattr", "bootstorm", "stream"] if a.workload == "all" else [a.workload]
-    a.bootgen = None
-    if a.generator == "c" and any(w in BOOTSTORM_WORKLOADS for w in todo):
-        a.bootgen = build_bootgen(a.workdir)
-    if a.bootgen is None:
-        a.generator = "python"
-        gen = "loadgen.py (python)"
-    elif todo == [a.workload] and a.workload in BOOTSTORM_WORKLOADS:
-        gen = "bootgen (C, %s)" % a.bootgen
-    else:
-        gen = "bootgen (C, %s) for the bootstorm, loadgen.py for the rest" % a.bootgen
+    a.bootgen = a.streamgen = None
+    if a.generator == "c":
+        if any(w in BOOTSTORM_WORKLOADS for w in todo):
+            a.bootgen = build_c(a.workdir, "bootgen")
+        if "stream" in todo:
+            a.streamgen = build_c(a.workdir, "streamgen")
+    gen = ", ".join(["bootgen (C, %s) for the bootstorm" % a.bootgen] * bool(a.bootgen)
+                    + ["streamgen (C, %s) for stream and its loopback" % a.streamgen]
+                    * bool(a.streamgen)
+                    + ["loadgen.py (python)%s" % (" for the rest" if a.bootgen or a.streamgen
+                                                  else "")])
     print("<!-- %s; unfsd %s;%s %d CPUs; fastnfs extra args %s; generator %s -->" % (
         describe_fastnfs(), a.unfsd or "not measured",
         " ganesha %s;" % a.ganesha if a.ganesha else "", os.cpu_count(),

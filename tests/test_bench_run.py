@@ -4,6 +4,7 @@ nfs-ganesha peer that run without ganesha (tiny sizes, fastnfs only)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,8 +16,17 @@ import loadgen as lg  # noqa: E402
 import run  # noqa: E402
 
 
-def test_loopback_moves_every_byte_in_read_sized_sends():
-    a = argparse.Namespace(size=3 << 20, server_cpu=None, client_cpu=None)
+def streamgen(tmp_path) -> str:
+    exe = run.build_c(str(tmp_path), "streamgen")
+    if exe is None:
+        pytest.skip("no C compiler")
+    return exe
+
+
+@pytest.mark.parametrize("engine", ["python", "c"])
+def test_loopback_moves_every_byte_in_read_sized_sends(tmp_path, engine):
+    a = argparse.Namespace(size=3 << 20, server_cpu=None, client_cpu=None,
+                           streamgen=streamgen(tmp_path) if engine == "c" else None)
     r = run.loopback(a, 1 << 16)
     assert r["bytes"] == 3 << 20
     assert r["io_size"] == 1 << 16
@@ -24,10 +34,54 @@ def test_loopback_moves_every_byte_in_read_sized_sends():
     assert r["send_cpu_s"] >= 0
 
 
-def test_stream_reports_read_as_a_share_of_loopback(tmp_path, capsys):
+def test_loopback_by_sendfile_sends_the_file(tmp_path):
+    a = argparse.Namespace(size=(3 << 20) + 5, server_cpu=None, client_cpu=None,
+                           streamgen=streamgen(tmp_path))
+    f = tmp_path / "read.bin"
+    f.write_bytes(os.urandom(a.size))
+    r = run.loopback(a, 1 << 20, str(f))
+    assert r["bytes"] == a.size and r["mb_per_s"] > 0
+    f.write_bytes(b"short")     # the sender says so when the file is shorter
+    with pytest.raises(RuntimeError, match="the file ended"):
+        run.loopback(a, 1 << 20, str(f))
+
+
+@pytest.mark.parametrize("mode", ["read", "write"])
+def test_stream_c_client_makes_the_python_clients_calls(tmp_path, mode):
+    """streamgen.c and loadgen.py's stream: the same calls, the same bytes, on a
+    size that ends in a short call whose data needs XDR padding."""
+    exe = streamgen(tmp_path)
+    export = tmp_path / "export"
+    export.mkdir()
+    size = (3 << 20) + 12345
+    data = os.urandom(size)
+    (export / "read.bin").write_bytes(data)
+    s = run.Server("fastnfs", str(export), str(tmp_path), extra=["--workers=1"])
+    try:
+        got = {}
+        for engine in (["--engine", "python"], ["--engine", "c", "--streamgen", exe]):
+            (export / "write.bin").write_bytes(b"")
+            got[engine[1]] = r = run.loadgen(
+                ["stream", "--mode", mode, "--port", s.port, "--export", s.tree,
+                 "--path", "%s.bin" % mode, "--size", size, "--depth", 3, "--max-io", 1 << 20]
+                + engine)
+            assert r["errors"] == 0 and r["bytes"] == size and r["ops"] == 4
+            if mode == "write":
+                assert (export / "write.bin").stat().st_size == size
+        assert got["c"]["calls"] == got["python"]["calls"] == (
+            {"READ": 4} if mode == "read" else {"WRITE": 4, "COMMIT": 1})
+        assert set(got["c"]) == set(got["python"])
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("generator", ["python", "c"])
+def test_stream_reports_read_as_a_share_of_loopback(tmp_path, capsys, generator):
     assert run.main(["stream", "--size", "2M", "--rounds", "1", "--workdir", str(tmp_path),
-                     "--fastnfs-arg=--workers=1"]) == 0
+                     "--fastnfs-arg=--workers=1", "--generator", generator]) == 0
     out = capsys.readouterr().out
+    assert ("streamgen (C" in out.splitlines()[0]) == (generator == "c")
+    assert ("READ: % of the sendfile loopback" in out) == (generator == "c")
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
             for line in out.splitlines() if line.startswith("| ")}
     assert float(rows["READ: % of loopback"]) > 0
@@ -191,7 +245,7 @@ def test_bootstorm_clients_mount_their_own_boards(tmp_path, engine):
         args = ["bootstorm", "--port", str(s.port), "--export", s.tree, "--tree", s.tree,
                 "--clients", "2", "--per-client", "1", "--boards", "--engine", engine]
         if engine == "c":
-            exe = run.build_bootgen(str(tmp_path))
+            exe = run.build_c(str(tmp_path), "bootgen")
             if exe is None:
                 pytest.skip("no C compiler")
             args += ["--bootgen", exe]
@@ -200,3 +254,26 @@ def test_bootstorm_clients_mount_their_own_boards(tmp_path, engine):
         assert sorted(p.name for p in boards.iterdir()) == ["b0", "b1"]
     finally:
         s.stop()
+
+
+def test_without_a_c_compiler_the_python_clients_are_used(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))   # no cc here
+    assert run.build_c(str(tmp_path), "streamgen") is None
+    assert "using the python generator" in capsys.readouterr().err
+
+
+def test_stream_can_write_over_a_cached_file(tmp_path, capsys):
+    assert run.main(["stream", "--size", "2M", "--rounds", "1", "--workdir", str(tmp_path),
+                     "--fastnfs-arg=--workers=1", "--write-over"]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert float(rows["WRITE 2 MiB sequential, UNSTABLE (MB/s)"]) > 0
+
+
+def test_cached_file_is_written_once(tmp_path):
+    f = tmp_path / "f"
+    run.cached_file(str(f), (1 << 20) + 7)
+    first = f.read_bytes()
+    assert len(first) == (1 << 20) + 7
+    run.cached_file(str(f), (1 << 20) + 7)
+    assert f.read_bytes() == first

@@ -212,3 +212,32 @@ class LRUMachine(RuleBasedStateMachine):
 
 TestLRUMachine = LRUMachine.TestCase
 TestLRUMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+@needs_cython
+def test_cython_entries_are_compact_and_bounded():
+    """The Cython cache keeps an entry in a C struct (~32 bytes plus its share of
+    the chain heads), not a dict entry, an int and a list node (~110 bytes): the
+    workers' caches after a boot storm hold thousands.  Full, it stays at
+    maxsize entries, and clear() gives the arrays back."""
+    import tracemalloc
+    keys = [2**40 + 7 * i for i in range(20000)]   # inode numbers, made beforehand
+    path = b"usr/lib/some/file"
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        c = _cx.FHCache(65536)
+        for k in keys:
+            c.put(k, path)
+        per_entry = (tracemalloc.get_traced_memory()[0] - base) / len(keys)
+        assert len(c) == len(keys) and c.get(keys[0]) == path
+        assert per_entry < 64, per_entry
+        c.clear()
+        assert tracemalloc.get_traced_memory()[0] - base < 1024
+        small = _cx.FHCache(100)
+        for k in keys:
+            small.put(k, path)
+        assert len(small) == 100 and keys[-1] in small and keys[-101] not in small
+        assert tracemalloc.get_traced_memory()[0] - base < 100 * 64
+    finally:
+        tracemalloc.stop()

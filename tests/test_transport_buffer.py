@@ -103,8 +103,9 @@ def test_big_record_is_received_in_place_and_read_to_its_end():
     view = d.seen[0][0]
     # handed over as a view of the buffer the socket was read into: no copy
     assert isinstance(view, memoryview) and len(view.obj) > transport.RECV_SIZE
-    # the read stopped at the big record's end: the next record came in the small buffer
-    assert len(p._rb) == transport.RECV_SIZE and p.buffered == 0
+    # the read stopped at the big record's end: the next record came in a small buffer
+    assert len(d.seen[1][0].obj) == transport.RECV_SIZE and p.buffered == 0
+    assert len(p._rb) == transport.RECV_SIZE
     assert len(t.writes) == 2
 
 
@@ -139,8 +140,40 @@ def test_big_buffers_are_reused_not_kept_per_connection():
     feed(p, record(big), 100000)
     assert [s for _, s in d.seen] == [big, big]
     assert d.seen[0][0].obj is d.seen[1][0].obj       # one big buffer, used twice
-    assert len(p._rb) == transport.RECV_SIZE           # not held by the idle connection
+    assert len(p._rb) == 0                             # not held by the idle connection
     assert len(transport._spares) == 1
+
+
+def test_idle_connections_give_their_receive_buffers_back(monkeypatch):
+    """A connection idle for BUFFER_IDLE gives its buffer back at the tick
+    (Connections.shed_buffers), unless a record of it is half received; the
+    next read takes one from the pool.  1000 idle clients cost no buffers."""
+    transport._small.clear()
+    conns = transport.Connections(Stats())
+    protos = []
+    for i in range(64):
+        p = transport.RpcStreamProtocol(Recorder(), 1 << 20, connections=conns)
+        p.connection_made(FakeTransport())
+        feed(p, record(b"call %d" % i), 65536)
+        assert len(p._rb) == transport.RECV_SIZE      # busy: it keeps its buffer
+        protos.append(p)
+    whole = record(b"X" * 1000)
+    feed(protos[0], whole[:300], 65536)               # half a record
+    assert conns.shed_buffers() == 0                  # none idle long enough yet
+    monkeypatch.setattr(transport, "BUFFER_IDLE", -1.0)
+    assert conns.shed_buffers() == 63 and conns.released == 63
+    assert all(len(p._rb) == 0 for p in protos[1:])
+    assert len(transport._small) == transport.MAX_SMALL   # the pool stays bounded
+    p = protos[0]                                     # its bytes kept until the end
+    assert len(p._rb) == transport.RECV_SIZE and p.buffered == 300
+    feed(p, whole[300:], 65536)
+    assert p.dispatcher.seen[-1][1] == b"X" * 1000
+    q = protos[1]                                     # the next read takes one again
+    feed(q, record(b"again"), 65536)
+    assert q.dispatcher.seen[-1][1] == b"again" and len(q._rb) == transport.RECV_SIZE
+    assert len(transport._small) == transport.MAX_SMALL - 1
+    q.connection_lost(None)                           # a closed one's goes back too
+    assert len(q._rb) == 0 and len(transport._small) == transport.MAX_SMALL
 
 
 def test_fragmented_record_and_split_marks():
@@ -241,3 +274,30 @@ def test_send_file_of_a_file_that_shrank_keeps_the_record(tmp_path):
     data = os.urandom(100000)
     out = send_file_case(tmp_path, data, 0, 150000)    # promised more than is left
     assert out == struct.pack(">I", 0x80000000 | (4 + 150000)) + b"HEAD" + data + bytes(50000)
+
+
+def test_ended_connections_give_the_heap_back(monkeypatch):
+    """The heap is trimmed when the last connection ends (unless it was a
+    tenth of a second ago); while others stay open, at the next tick
+    (give_back), at most once a second."""
+    from fastnfs import heap
+    trims = []
+    monkeypatch.setattr(heap, "trim_heap", lambda: trims.append(0) or 1)
+    monkeypatch.setattr(heap, "_last", 0.0)
+    conns = transport.Connections(Stats())
+    protos = [transport.RpcStreamProtocol(Recorder(), 1 << 20, connections=conns)
+              for _ in range(3)]
+    for p in protos:
+        p.connection_made(FakeTransport())
+    protos[0].connection_lost(None)
+    assert trims == []                     # two still open: left to the tick
+    conns.give_back()
+    assert trims == [0] and conns.released == 0
+    conns.give_back()
+    assert trims == [0]                    # nothing ended since
+    protos[1].connection_lost(None)
+    conns.give_back()
+    assert trims == [0]                    # ended, but trimmed less than a second ago
+    monkeypatch.setattr(heap, "_last", heap._last - 0.5)
+    protos[2].connection_lost(None)        # the last one: at once (half a second later)
+    assert trims == [0, 0] and conns.released == 0

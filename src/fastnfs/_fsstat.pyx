@@ -1,10 +1,26 @@
 # cython: language_level=3
-"""statx(2) in Cython: one syscall, integer nanosecond times, and the birth time.
+"""statx(2) in Cython: one syscall, integer nanosecond times, and the birth
+time; cachestat(2): how much of a file's range the page cache holds.
 
 The birth time is what makes a filehandle notice that an inode number was
 freed and handed to a new file (handles.py keeps 32 bits of it as the
 handle's generation).  Plain-Python twin: fsstat.py.
 """
+
+cdef extern from *:
+    """
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #define FASTNFS_SYS_CACHESTAT 451   /* Linux 6.5; the same number on every arch */
+    static long long fastnfs_cachestat(int fd, unsigned long long off, unsigned long long len) {
+        unsigned long long range[2] = {off, len};
+        unsigned long long st[5];   /* nr_cache, nr_dirty, nr_writeback, nr_evicted, ... */
+        if (syscall(FASTNFS_SYS_CACHESTAT, fd, range, st, 0) != 0)
+            return -1;
+        return (long long)st[0];
+    }
+    """
+    long long fastnfs_cachestat(int fd, unsigned long long off, unsigned long long len) nogil
 
 from libc.errno cimport ENOTDIR, ESTALE, errno
 from libc.string cimport memset
@@ -34,6 +50,12 @@ cdef class Stat:
 
     def __repr__(self):
         return "Stat(ino=%d, mode=%o, size=%d)" % (self.st_ino, self.st_mode, self.st_size)
+
+
+def cache_pages(int fd, unsigned long long offset, unsigned long long count):
+    """cachestat(2): how many pages of fd's [offset, offset + count) the page
+    cache holds; -1 when the kernel cannot say (before Linux 6.5)."""
+    return fastnfs_cachestat(fd, offset, count)
 
 
 cpdef unsigned int generation(long long btime_ns) noexcept nogil:

@@ -7,11 +7,11 @@ Only meaningful when the process may act as any user (``ENABLED``).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 
 from ._accel import load
+from .proc import libc
 
 __all__ = ["ENABLED", "switch", "become_server", "current"]
 
@@ -44,7 +44,6 @@ ENABLED = privileged()
 
 # x86_64 and aarch64 syscall numbers, from <asm/unistd.h>
 _NR = {"x86_64": (122, 123, 116), "aarch64": (151, 152, 159)}
-_libc = ctypes.CDLL(None, use_errno=True)
 _state = threading.local()
 _server = None
 
@@ -64,17 +63,19 @@ def switch(uid: int, gid: int, groups: tuple) -> None:
     want = (uid, gid, groups)
     if getattr(_state, "cur", None) == want:
         return
+    import ctypes
     setfsuid, setfsgid, setgroups = _nr()
     groups = groups[:32]
     arr = (ctypes.c_uint * max(len(groups), 1))(*groups)
-    if _libc.syscall(setgroups, len(groups), arr) != 0:
+    c = libc()
+    if c.syscall(setgroups, len(groups), arr) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
-    _libc.syscall(setfsgid, gid)
-    _libc.syscall(setfsuid, uid)
+    c.syscall(setfsgid, gid)
+    c.syscall(setfsuid, uid)
     # the calls report no errors: a second call returns the value now in force
-    if (_libc.syscall(setfsgid, gid) & 0xFFFFFFFF) != gid or \
-            (_libc.syscall(setfsuid, uid) & 0xFFFFFFFF) != uid:
+    if (c.syscall(setfsgid, gid) & 0xFFFFFFFF) != gid or \
+            (c.syscall(setfsuid, uid) & 0xFFFFFFFF) != uid:
         _state.cur = None
         raise PermissionError(1, "setfsuid/setfsgid to %d/%d did not take effect" % (uid, gid))
     _state.cur = want

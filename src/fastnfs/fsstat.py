@@ -1,30 +1,30 @@
-"""statx(2): attributes with integer nanosecond times and the birth time.
+"""statx(2): attributes with integer nanosecond times and the birth time;
+cachestat(2): how much of a file's range the page cache holds.
 
-Plain-Python twin of ``fastnfs._fsstat`` (through ctypes).  The birth time
-lets a filehandle notice that its inode number was freed and reused.
+Plain-Python twin of ``fastnfs._fsstat`` (through ctypes, loaded at the first
+call).  The birth time lets a filehandle notice that its inode number was
+freed and reused.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
 
 from ._accel import load
+from .proc import libc
 
 __all__ = ["Stat", "lstatat", "fstat", "generation", "names_object", "names_fileid",
-           "lookup_at"]
+           "lookup_at", "cache_pages"]
 
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
 _MASK = 0x7FF | 0x800  # STATX_BASIC_STATS | STATX_BTIME
 _STATX_BTIME = 0x800
 _O_PATH = getattr(os, "O_PATH", 0o10000000)
-_libc = ctypes.CDLL(None, use_errno=True)
-_statx = _libc.statx
-_statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
-_statx.restype = ctypes.c_int
+_SYS_CACHESTAT = 451        # cachestat(2), Linux 6.5; the same number on every arch
+_statx = None
 # struct statx (linux/stat.h): offsets of the fields used here
 _HEAD = struct.Struct("=IIQIIIH2xQQQQ")
 _TS = struct.Struct("=qI4x")
@@ -82,6 +82,13 @@ def _ns(buf, off):
 
 
 def _call(dirfd: int, path: bytes, flags: int, name):
+    global _statx
+    import ctypes
+    if _statx is None:
+        f = libc().statx
+        f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+        f.restype = ctypes.c_int
+        _statx = f
     buf = ctypes.create_string_buffer(256)
     if _statx(dirfd, path, flags, _MASK, buf) != 0:
         e = ctypes.get_errno()
@@ -142,8 +149,23 @@ def py_lookup_at(root_fd: int, dpath: bytes, dino: int, name: bytes) -> Stat:
         os.close(fd)
 
 
+def cache_pages(fd: int, offset: int, count: int) -> int:
+    """cachestat(2): how many pages of fd's [offset, offset + count) the page
+    cache holds; -1 when the kernel cannot say (before Linux 6.5)."""
+    import ctypes
+    rng = (ctypes.c_uint64 * 2)(offset, count)
+    st = (ctypes.c_uint64 * 5)()     # nr_cache, nr_dirty, nr_writeback, nr_evicted, ...
+    syscall = libc().syscall
+    syscall.restype = ctypes.c_long
+    if syscall(ctypes.c_long(_SYS_CACHESTAT), ctypes.c_long(fd), rng, st,
+               ctypes.c_long(0)) != 0:
+        return -1
+    return st[0]
+
+
 names_object, names_fileid, lookup_at = py_names_object, py_names_fileid, py_lookup_at
 _cx = load("_fsstat")
 if _cx is not None:  # the Cython twin
     Stat, fstat, generation, lstatat = _cx.Stat, _cx.fstat, _cx.generation, _cx.lstatat
     names_object, names_fileid, lookup_at = _cx.names_object, _cx.names_fileid, _cx.lookup_at
+    cache_pages = _cx.cache_pages

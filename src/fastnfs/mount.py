@@ -7,7 +7,6 @@ import os
 
 from . import creds
 from .dispatch import Program
-from .boards import BoardNameError, board_name_of_address, check_board_name
 from .fs import NFSError
 
 log = logging.getLogger("fastnfs.mount")
@@ -86,6 +85,7 @@ class MountState:
                 continue
             boards = getattr(e, "boards", None)
             if boards is not None and boards.by_address and not rest.strip(b"/"):
+                from .boards import BoardNameError, board_name_of_address   # only with boards
                 try:  # --board-by-address: BASE alone is the client's own layer
                     name = board_name_of_address(call.peer[0])
                 except BoardNameError as err:
@@ -117,6 +117,7 @@ def _find_board(self, call, dirpath: bytes):
             e, name = x, dirpath[len(pre):]
             break
     base = dirpath[:dirpath.find(b"@")]
+    from .boards import BoardNameError, check_board_name   # only with boards
     if e is None:
         log.warning("refused mount of %s by %s: %s is not an export with boards",
                     os.fsdecode(dirpath), call.peer[0], os.fsdecode(base))

@@ -4,9 +4,9 @@ A page-cache hit is cheaper inline than a hop to the thread pool; fsync and
 large transfers are not, and must never stall other clients' requests.
 """
 
-import ctypes
 import os
 
+from .fsstat import cache_pages
 from .nfs3.const import UNSTABLE
 
 HAVE_NOWAIT = hasattr(os, "RWF_NOWAIT")  # preadv2 can answer "not in the page cache"
@@ -27,49 +27,23 @@ INLINE_WRITE_MAX = 1048576
 # copied into the reply and from there into the socket.
 LEND_MIN = INLINE_IO_MAX + 1
 
-_SYS_CACHESTAT = 451        # cachestat(2), Linux 6.5; the same number on every arch
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-class _CachestatRange(ctypes.Structure):
-    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-
-class _Cachestat(ctypes.Structure):
-    _fields_ = [("nr_cache", ctypes.c_uint64), ("nr_dirty", ctypes.c_uint64),
-                ("nr_writeback", ctypes.c_uint64), ("nr_evicted", ctypes.c_uint64),
-                ("nr_recently_evicted", ctypes.c_uint64)]
-
-
-try:
-    _syscall = ctypes.CDLL(None, use_errno=True).syscall
-    _syscall.restype = ctypes.c_long
-except (OSError, AttributeError):     # pragma: no cover - not glibc
-    _syscall = None
 
 
 def cached(fd: int, offset: int, count: int) -> bool:
     """Are all pages of fd's [offset, offset + count) in the page cache? (cachestat)"""
-    if _syscall is None or count <= 0:
+    if count <= 0:
         return False
-    r = _CachestatRange(offset, count)
-    st = _Cachestat()
-    if _syscall(ctypes.c_long(_SYS_CACHESTAT), ctypes.c_long(fd), ctypes.byref(r),
-                ctypes.byref(st), ctypes.c_long(0)) != 0:
-        return False
-    return st.nr_cache >= (offset + count - 1) // _PAGE - offset // _PAGE + 1
+    return cache_pages(fd, offset, count) >= (offset + count - 1) // _PAGE - offset // _PAGE + 1
 
 
 def can_lend() -> bool:
     """Can READ data go by sendfile here (sendfile, and cachestat to know it will not wait)?"""
-    if not hasattr(os, "sendfile") or _syscall is None:
+    if not hasattr(os, "sendfile"):
         return False
     fd = os.open("/proc/self/exe", os.O_RDONLY)
     try:
-        r = _CachestatRange(0, _PAGE)
-        st = _Cachestat()
-        return _syscall(ctypes.c_long(_SYS_CACHESTAT), ctypes.c_long(fd), ctypes.byref(r),
-                        ctypes.byref(st), ctypes.c_long(0)) == 0
+        return cache_pages(fd, 0, _PAGE) >= 0
     finally:
         os.close(fd)
 

@@ -350,13 +350,17 @@ class Server:
                 overlay.shared_dir = os.path.join(sdir, "warned")
 
     async def _tick(self, sdir: str) -> None:
-        """Once a second: publish statistics; close idle connections."""
+        """Once a second: publish statistics; close idle connections; take
+        idle connections' buffers and give the memory of ended connections
+        back."""
         while True:
             try:
                 self.stats.dump(sdir)
             except OSError as e:
                 log.debug("cannot write statistics to %s: %s", sdir, e)
             self.connections.reap_idle()
+            self.connections.shed_buffers()
+            self.connections.give_back()
             if self.pool is not None:   # where pidfd_open is missing
                 self.pool.reap()
             await asyncio.sleep(1.0)
@@ -499,8 +503,10 @@ def listen_address(bind: str) -> tuple:
         if ipv6_available():
             return socket.AF_INET6, ("::", 0, 0, 0)
         return socket.AF_INET, ("0.0.0.0", 0)
-    infos = socket.getaddrinfo(bind, 0, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
-                               socket.AI_PASSIVE)
+    # an ASCII name as bytes: a str is encoded by the idna codec, whose import
+    # (stringprep, unicodedata) costs every server process ~0.2 MB
+    infos = socket.getaddrinfo(bind.encode() if bind.isascii() else bind, 0,
+                               socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     family, _type, _proto, _name, addr = infos[0]
     return family, addr
 

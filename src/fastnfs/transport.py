@@ -4,7 +4,9 @@ The stream protocol reassembles fragments into records, hands each record to
 the dispatcher, and writes replies in whatever order they finish.  Memory per
 connection is bounded: a record larger than ``max_record`` closes the
 connection, and reading pauses while ``max_inflight`` calls are unanswered or
-the socket's send buffer is full.
+the socket's send buffer is full.  A connection that has been idle for a
+second with nothing half received gives its receive buffer back, so idle
+connections cost no buffer at all.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ import struct
 import time
 from types import CoroutineType
 
+from . import heap
+
 log = logging.getLogger("fastnfs.transport")
 
 LAST_FRAGMENT = 0x80000000
 RECV_SIZE = 16384     # a connection's receive buffer; bigger fragments get a big one
 MAX_SPARES = 2        # big receive buffers a process keeps for the next big record
+MAX_SMALL = 4         # small receive buffers a process keeps for the next reads
+BUFFER_IDLE = 1.0     # seconds without a read after which a connection gives its buffer back
 _spares: list = []
+_small: list = []     # (bytearray, its memoryview) of RECV_SIZE, free for any connection
 _EMPTY = bytearray()
+_EMPTY_VIEW = memoryview(_EMPTY)
 _u32 = struct.Struct(">I").unpack_from
 _monotonic = time.monotonic
 
@@ -56,6 +64,10 @@ class Connections:
     flood of clients cannot exhaust file descriptors; a connection that has
     sent nothing for idle_timeout seconds (and has no call in progress) is
     closed, as knfsd does with idle clients, who reconnect when they need to.
+    Every tick, connections idle for BUFFER_IDLE give their receive buffers
+    back (shed_buffers); what ended connections and shed buffers leave free in
+    the heap goes back to the system when the last connection closes, or at
+    the next tick (give_back).
     """
 
     def __init__(self, stats, limit: int = 4096, idle_timeout: float = 360.0):
@@ -63,6 +75,7 @@ class Connections:
         self.limit = limit
         self.idle_timeout = idle_timeout
         self.open: set = set()
+        self.released = 0     # connections closed, buffers shed since the heap was trimmed
         self._last_refusal_log = 0.0
 
     def admit(self, proto) -> bool:
@@ -82,6 +95,26 @@ class Connections:
     def gone(self, proto) -> None:
         self.open.discard(proto)
         self.stats.connections = len(self.open)
+        self.released += 1
+        if not self.open:    # all gone: the heap goes back now, not at the next tick
+            self.give_back(heap.LAST_INTERVAL)
+
+    def shed_buffers(self) -> int:
+        """Idle connections give their receive buffers back; how many did."""
+        cutoff = time.monotonic() - BUFFER_IDLE
+        n = 0
+        for c in self.open:
+            if c.last_active < cutoff and c.release_buffer():
+                n += 1
+        self.released += n
+        return n
+
+    def give_back(self, interval: float = heap.MIN_INTERVAL) -> None:
+        """Return the heap's free pages to the system if connections ended or
+        buffers were shed since the last time (at most once per interval:
+        heap.trim_soon)."""
+        if self.released and heap.trim_soon(interval):
+            self.released = 0
 
     def reap_idle(self) -> int:
         """Close connections idle for longer than the timeout; how many were closed."""
@@ -106,7 +139,9 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
     arrived of it, into a big one of this process's spares, and the socket
     then reads exactly up to its end.  A call answered later (off the event
     loop) keeps its view: the connection leaves that buffer to it and goes on
-    in a new one.
+    in a new one.  A big buffer goes back to the spares as soon as its record
+    is handed on, the small one when the connection has been idle for a while
+    (release_buffer); the next read takes one again.
     """
 
     def __init__(self, dispatcher, max_record: int, max_inflight: int = 32,
@@ -120,7 +155,8 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
         self.transport = None
         self.peer = ("?", 0)
         self._sock = -1       # the socket's fd, for replies sent from a file
-        self._set_buffer(bytearray(RECV_SIZE))
+        self._rb = _EMPTY     # no buffer until the first read
+        self._rv = _EMPTY_VIEW
         self._lo = 0          # the first byte not yet parsed
         self._hi = 0          # the end of the bytes received
         self._want = 0        # the end of the fragment being received, when it is known
@@ -134,6 +170,13 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
     def _set_buffer(self, rb: bytearray) -> None:
         self._rb = rb
         self._rv = memoryview(rb)
+
+    def _take_small(self) -> None:
+        """A small buffer from the pool (or a new one) for a connection that has none."""
+        if _small:
+            self._rb, self._rv = _small.pop()
+        else:
+            self._set_buffer(bytearray(RECV_SIZE))
 
     @property
     def buffered(self) -> int:
@@ -175,8 +218,11 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
         rb = self._rb
         hi = self._hi
         if hi == len(rb):
-            # full: a record mark split at the end, or records waiting while paused
-            self._move(max(len(rb), 2 * (hi - self._lo)) if self._lo == 0 else len(rb))
+            if hi == 0:   # no buffer: a new connection, or one idle a while
+                self._take_small()
+            else:
+                # full: a record mark split at the end, or records waiting while paused
+                self._move(max(len(rb), 2 * (hi - self._lo)) if self._lo == 0 else len(rb))
             rb = self._rb
             hi = self._hi
         want = self._want
@@ -208,24 +254,38 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
             if lo:
                 rb[:hi - lo] = rb[lo:hi]
         else:
-            if need > RECV_SIZE:
-                new = _take_spare(need) or bytearray(max(need, self.max_record))
-            else:
-                new = bytearray(RECV_SIZE)
-            new[:hi - lo] = rb[lo:hi]
             self._drop_buffer()
-            self._set_buffer(new)
             self._held = False
+            if need > RECV_SIZE:
+                self._set_buffer(_take_spare(need) or bytearray(max(need, self.max_record)))
+            else:
+                self._take_small()
+            self._rb[:hi - lo] = rb[lo:hi]
         self._lo = 0
         self._hi = hi - lo
 
+    def release_buffer(self) -> bool:
+        """Give the receive buffer back if nothing in it waits to be parsed;
+        whether there was one to give (the next read takes one again)."""
+        if not len(self._rb) or self._hi != self._lo or self._paused_reading:
+            return False
+        self._lo = self._hi = 0
+        self._drop_buffer()
+        self._held = False     # a call answered later keeps its view; nothing else is held
+        return True
+
     def _drop_buffer(self) -> None:
-        """Give up the buffer: a big one no call holds goes back to the spares."""
+        """Give up the buffer: one no call holds goes back to the pool it came from."""
         rb = self._rb
-        self._rv = None
-        if len(rb) > RECV_SIZE and not self._held and len(_spares) < MAX_SPARES:
-            _spares.append(rb)
-        self._set_buffer(_EMPTY)
+        if not self._held:
+            n = len(rb)
+            if n == RECV_SIZE:
+                if len(_small) < MAX_SMALL:
+                    _small.append((rb, self._rv))
+            elif n > RECV_SIZE and len(_spares) < MAX_SPARES:
+                _spares.append(rb)
+        self._rb = _EMPTY
+        self._rv = _EMPTY_VIEW
 
     def _parse(self):
         """Hand every complete record in the buffer to the dispatcher, until the
@@ -284,9 +344,8 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
                 return
         if lo == hi:
             self._lo = self._hi = 0
-            if len(rb) > RECV_SIZE:       # the big record is done: back to the small buffer
+            if len(rb) > RECV_SIZE:       # the big record is done: the next read takes a small one
                 self._drop_buffer()
-                self._set_buffer(bytearray(RECV_SIZE))
         else:
             self._lo = lo
 

@@ -27,6 +27,9 @@ import signal
 import sys
 import time
 
+from . import heap
+from .proc import die_with_parent
+
 log = logging.getLogger("fastnfs.workers")
 
 STOP_GRACE = 10.0
@@ -226,25 +229,20 @@ def _clear_warned(server) -> None:
 
 def _die_with_parent() -> None:
     """A worker must not outlive a parent killed with SIGKILL (it would hold the port)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    die_with_parent(signal.SIGTERM)
 
 
 def _trim() -> None:
     """Give the heap's free pages (what starting up, compiling and parsing left
     behind) back to the system before forking: each forked worker would
-    otherwise carry them in its resident set too (~2 MB in each process)."""
-    import ctypes
+    otherwise carry them in its resident set too (~2 MB in each process).
+    What is left is frozen: the collector then leaves those objects alone, so
+    a worker's collections do not write to (and copy) the pages it shares
+    with the parent."""
     import gc
     gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)   # glibc; elsewhere nothing to give back
-    except AttributeError:
-        pass
+    heap.trim()
+    gc.freeze()
 
 
 def _kill(pid: int, sig) -> None:

@@ -15,7 +15,6 @@ the disk says into what clients see.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -28,6 +27,7 @@ from ..fhcache import FHCache
 from ..fs import NFSError, Obj, check_name, dirname, join, nfsstat_of
 from ..fsstat import fstat, lookup_at, lstatat, names_object
 from ..nfs3 import const as C
+from ..proc import libc
 
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -38,12 +38,12 @@ OPATH_FLAGS = O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # change of ownership or mode that fakeroot's or pseudo's preload should record
 _SYS_FCHMODAT = {"x86_64": 268, "aarch64": 53}.get(os.uname().machine, 268)
 _AT_FDCWD = -100
-_libc = ctypes.CDLL(None, use_errno=True)
 _grants = threading.Lock()
 
 
 def _chmod_raw(path: bytes, mode: int) -> None:
-    if _libc.syscall(_SYS_FCHMODAT, _AT_FDCWD, path, mode) != 0:
+    if libc().syscall(_SYS_FCHMODAT, _AT_FDCWD, path, mode) != 0:
+        import ctypes
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
 

@@ -5,11 +5,11 @@ cimport cython
 from cpython.object cimport PyObject
 
 
-from fastnfs._fhcache cimport FHCache
+from fastnfs._fhcache cimport LRUMap
 from fastnfs._fsstat cimport statx
 
 
-cdef class MetaCache(FHCache):       # entries are (stamp, value) pairs
+cdef class MetaCache(LRUMap):       # entries are (stamp, value) pairs
     cdef object lookup_stamped(self, object key, object stamp)
     cdef object lookup_stamp3(self, object key, long long a, long long b, long long c)
 

@@ -35,7 +35,7 @@ from libc.stdint cimport UINT64_MAX, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memset
 from posix.unistd cimport close
 
-from fastnfs._fhcache cimport FHCache, _Node
+from fastnfs._fhcache cimport LRUMap, _Node
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, c_statx,
                               makedev, statx)
 
@@ -231,10 +231,10 @@ cpdef tuple parse_meta(object data):
 
 # ------------------------------------------------------------------ MetaCache
 
-cdef class MetaCache(FHCache):
+cdef class MetaCache(LRUMap):
     """Bounded LRU map key -> (stamp, value) (see fastnfs.virtfs.meta).
 
-    The LRU list is FHCache's; an entry is the pair (stamp, value), and a get
+    The LRU list is LRUMap's; an entry is the pair (stamp, value), and a get
     whose stamp differs drops the entry (the metadata file changed).
     """
 
