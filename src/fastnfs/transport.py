@@ -16,6 +16,8 @@ import struct
 import time
 from types import CoroutineType
 
+from ._accel import load
+
 log = logging.getLogger("fastnfs.transport")
 
 LAST_FRAGMENT = 0x80000000
@@ -95,7 +97,7 @@ class Connections:
         return len(idle)
 
 
-class RpcStreamProtocol(asyncio.BufferedProtocol):
+class PyRpcStreamProtocol(asyncio.BufferedProtocol):
     """Records of one TCP connection, received in place (RFC 5531 section 11).
 
     The socket is read straight into the connection's buffer (a
@@ -239,13 +241,7 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
             n = mark & 0x7FFFFFFF
             # each fragment costs its header too, so endless empty fragments hit the limit
             if self._fraglen + n + 4 > self.max_record:
-                self.dispatcher.stats.refusals.note(
-                    log, logging.WARNING, self.peer[0], "record too large",
-                    "%s: record of %d bytes exceeds the limit of %d; closing",
-                    self.peer[0], self._fraglen + n, self.max_record)
-                self._lo = self._hi = 0
-                self._frags = []
-                self.transport.abort()
+                self._too_large(self._fraglen + n)
                 return
             end = lo + 4 + n
             if end > hi:
@@ -267,19 +263,12 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
                 else:
                     lo = end
             else:
-                frag = bytes(self._rv[lo + 4:end])
                 lo = end
-                if mark & LAST_FRAGMENT:
-                    self._frags.append(frag)
-                    frag = b"".join(self._frags)
-                    self._frags = []
-                    self._fraglen = 0
+                whole = self._fragment(bytes(self._rv[end - n:end]), mark & LAST_FRAGMENT)
+                if whole is not None:
                     self._lo = lo
-                    self._handle(frag)
+                    self._handle(whole)
                     self._held = False    # it holds its own copy
-                else:
-                    self._frags.append(frag)
-                    self._fraglen += n + 4
             if self.transport.is_closing():
                 return
         if lo == hi:
@@ -289,6 +278,27 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
                 self._set_buffer(bytearray(RECV_SIZE))
         else:
             self._lo = lo
+
+    def _fragment(self, frag: bytes, last) -> bytes | None:
+        """Keep a fragment of a record of several: the whole record after its last one."""
+        self._frags.append(frag)
+        if not last:
+            self._fraglen += len(frag) + 4
+            return None
+        whole = b"".join(self._frags)
+        self._frags = []
+        self._fraglen = 0
+        return whole
+
+    def _too_large(self, size: int) -> None:
+        """Refuse a record of size bytes (over max_record): log it, close the connection."""
+        self.dispatcher.stats.refusals.note(
+            log, logging.WARNING, self.peer[0], "record too large",
+            "%s: record of %d bytes exceeds the limit of %d; closing",
+            self.peer[0], size, self.max_record)
+        self._lo = self._hi = 0
+        self._frags = []
+        self.transport.abort()
 
     # -- calls and replies -------------------------------------------------
     def _handle(self, record, offset=0):
@@ -391,6 +401,13 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
         if not self._paused_reading and self.transport is not None \
                 and not self.transport.is_closing():
             self._parse()
+
+
+RpcStreamProtocol = PyRpcStreamProtocol
+_cx = load("_transport")
+if _cx is not None:
+    # the same in C; it also gathers the lane's replies to the calls of one read in one write
+    RpcStreamProtocol = _cx.RpcStreamProtocol  # noqa: F811  (Cython twin)
 
 
 class RpcDatagramProtocol(asyncio.DatagramProtocol):
