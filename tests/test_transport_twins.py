@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import cython_twin
+from test_transport_buffer import FakeTransport
 from fastnfs import transport
 from fastnfs.stats import Stats
 from fastnfs.xdr import Packer
@@ -23,23 +24,13 @@ pytestmark = pytest.mark.skipif(_cx is None, reason=_why or "")
 TWINS = (transport.PyRpcStreamProtocol, _cx and _cx.RpcStreamProtocol)
 
 
-class Transport:
+class Transport(FakeTransport):
+    """Also notes when reading pauses and resumes, in order."""
+
     def __init__(self):
-        self.writes = []
-        self.events = []      # pause/resume of reading, in order
-        self.aborted = False
+        super().__init__()
+        self.events = []
         self.paused = False
-
-    def write(self, data):
-        self.writes.append(bytes(data))
-
-    def abort(self):
-        self.aborted = True
-
-    close = abort
-
-    def is_closing(self):
-        return self.aborted
 
     def pause_reading(self):
         self.paused = True
