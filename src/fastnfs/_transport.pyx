@@ -5,8 +5,8 @@ transport.PyRpcStreamProtocol, with the same behaviour (tests/test_transport_twi
 The event loop reads the socket into the connection's buffer through a window
 object this class keeps (get_buffer allocates nothing), the records are
 framed here in C, and a call the fast lane answers goes from the buffer to
-FastPath.answer_at as a pointer: the only Python object made per call is the
-reply.  Replies the lane gives for calls that arrived in one read are gathered
+FastPath.answer_at as a pointer: the only object this layer makes per
+answered call is the reply.  Replies the lane gives for calls that arrived in one read are gathered
 and written together, one write (one syscall) for all.  Whatever the lane
 declines goes to the dispatcher as a view of the buffer, as in the twin.
 """
@@ -20,12 +20,6 @@ from libc.string cimport memcpy, memmove
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from fastnfs._fastpath cimport FastPath
-
-import asyncio
-import logging
-from types import CoroutineType
-
-log = logging.getLogger("fastnfs.transport")
 
 cdef uint32_t LAST_FRAGMENT = 0x80000000U
 # replies gathered for one write at most (past this they go out at once)
@@ -148,7 +142,7 @@ cdef class RpcStreamProtocol:
             self._move(max(self._cap, 2 * (hi - self._lo)) if self._lo == 0 else self._cap)
             hi = self._hi
         cdef _Window w = self._win
-        if w.exports:           # (nobody keeps the last one; if they do, they keep it)
+        if w.exports:           # the last read's buffer is still held: it keeps that window
             w = self._win = _Window.__new__(_Window)
         w.rb = self._rb
         w.off = hi
@@ -322,6 +316,8 @@ cdef class RpcStreamProtocol:
             return 0
         self._out = None
         self._outn = 0
+        if self.transport.is_closing():
+            return 0            # (closed by the refusal of a connection over the limit)
         if type(out) is list:
             out = b"".join(out)
         self.transport.write(out)
