@@ -317,7 +317,7 @@ cdef class RpcStreamProtocol:
         self._out = None
         self._outn = 0
         if self.transport.is_closing():
-            return 0            # (closed by the refusal of a connection over the limit)
+            return 0            # (uvloop refuses writes to a closed handle)
         if type(out) is list:
             out = b"".join(out)
         self.transport.write(out)
