@@ -236,3 +236,42 @@ def test_real_lane_same_bytes(tmp_path):
         xids.append(int.from_bytes(outs[0][pos + 4:pos + 8], "big"))
         pos += 4 + n
     assert xids == [1, 2, 3, 4, 5, 6] * 2
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_over_a_socket_on_either_event_loop(loop_kind):
+    """uvloop reads into the window get_buffer returns; the standard loop, which
+    knows only its own BufferedProtocol class, calls data_received: the same
+    records and replies either way, pipelined calls included."""
+    import uvloop
+    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    bodies = [_body(k.encode(), n, i) for i, (k, n) in
+              enumerate(zip("FGLFNFG", (40, 70000, 10, 20000, 5, 0, 3)))]
+    stream = b"".join(frame(b, (7,) if len(b) > 1000 else ()) for b in bodies)
+    d = Dispatcher(Lane())
+    try:
+        srv = loop.run_until_complete(loop.create_server(
+            lambda: _cx.RpcStreamProtocol(d, 1 << 20), "127.0.0.1", 0))
+        port = srv.sockets[0].getsockname()[1]
+
+        async def client():
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(stream)
+            want = [b for b in bodies if b[:1] in b"FGL"]
+            got = []
+            while len(got) < len(want):
+                n = int.from_bytes(await r.readexactly(4), "big") & 0x7FFFFFFF
+                got.append(await r.readexactly(n))
+            w.close()
+            return got
+        got = loop.run_until_complete(asyncio.wait_for(client(), 30))
+        srv.close()
+        loop.run_until_complete(srv.wait_closed())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert [c for c, _, _ in d.fast.calls] == bodies
+    assert [c for c, _, _ in d.records] == [b for b in bodies if b[:1] != b"F"]
+    assert sorted(got) == sorted([b"fast" + b for b in bodies if b[:1] == b"F"]
+                                 + [b"gen:" + b[:8] for b in bodies if b[:1] in b"GL"])
