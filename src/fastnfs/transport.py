@@ -4,7 +4,10 @@ The stream protocol reassembles fragments into records, hands each record to
 the dispatcher, and writes replies in whatever order they finish.  Memory per
 connection is bounded: a record larger than ``max_record`` closes the
 connection, and reading pauses while ``max_inflight`` calls are unanswered or
-the socket's send buffer is full.
+the socket's send buffer is full.  ``RpcStreamProtocol`` is the compiled
+class of ``_transport.pyx`` when it is built (see ``_accel``), else
+``PyRpcStreamProtocol``, its twin here, which also holds the code both run
+for what is not per call.
 """
 
 from __future__ import annotations
