@@ -13,6 +13,7 @@ EXTENSIONS = [
     Extension("fastnfs._perm", ["src/fastnfs/_perm.pyx"]),
     Extension("fastnfs._handles", ["src/fastnfs/_handles.pyx"]),
     Extension("fastnfs._proc", ["src/fastnfs/_proc.pyx"]),
+    Extension("fastnfs._transport", ["src/fastnfs/_transport.pyx"]),
     Extension("fastnfs.virtfs._meta", ["src/fastnfs/virtfs/_meta.pyx"]),
 ]
 

@@ -209,6 +209,48 @@ def _answer(benchmark, srv, rec, lane):
         benchmark(srv.dispatcher.dispatch, rec, peer, "tcp")
 
 
+_ct, _why_t = cython_twin("fastnfs._transport")
+
+
+class _Sink:
+    def write(self, data):
+        pass
+
+    def is_closing(self):
+        return False
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 800) if name == "peername" else default
+
+
+@bench("GETATTR read by the TCP record layer and answered by the lane")
+@pytest.mark.parametrize("impl", [
+    pytest.param("python", id="python", marks=pytest.mark.skipif(_cl is None,
+                                                                  reason=_why_l or "")),
+    pytest.param("cython", id="cython", marks=pytest.mark.skipif(_ct is None or _cl is None,
+                                                                  reason=_why_t or _why_l or "")),
+])
+def test_record_layer_getattr(benchmark, served, impl):
+    """What the event loop calls per read (get_buffer, buffer_updated), one
+    record per read, the lane answering it: transport's twins with the lane."""
+    from fastnfs import transport
+    srv, rec = served
+    rec = struct.pack(">I", 0x80000000 | len(rec)) + rec
+    srv.dispatcher.dispatch(rec[4:], ("127.0.0.1", 800), "tcp")   # admitted, creds in place
+    cls = transport.PyRpcStreamProtocol if impl == "python" else _ct.RpcStreamProtocol
+    p = cls(srv.dispatcher, 1 << 20)
+    p.connection_made(_Sink())
+    n = len(rec)
+    answered = srv.dispatcher.fast.answered
+
+    def read():
+        memoryview(p.get_buffer(-1))[:n] = rec
+        p.buffer_updated(n)
+    read()
+    assert srv.dispatcher.fast.answered == answered + 1
+    benchmark(read)
+
+
 @bench("READDIRPLUS page of 90 entries")
 @pytest.mark.parametrize("impl", [
     pytest.param("python", id="python"),

@@ -1,5 +1,6 @@
 """The TCP transport reads records in place and sends READ data from the file
-(transport.RpcStreamProtocol).
+(transport.RpcStreamProtocol).  Every test runs on both twins: the pure-Python
+class and the compiled one (fastnfs._transport).
 
 Records are received straight into the connection's buffer (asyncio's
 BufferedProtocol) and handed on as views of it; a big fragment moves to a big
@@ -17,9 +18,24 @@ import socket
 import struct
 import threading
 
+import pytest
+
+from conftest import cython_twin
 from fastnfs import transport
 from fastnfs.stats import Stats
 from fastnfs.xdr import Packer
+
+_cx, _ = cython_twin("fastnfs._transport")
+TWINS = [transport.PyRpcStreamProtocol] + ([_cx.RpcStreamProtocol] if _cx else [])
+_cls = TWINS[0]
+
+
+@pytest.fixture(autouse=True, params=TWINS, ids=lambda c: c.__module__)
+def twin(request):
+    """Run the test on this twin (make() builds one)."""
+    global _cls
+    _cls = request.param
+    yield request.param
 
 
 class FakeTransport:
@@ -78,7 +94,7 @@ def feed(proto, stream: bytes, step: int) -> None:
     """What the event loop does: get_buffer, read at most step bytes into it, buffer_updated."""
     pos = 0
     while pos < len(stream):
-        b = proto.get_buffer(-1)
+        b = memoryview(proto.get_buffer(-1))     # (any object with the buffer protocol)
         k = min(len(b), step, len(stream) - pos)
         assert k > 0
         b[:k] = stream[pos:pos + k]
@@ -88,7 +104,7 @@ def feed(proto, stream: bytes, step: int) -> None:
 
 def make(max_record=(1 << 20) + 4096):
     d = Recorder()
-    p = transport.RpcStreamProtocol(d, max_record)
+    p = _cls(d, max_record)
     t = FakeTransport()
     p.connection_made(t)
     return p, d, t

@@ -14,7 +14,7 @@ import os
 
 #: Every compiled extension of the package (setup.py builds exactly these).
 EXTENSIONS = ("_xdr", "_rpc", "_fhcache", "_fsstat", "_creds", "_listing", "_fastpath",
-              "virtfs._meta", "_perm", "_handles", "_proc")
+              "virtfs._meta", "_perm", "_handles", "_proc", "_transport")
 
 #: FASTNFS_PURE=1: run the pure-Python twins only.
 PURE = bool(os.environ.get("FASTNFS_PURE"))

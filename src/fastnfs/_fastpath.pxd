@@ -80,6 +80,7 @@ cdef class FastPath:
 
     cdef _Export _export(self, uint32_t eid)
     cdef _Caller _caller(self, _Export x, peer, const unsigned char* body, Py_ssize_t n)
+    cdef object answer_at(self, const unsigned char* d, Py_ssize_t n, peer, bint mark)
     cdef object _answer(self, const unsigned char* d, Py_ssize_t n, peer, Py_ssize_t maxdata)
     cdef int _count(self, uint32_t proc, bint ok, int64_t ns, host, Py_ssize_t nin,
                     Py_ssize_t nout) except -1

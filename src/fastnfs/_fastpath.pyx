@@ -576,8 +576,12 @@ cdef class FastPath:
             return None
         if offset < 0 or offset >= view.shape[0]:
             return None
-        r = self._answer(&view[offset], view.shape[0] - offset, peer,
-                         self.tcp_maxdata if mark else self.udp_maxdata)
+        return self.answer_at(&view[offset], view.shape[0] - offset, peer, mark)
+
+    cdef object answer_at(self, const unsigned char* d, Py_ssize_t n, peer, bint mark):
+        """answer() of the n bytes of a call at d: the compiled transport's entry
+        point (_transport.pyx), which holds the record's bytes, not an object."""
+        r = self._answer(d, n, peer, self.tcp_maxdata if mark else self.udp_maxdata)
         if r is None:
             self.declined += 1
             return None

@@ -6,7 +6,10 @@ connection is bounded: a record larger than ``max_record`` closes the
 connection, and reading pauses while ``max_inflight`` calls are unanswered or
 the socket's send buffer is full.  A connection that has been idle for a
 second with nothing half received gives its receive buffer back, so idle
-connections cost no buffer at all.
+connections cost no buffer at all.  ``RpcStreamProtocol`` is the compiled
+class of ``_transport.pyx`` when it is built (see ``_accel``), else
+``PyRpcStreamProtocol``, its twin here, which also holds the code both run
+for what is not per call.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from types import CoroutineType
 
 from . import heap
+from ._accel import load
 
 log = logging.getLogger("fastnfs.transport")
 
@@ -128,7 +132,7 @@ class Connections:
         return len(idle)
 
 
-class RpcStreamProtocol(asyncio.BufferedProtocol):
+class PyRpcStreamProtocol(asyncio.BufferedProtocol):
     """Records of one TCP connection, received in place (RFC 5531 section 11).
 
     The socket is read straight into the connection's buffer (a
@@ -299,13 +303,7 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
             n = mark & 0x7FFFFFFF
             # each fragment costs its header too, so endless empty fragments hit the limit
             if self._fraglen + n + 4 > self.max_record:
-                self.dispatcher.stats.refusals.note(
-                    log, logging.WARNING, self.peer[0], "record too large",
-                    "%s: record of %d bytes exceeds the limit of %d; closing",
-                    self.peer[0], self._fraglen + n, self.max_record)
-                self._lo = self._hi = 0
-                self._frags = []
-                self.transport.abort()
+                self._too_large(self._fraglen + n)
                 return
             end = lo + 4 + n
             if end > hi:
@@ -327,19 +325,12 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
                 else:
                     lo = end
             else:
-                frag = bytes(self._rv[lo + 4:end])
                 lo = end
-                if mark & LAST_FRAGMENT:
-                    self._frags.append(frag)
-                    frag = b"".join(self._frags)
-                    self._frags = []
-                    self._fraglen = 0
+                whole = self._fragment(bytes(self._rv[end - n:end]), mark & LAST_FRAGMENT)
+                if whole is not None:
                     self._lo = lo
-                    self._handle(frag)
+                    self._handle(whole)
                     self._held = False    # it holds its own copy
-                else:
-                    self._frags.append(frag)
-                    self._fraglen += n + 4
             if self.transport.is_closing():
                 return
         if lo == hi:
@@ -348,6 +339,27 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
                 self._drop_buffer()
         else:
             self._lo = lo
+
+    def _fragment(self, frag: bytes, last) -> bytes | None:
+        """Keep a fragment of a record of several: the whole record after its last one."""
+        self._frags.append(frag)
+        if not last:
+            self._fraglen += len(frag) + 4
+            return None
+        whole = b"".join(self._frags)
+        self._frags = []
+        self._fraglen = 0
+        return whole
+
+    def _too_large(self, size: int) -> None:
+        """Refuse a record of size bytes (over max_record): log it, close the connection."""
+        self.dispatcher.stats.refusals.note(
+            log, logging.WARNING, self.peer[0], "record too large",
+            "%s: record of %d bytes exceeds the limit of %d; closing",
+            self.peer[0], size, self.max_record)
+        self._lo = self._hi = 0
+        self._frags = []
+        self.transport.abort()
 
     # -- calls and replies -------------------------------------------------
     def _handle(self, record, offset=0):
@@ -450,6 +462,13 @@ class RpcStreamProtocol(asyncio.BufferedProtocol):
         if not self._paused_reading and self.transport is not None \
                 and not self.transport.is_closing():
             self._parse()
+
+
+RpcStreamProtocol = PyRpcStreamProtocol
+_cx = load("_transport")
+if _cx is not None:
+    # the same in C; it also gathers the lane's replies to the calls of one read in one write
+    RpcStreamProtocol = _cx.RpcStreamProtocol  # noqa: F811  (Cython twin)
 
 
 class RpcDatagramProtocol(asyncio.DatagramProtocol):
