@@ -234,7 +234,7 @@ def test_record_layer_getattr(benchmark, served, impl):
     """What the event loop calls per read (get_buffer, buffer_updated), one
     record per read, the lane answering it: transport's twins with the lane."""
     from fastnfs import transport
-    srv, rec = served
+    srv, rec, _ = served
     rec = struct.pack(">I", 0x80000000 | len(rec)) + rec
     srv.dispatcher.dispatch(rec[4:], ("127.0.0.1", 800), "tcp")   # admitted, creds in place
     cls = transport.PyRpcStreamProtocol if impl == "python" else _ct.RpcStreamProtocol
