@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import cython_twin
-from fastnfs import rpc
+from fastnfs import fsstat, rpc
 from fastnfs.nfs3 import types
 from fastnfs.xdr import PyPacker, PyUnpacker
 
@@ -124,9 +124,11 @@ def test_read_data_twins_agree(tmp_path):
                 assert _read_outcome(_cxdr.Packer, fd, count, offset, size, nowait) == a
                 if offset < 2**62 or offset > 2**63 - 1:   # (2**63 - 1: the kernel says EINVAL)
                     assert a[0] == (max(0, min(count, size - offset)) if offset < 2**63 else 0)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)      # clean pages: dropped
         for P in (PyPacker, _cxdr.Packer):
-            assert _read_outcome(P, fd, 65536, 512 << 10, size, True) == (None, b"head")
+            # clean pages: dropped (again: a missed read may start the kernel's read-ahead)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if fsstat.cache_pages(fd, 512 << 10, 65536) == 0:
+                assert _read_outcome(P, fd, 65536, 512 << 10, size, True) == (None, b"head")
         bad = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)   # EISDIR
         try:
             assert _read_outcome(_cxdr.Packer, bad, 9, 0, 0, False) == \
