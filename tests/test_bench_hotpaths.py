@@ -140,9 +140,16 @@ def test_fhcache_get_hit(benchmark, impl):
 _cl, _why_l = cython_twin("fastnfs._fastpath")
 
 
+LANES = [
+    pytest.param("general", id="python"),
+    pytest.param("fast", id="cython", marks=pytest.mark.skipif(_cl is None, reason=_why_l or "")),
+]
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A server object (no sockets) on a small tree and a GETATTR record for a file."""
+    """A server object (no sockets) on a small tree, a GETATTR record for a file
+    and a LOOKUP record for its name in its directory."""
     from fastnfs.exports import single_export
     from fastnfs.server import Config, Server
     root = tmp_path_factory.mktemp("bench-tree")
@@ -150,34 +157,48 @@ def served(tmp_path_factory):
     (root / "etc" / "passwd").write_bytes(b"root:x:0:0::/root:/bin/sh\n")
     srv = Server(Config(exports=[single_export(str(root))]))
     e = srv.exports[0]
-    obj = e.lookup(e.lookup(e.resolve(e.root_fh), b"etc"), b"passwd")
-    fh = e.fh(obj)
+    etc = e.lookup(e.resolve(e.root_fh), b"etc")
+    obj = e.lookup(etc, b"passwd")
     cred = PyPacker()
     cred.u32(0)
     cred.string(b"board")
     for v in (os.getuid(), os.getgid(), 0):
         cred.u32(v)
-    p = PyPacker()
-    for v in (7, 0, 2, 100003, 3, 1, 1):
-        p.u32(v)
-    p.opaque(cred.getvalue())
-    p.u32(0)
-    p.u32(0)
-    p.opaque(fh)
-    yield srv, p.getvalue()
+
+    def record(proc, fh, name=None):
+        p = PyPacker()
+        for v in (7, 0, 2, 100003, 3, proc, 1):
+            p.u32(v)
+        p.opaque(cred.getvalue())
+        p.u32(0)
+        p.u32(0)
+        p.opaque(fh)
+        if name is not None:
+            p.string(name)
+        return p.getvalue()
+    yield srv, record(1, e.fh(obj)), record(3, e.fh(etc), b"passwd")
     from fastnfs import creds
     if creds.ENABLED:
         creds.become_server()
 
 
 @bench("whole GETATTR call")
-@pytest.mark.parametrize("lane", [
-    pytest.param("general", id="python"),
-    pytest.param("fast", id="cython", marks=pytest.mark.skipif(_cl is None, reason=_why_l or "")),
-])
+@pytest.mark.parametrize("lane", LANES)
 def test_answer_getattr(benchmark, served, lane):
     """Record in, reply out: dispatch.Dispatcher (the reference) or _fastpath."""
-    srv, rec = served
+    srv, rec, _ = served
+    _answer(benchmark, srv, rec, lane)
+
+
+@bench("whole LOOKUP call")
+@pytest.mark.parametrize("lane", LANES)
+def test_answer_lookup(benchmark, served, lane):
+    """One name in a directory, record in, reply out (either path)."""
+    srv, _, rec = served
+    _answer(benchmark, srv, rec, lane)
+
+
+def _answer(benchmark, srv, rec, lane):
     peer = ("127.0.0.1", 800)
     if lane == "fast":
         fast = srv.dispatcher.fast
@@ -213,7 +234,7 @@ def test_record_layer_getattr(benchmark, served, impl):
     """What the event loop calls per read (get_buffer, buffer_updated), one
     record per read, the lane answering it: transport's twins with the lane."""
     from fastnfs import transport
-    srv, rec = served
+    srv, rec, _ = served
     rec = struct.pack(">I", 0x80000000 | len(rec)) + rec
     srv.dispatcher.dispatch(rec[4:], ("127.0.0.1", 800), "tcp")   # admitted, creds in place
     cls = transport.PyRpcStreamProtocol if impl == "python" else _ct.RpcStreamProtocol

@@ -1,6 +1,7 @@
 """The filehandle layout: fastnfs._handles (Cython, cimported by the fast
 lane) against its plain-Python twin in fastnfs.handles, and which object a
-handle names: fastnfs._fsstat.names_object against fsstat.py_names_object."""
+handle names: fastnfs._fsstat.names_object against fsstat.py_names_object,
+and names_fileid (a board's handles) against fsstat.py_names_fileid."""
 
 from __future__ import annotations
 
@@ -78,3 +79,53 @@ def test_names_object_twins_agree(ino, dev, btime, hino, hdev, hgen):
     for gen in (hgen, 0, fsstat.generation(btime)):
         assert _fs.names_object(s, hino, hdev, gen) == \
             fsstat.py_names_object(s, hino, hdev, gen)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from([5, 6, 2**63 | 5]), st.sampled_from([0, 1, 7, 2**32 - 1]),
+       st.sampled_from([5, 6, 2**63 | 5]), st.sampled_from([0, 1, 7, 2**32 - 1]))
+def test_names_fileid_twins_agree(fileid, fgen, ino, gen):
+    assert _fs.names_fileid(fileid, fgen, ino, gen) is \
+        fsstat.py_names_fileid(fileid, fgen, ino, gen)
+
+
+def test_names_fileid_compares_generations_only_when_both_have_one():
+    for f in (_fs.names_fileid, fsstat.py_names_fileid):
+        assert f(5, 7, 5, 7) and f(5, 0, 5, 7) and f(5, 7, 5, 0)
+        assert not f(5, 7, 5, 8) and not f(6, 7, 5, 7) and not f(6, 0, 5, 0)
+
+
+def _outcome(f, *args):
+    try:
+        st = f(*args)
+    except OSError as e:
+        return e.errno
+    return (st.st_ino, st.st_mode, st.st_dev, st.st_nlink, st.st_size, st.st_mtime_ns,
+            st.btime_ns)
+
+
+def test_lookup_at_twins_agree(tmp_path):
+    import errno
+    import os
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x")
+    (tmp_path / "d" / "ln").symlink_to("/etc/passwd")
+    (tmp_path / "s").symlink_to("d")
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        d_ino = os.lstat(tmp_path / "d").st_ino
+        f_ino = os.lstat(tmp_path / "d" / "f").st_ino
+        cases = {(b".", 0, b"d"): None, (b"d", d_ino, b"f"): None, (b"d", d_ino, b"ln"): None,
+                 (b"d", d_ino, b"no"): errno.ENOENT, (b"d", f_ino, b"f"): errno.ESTALE,
+                 (b"d/f", f_ino, b"x"): errno.ENOTDIR, (b"s", d_ino, b"f"): errno.ENOTDIR,
+                 (b"gone", d_ino, b"f"): errno.ESTALE}
+        for args, want in cases.items():
+            got = _outcome(fsstat.py_lookup_at, root, *args)
+            assert _outcome(_fs.lookup_at, root, *args) == got, args
+            if want is not None:
+                assert got == want, args
+            else:
+                name = tmp_path / os.fsdecode(args[0]) / os.fsdecode(args[2])
+                assert got[0] == os.lstat(name).st_ino, args
+    finally:
+        os.close(root)

@@ -63,6 +63,29 @@ def test_no_permission_or_object_rules(lane):
         assert block in lane, block
 
 
+def test_no_board_handle_rule(lane):
+    # _fsstat.names_fileid: a board's handle names a base object by fileid and generation
+    for word in ("stx_ino != fh", "stx_ino == fh", "fh.ino ==", "fh.ino !=", "fh.gen ==",
+                 "== fh.gen", "!= fh.gen", "fh.gen == 0"):
+        assert word not in lane, word
+    assert "names_fileid" in lane
+
+
+def test_no_lookup_steps(lane):
+    # _fsstat.lookup_dir, lookup_name, lookup_done: the steps HostPaths.walk takes (lookup_at)
+    for word in ("O_PATH", "O_DIRECTORY"):
+        assert word not in lane, word
+    for block in ("lookup_dir", "lookup_name", "lookup_done"):
+        assert block in lane, block
+
+
+def test_no_read_rules(lane):
+    # _xdr.read_data: the page cache only, a part declined, nothing past off_t (plain.read_reply)
+    for word in ("preadv", "RWF_NOWAIT", "0x7FFFFFFFFFFFFFFF", "iovec"):
+        assert word not in lane, word
+    assert "read_data" in lane
+
+
 def test_no_private_names_of_other_modules(lane):
     # imports and cimports of a leading-underscore name
     assert not re.search(r"c?import[^\n]*\b_[a-z]\w*\s*$", lane, re.M), "private import"

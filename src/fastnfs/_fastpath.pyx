@@ -8,8 +8,9 @@ nfs3/*.py) spends most of its time building Python objects.
 ordinary (NFSv3 with AUTH_SYS, a well-formed handle the filehandle cache
 places, a caller admitted before, the thread already holding the caller's
 credentials, a READ of at most 64 KiB the page cache holds) it builds the
-reply itself: statx(2) straight into the reply buffer, READ data by
-preadv2(RWF_NOWAIT) into the bytes that are sent.  Anything else (an error
+reply itself: statx(2) straight into the reply buffer, READ data from the
+page cache only (_xdr.read_data, as the general path reads) into the bytes
+that are sent.  Anything else (an error
 other than a missing name, a filehandle cache miss, an unknown caller, a
 symlink kept as a file, unfsd's -s view) returns None, and the
 general path answers; it is the reference, and tests/test_fastpath.py and the
@@ -25,7 +26,8 @@ never looked up.
 
 The rules themselves are not coded here but cimported from the blocks the
 general path uses too: the handle layout (_handles), which object a handle
-names (_fsstat), the permission rules (_perm), and the virtfs rules (where
+names and the steps of a one-name LOOKUP (_fsstat), a READ's data from the
+page cache (_xdr), the permission rules (_perm), and the virtfs rules (where
 metadata lives, its cache, the hidden names, the overlay with the
 device-as-file rule: virtfs._meta).  A metadata file the cache does not hold
 is read by the backend's own reader (overlay.Virtfs.meta).
@@ -37,7 +39,6 @@ Also here: put_entries_plus, the Cython twin of backends.plain.py_put_entries_pl
 cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy, memset
-from posix.types cimport off_t
 from posix.fcntl cimport openat
 from posix.unistd cimport close
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
@@ -50,9 +51,10 @@ from fastnfs._handles cimport (FH_MAX, FH_MAX_ANC, fh_child_anc, fh_pack, fh_put
                                fh_unpack)
 from fastnfs._perm cimport access3_ids, allowed_ids, io_allowed_ids
 from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
-                              STATX_BTIME, c_statx, generation, makedev, statx,
-                              statx_btime_ns, statx_names)
-from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32
+                              STATX_BTIME, c_statx, generation, lookup_dir, lookup_done,
+                              lookup_name, makedev, names_fileid, statx, statx_btime_ns,
+                              statx_names)
+from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32, read_data
 from fastnfs.virtfs._meta cimport (MetaCache, child_meta_path_into, hidden_name, meta_at,
                                    meta_path_into, overlay_statx)
 
@@ -65,23 +67,13 @@ cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
 
 cdef extern from "<fcntl.h>" nogil:
-    int O_PATH
     int O_NOATIME
     int F_DUPFD_CLOEXEC
     int fcntl(int fd, int cmd, ...)
     int O_RDONLY
     int O_NONBLOCK
-    int O_NOCTTY
     int O_NOFOLLOW
-    int O_DIRECTORY
     int O_CLOEXEC
-
-cdef extern from "<sys/uio.h>" nogil:
-    int RWF_NOWAIT
-    struct iovec:
-        void* iov_base
-        size_t iov_len
-    ssize_t preadv2(int fd, const iovec* iov, int iovcnt, off_t offset, int flags)
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t readlinkat(int dirfd, const char* path, char* buf, size_t size)
@@ -338,13 +330,12 @@ cdef int _board_sync(_Export x) except -1:
     return 1 if layer_gen(x.gen_map) == seen else 0
 
 
-cdef inline bint _board_names(statx* sx, const fh_t* fh) noexcept:
-    """Is sx the base object a board handle names (BoardBackend._verify: its
-    inode, and its generation unless either side has none)?"""
-    if sx.stx_ino != fh.ino:
-        return False
-    cdef uint32_t g = generation(statx_btime_ns(sx))
-    return fh.gen == 0 or g == 0 or g == fh.gen
+cdef inline bint _names(_Export x, statx* sx, const fh_t* fh) noexcept:
+    """Is sx the object fh names?  On a board, the base object whose fileid it
+    is (names_fileid, as BoardBackend._verify asks), else statx_names."""
+    if x.board:
+        return names_fileid(sx.stx_ino, generation(statx_btime_ns(sx)), fh.ino, fh.gen)
+    return statx_names(sx, fh.ino, fh.dev, fh.gen)
 
 
 cdef int _board_learn(_Export x, statx* sx, bytes path) except -1:
@@ -721,8 +712,7 @@ cdef class FastPath:
                 rc = _stat(x.root_fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &sx)
             else:
                 rc = _stat(x.root_fd, PyBytes_AS_STRING(bpath), AT_SYMLINK_NOFOLLOW, &sx)
-            if rc != 0 or not (_board_names(&sx, &fh) if x.board
-                               else statx_names(&sx, ino, fh.dev, fh.gen)):
+            if rc != 0 or not _names(x, &sx, &fh):
                 return None
             real_mode = sx.stx_mode
             applied = _overlay(x, bpath, &sx)
@@ -762,26 +752,22 @@ cdef class FastPath:
             if out is None:
                 return None
         else:
-            # LOOKUP: the directory, opened without following a symlink and
-            # checked by inode, then one no-follow stat of the name in it
+            # LOOKUP: the directory as the handle names it, then the name in
+            # it, in the steps HostPaths.walk takes (_fsstat.lookup_dir, lookup_name)
             if ino == x.root_ino:
                 dsx = sx
                 fd = x.root_fd
             else:
-                fd = openat(x.root_fd, PyBytes_AS_STRING(bpath),
-                            O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
+                fd = lookup_dir(x.root_fd, PyBytes_AS_STRING(bpath), &dsx)
                 if fd < 0:
                     return None
-                if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &dsx) != 0 \
-                        or not (_board_names(&dsx, &fh) if x.board
-                                else statx_names(&dsx, ino, fh.dev, fh.gen)):
-                    close(fd)
+                if not _names(x, &dsx, &fh):
+                    lookup_done(x.root_fd, fd)
                     return None
                 _overlay(x, bpath, &dsx)
             if (dsx.stx_mode & S_IFMT) != S_IFDIR \
                     or x.checks and (not _allowed(c, &dsx, X_OK) or hidden_name(name, namelen)):
-                if fd != x.root_fd:
-                    close(fd)
+                lookup_done(x.root_fd, fd)
                 return None
             bname = PyBytes_FromStringAndSize(<const char*>name, namelen)
             if x.board and ino == x.root_ino:
@@ -794,18 +780,14 @@ cdef class FastPath:
                         return None
                     if len(x.root_absent) < 65536:
                         x.root_absent.add(bname)
-            rc = _stat(fd, PyBytes_AS_STRING(bname), AT_SYMLINK_NOFOLLOW, &sx)
-            if rc != 0:
-                rc = errno
-            else:
+            rc = lookup_name(fd, PyBytes_AS_STRING(bname), &sx)
+            if rc == 0:
                 child = bname if ino == x.root_ino else bpath + b"/" + bname
                 if x.board and not _board_learn(x, &sx, child):
-                    if fd != x.root_fd:
-                        close(fd)
+                    lookup_done(x.root_fd, fd)
                     return None
                 _overlay_child(x, fd, bpath, bname, &sx)
-            if fd != x.root_fd:
-                close(fd)
+            lookup_done(x.root_fd, fd)
             if rc == ENOENT:
                 status = NFS3ERR_NOENT
                 p.write_u32(NFS3ERR_NOENT)
@@ -924,20 +906,12 @@ cdef class FastPath:
         p.write_u64(0)                       # count and eof, known after the read
         p.write_u32(0)                       # the data's length
         cdef Py_ssize_t head = p.size()
-        cdef Py_ssize_t got = 0
-        cdef iovec iov
-        if count == 0 or offset > 0x7FFFFFFFFFFFFFFF:
-            count = 0                        # nothing to read, or past any off_t: eof
         out = PyBytes_FromStringAndSize(NULL, head + ((count + 3) & ~3))
         cdef unsigned char* w = <unsigned char*>PyBytes_AS_STRING(out)
-        if count:
-            iov.iov_base = w + head
-            iov.iov_len = <size_t>count
-            got = preadv2(fd, &iov, 1, <off_t>offset, RWF_NOWAIT)
-            if got < 0 or (got < count and offset + got < fsx.stx_size):
-                close(fd)                    # not (all) in the page cache
-                return None
+        cdef Py_ssize_t got = read_data(fd, w + head, count, offset, fsx.stx_size, True)
         close(fd)
+        if got < 0:
+            return None                      # not (all) in the page cache: the general path
         if got < count:                      # the end of the file: a shorter reply
             out = PyBytes_FromStringAndSize(<const char*>w, head + ((got + 3) & ~3))
             w = <unsigned char*>PyBytes_AS_STRING(out)

@@ -1,5 +1,15 @@
 # C-level interface of fastnfs._fsstat (statx declarations for other Cython modules).
 
+from libc.errno cimport errno
+from posix.fcntl cimport openat
+from posix.unistd cimport close
+
+cdef extern from "<fcntl.h>" nogil:
+    int O_PATH
+    int O_NOFOLLOW
+    int O_DIRECTORY
+    int O_CLOEXEC
+
 cdef extern from "<sys/stat.h>" nogil:
     struct statx_timestamp:
         long long tv_sec
@@ -34,10 +44,14 @@ cdef enum:
 
 cpdef unsigned int generation(long long btime_ns) noexcept nogil
 
+
 # the birth time in ns (0: unknown), and whether sx is the object a handle names
 cdef long long statx_btime_ns(const statx* sx) noexcept nogil
 cdef bint statx_names(const statx* sx, unsigned long long ino, unsigned int dev,
                       unsigned int gen) noexcept nogil
+# whether an object (fileid, its generation) is the one a board's handle names
+cpdef bint names_fileid(unsigned long long fileid, unsigned int fgen, unsigned long long ino,
+                        unsigned int gen) noexcept nogil
 
 
 cdef class Stat:
@@ -54,3 +68,37 @@ cdef class Stat:
     cdef public long long st_mtime_ns
     cdef public long long st_ctime_ns
     cdef public long long btime_ns
+
+
+# LOOKUP of one name (RFC 1813 section 3.3.3), the steps both the fast lane and
+# HostPaths.walk (through fsstat.lookup_at) take; inline, so the lane pays no call
+
+cdef inline int lookup_dir(int root_fd, const char* path, statx* dsx) noexcept nogil:
+    """The first step: the directory at path below root_fd, opened O_PATH
+    without following a symlink at the end, its attributes in dsx (for the
+    caller to check it is the object the handle names): its fd, to close with
+    lookup_done, or the errno negated."""
+    cdef int fd = openat(root_fd, path, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC)
+    if fd < 0:
+        return -errno
+    cdef int e
+    if c_statx(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW,
+               STATX_BASIC_STATS | STATX_BTIME, dsx) != 0:
+        e = errno
+        close(fd)
+        return -e
+    return fd
+
+
+cdef inline int lookup_name(int dfd, const char* name, statx* sx) noexcept nogil:
+    """The second: one no-follow statx of name (one component) in the
+    directory open at dfd; 0, or its errno."""
+    if c_statx(dfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_BTIME, sx) != 0:
+        return errno
+    return 0
+
+
+cdef inline void lookup_done(int root_fd, int dfd) noexcept nogil:
+    """Close what lookup_dir opened (the root is no directory it opens)."""
+    if dfd != root_fd:
+        close(dfd)

@@ -22,7 +22,7 @@ cdef extern from *:
     """
     long long fastnfs_cachestat(int fd, unsigned long long off, unsigned long long len) nogil
 
-from libc.errno cimport errno
+from libc.errno cimport ENOTDIR, ESTALE, errno
 from libc.string cimport memset
 
 
@@ -89,9 +89,49 @@ cdef bint statx_names(const statx* sx, unsigned long long ino, unsigned int dev,
                   ino, dev, gen)
 
 
+cpdef bint names_fileid(unsigned long long fileid, unsigned int fgen, unsigned long long ino,
+                        unsigned int gen) noexcept nogil:
+    """fsstat.py_names_fileid's twin: is the object with this fileid and
+    generation the one a handle's inode and generation name?"""
+    # a generation of 0 on either side is unknown (a board's objects: BoardBackend._verify)
+    return fileid == ino and (gen == 0 or fgen == 0 or fgen == gen)
+
+
 def names_object(st, unsigned long long ino, unsigned int dev, unsigned int gen):
     """statx_names on a Stat (fsstat.py_names_object's twin)."""
     return _names(st.st_ino, st.st_dev, st.btime_ns, ino, dev, gen)
+
+
+def lookup_at(int root_fd, bytes dpath, unsigned long long dino, bytes name):
+    """fsstat.py_lookup_at's twin, in the steps of _fsstat.pxd (lookup_dir,
+    lookup_name): the Stat of name in the directory dpath below root_fd ("."
+    is root_fd itself), which must be inode dino; OSError(ENOTDIR) or
+    OSError(ESTALE) when the directory is not there as such, else the name's."""
+    cdef statx dsx, sx
+    cdef int fd = root_fd
+    cdef int rc = 0
+    cdef const char* dp = dpath
+    cdef const char* np = name
+    cdef bint root = dpath == b"."
+    memset(&sx, 0, sizeof(sx))
+    with nogil:
+        if root:
+            rc = lookup_name(fd, np, &sx)
+        else:
+            fd = lookup_dir(root_fd, dp, &dsx)
+            if fd < 0:
+                rc = -ENOTDIR if fd == -ENOTDIR else -ESTALE
+            elif dsx.stx_ino != dino:
+                rc = -ESTALE
+            else:
+                rc = lookup_name(fd, np, &sx)
+            if fd >= 0:
+                lookup_done(root_fd, fd)
+    if rc < 0:      # the directory's
+        raise OSError(-rc, os.strerror(-rc), dpath)
+    if rc:
+        raise OSError(rc, os.strerror(rc), name)
+    return _stat_of(&sx)
 
 
 cdef Stat _call(int dirfd, const char *path, int flags, object name):
@@ -103,6 +143,10 @@ cdef Stat _call(int dirfd, const char *path, int flags, object name):
     if rc != 0:
         e = errno
         raise OSError(e, os.strerror(e), name)
+    return _stat_of(&sx)
+
+
+cdef Stat _stat_of(const statx* sx):
     cdef Stat st = Stat.__new__(Stat)
     st.st_mode = sx.stx_mode
     st.st_ino = sx.stx_ino
@@ -116,7 +160,7 @@ cdef Stat _call(int dirfd, const char *path, int flags, object name):
     st.st_atime_ns = sx.stx_atime.tv_sec * 1000000000 + sx.stx_atime.tv_nsec
     st.st_mtime_ns = sx.stx_mtime.tv_sec * 1000000000 + sx.stx_mtime.tv_nsec
     st.st_ctime_ns = sx.stx_ctime.tv_sec * 1000000000 + sx.stx_ctime.tv_nsec
-    st.btime_ns = statx_btime_ns(&sx)
+    st.btime_ns = statx_btime_ns(sx)
     return st
 
 

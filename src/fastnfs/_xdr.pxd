@@ -46,6 +46,12 @@ cdef inline uint32_t ftype3(uint32_t mode) noexcept nogil:
     return 1                        # NF3REG
 
 
+# READ's data into w (RFC 1813 section 3.3.6), from the page cache only when nowait:
+# the bytes read, -1 with errno, -2 when not all of it is in memory
+cdef Py_ssize_t read_data(int fd, unsigned char* w, Py_ssize_t count, unsigned long long offset,
+                          unsigned long long size, bint nowait) noexcept nogil
+
+
 cdef class Unpacker:
     cdef Py_buffer _view            # held for the Unpacker's lifetime
     cdef bint _have_view
@@ -83,9 +89,9 @@ cdef class Packer:
     cdef int write_raw(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef int write_fixed(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef int write_opaque(self, const unsigned char* p, Py_ssize_t n) except -1
-    # opaque data read by preadv2(fd, count, offset, flags); -1 with errno set on failure
-    cdef Py_ssize_t write_pread(self, int fd, Py_ssize_t count, long long offset,
-                                int flags) except -2
+    # READ's data as an opaque (read_data); -1 with errno set, -2: not all in memory
+    cdef Py_ssize_t write_read(self, int fd, Py_ssize_t count, unsigned long long offset,
+                               unsigned long long size, bint nowait) except -3
     cdef int write_fattr3(self, uint32_t ftype, uint32_t mode, uint32_t nlink,
                           uint32_t uid, uint32_t gid, uint64_t size, uint64_t used,
                           uint32_t specmajor, uint32_t specminor, uint64_t fsid,

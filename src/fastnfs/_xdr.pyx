@@ -184,12 +184,35 @@ cdef inline uint32_t _get_len(Unpacker u, object maxlen) except? 0xFFFFFFFF:
 
 from posix.types cimport off_t
 from cpython.exc cimport PyErr_SetFromErrno
+from libc.errno cimport EAGAIN, EOPNOTSUPP, errno
 
 cdef extern from "<sys/uio.h>" nogil:
+    int RWF_NOWAIT
     struct iovec:
         void* iov_base
         size_t iov_len
     ssize_t preadv2(int fd, const iovec* iov, int iovcnt, off_t offset, int flags)
+
+
+cdef Py_ssize_t read_data(int fd, unsigned char* w, Py_ssize_t count, unsigned long long offset,
+                          unsigned long long size, bint nowait) noexcept nogil:
+    """READ's data (RFC 1813 section 3.3.6): up to count bytes at offset of the
+    file open at fd, whose size is size, into w; with nowait only from the page
+    cache.  The bytes read; -1 with errno when the read fails; -2 with nowait
+    when not all of it is in memory (a thread that may wait reads it then)."""
+    if count <= 0 or offset > 0x7FFFFFFFFFFFFFFFULL:
+        return 0            # nothing asked, or past any off_t: no data (and eof)
+    cdef iovec iov
+    iov.iov_base = <void*>w
+    iov.iov_len = <size_t>count
+    cdef ssize_t n = preadv2(fd, &iov, 1, <off_t>offset, RWF_NOWAIT if nowait else 0)
+    if n < 0:
+        if nowait and (errno == EAGAIN or errno == EOPNOTSUPP):
+            return -2       # EOPNOTSUPP: a filesystem without RWF_NOWAIT
+        return -1
+    if nowait and n < count and offset + <unsigned long long>n < size:
+        return -2           # a part: a short READ is legal, but costs the client a round trip
+    return n
 
 
 @cython.freelist(8)
@@ -545,14 +568,17 @@ cdef class Packer:
         finally:
             PyBuffer_Release(&view)
 
-    def pread_opaque(self, int fd, Py_ssize_t count, long long offset, int flags=0):
-        """Variable-length opaque read straight from fd into the buffer: preadv2(2)
-        with flags (RWF_NOWAIT: BlockingIOError instead of a disk wait).  The data
-        is copied once, kernel to reply (READ3resok data).  Returns the bytes read."""
-        cdef Py_ssize_t n = self.write_pread(fd, count, offset, flags)
-        if n < 0:
+    def read_data(self, int fd, Py_ssize_t count, unsigned long long offset,
+                  unsigned long long size, bint nowait=False):
+        """READ3resok's data (RFC 1813 section 3.3.6) as an opaque, read from fd
+        (a file of size bytes) straight into the buffer, copied once, kernel to
+        reply (read_data, which the fast lane calls too).  The bytes read; None
+        when nowait and not all of it is in memory (nothing is appended then);
+        OSError when the read fails."""
+        cdef Py_ssize_t n = self.write_read(fd, count, offset, size, nowait)
+        if n == -1:
             PyErr_SetFromErrno(OSError)
-        return n
+        return None if n < 0 else n
 
     def put_u32_at(self, Py_ssize_t offset, v):
         cdef uint64_t x
@@ -643,21 +669,18 @@ cdef class Packer:
     cdef int write_opaque(self, const unsigned char* p, Py_ssize_t n) except -1:
         return _put_opaque(self, p, n)
 
-    cdef Py_ssize_t write_pread(self, int fd, Py_ssize_t count, long long offset,
-                                int flags) except -2:
+    cdef Py_ssize_t write_read(self, int fd, Py_ssize_t count, unsigned long long offset,
+                               unsigned long long size, bint nowait) except -3:
         cdef Py_ssize_t start = self._len
         if count < 0:
             raise ValueError("negative count")
         cdef unsigned char* d = _extend(self, 4 + count + 3)
-        cdef iovec iov
-        cdef ssize_t n
-        iov.iov_base = <void*>(d + 4)
-        iov.iov_len = <size_t>count
+        cdef Py_ssize_t n
         with nogil:
-            n = preadv2(fd, &iov, 1, <off_t>offset, flags)
+            n = read_data(fd, d + 4, count, offset, size, nowait)
         if n < 0:
             self._len = start   # errno is the caller's to read
-            return -1
+            return n
         d = self._data + start
         put_be32(d, <uint32_t>n)
         memset(d + 4 + n, 0, <size_t>((-n) & 3))

@@ -8,18 +8,21 @@ freed and reused.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
 from ._accel import load
 from .proc import libc
 
-__all__ = ["Stat", "lstatat", "fstat", "generation", "names_object", "cache_pages"]
+__all__ = ["Stat", "lstatat", "fstat", "generation", "names_object", "names_fileid",
+           "lookup_at", "cache_pages"]
 
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
 _MASK = 0x7FF | 0x800  # STATX_BASIC_STATS | STATX_BTIME
 _STATX_BTIME = 0x800
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
 _SYS_CACHESTAT = 451        # cachestat(2), Linux 6.5; the same number on every arch
 _statx = None
 # struct statx (linux/stat.h): offsets of the fields used here
@@ -64,6 +67,13 @@ def py_names_object(st, ino: int, dev: int, gen: int) -> bool:
     if st.st_ino != ino or (st.st_dev & 0xFFFFFFFF) != dev:
         return False
     return gen == 0 or generation(st.btime_ns) == gen
+
+
+def py_names_fileid(fileid: int, fgen: int, ino: int, gen: int) -> bool:
+    """Is the object with this fileid and generation fgen the one a handle's
+    inode and generation name?  A generation of 0 on either side is unknown
+    and not compared (backends.boards: where the board's fileids name objects)."""
+    return fileid == ino and (gen == 0 or fgen == 0 or fgen == gen)
 
 
 def _ns(buf, off):
@@ -112,6 +122,33 @@ def fstat(fd: int) -> Stat:
     return _call(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, fd)
 
 
+def py_lookup_at(root_fd: int, dpath: bytes, dino: int, name: bytes) -> Stat:
+    """LOOKUP of one name (RFC 1813 section 3.3.3), as HostPaths.walk takes it:
+    the directory dpath below root_fd ("." is root_fd itself) opened O_PATH
+    without following a symlink at its end and checked to be inode dino, then
+    one no-follow statx of name in it.  The name's Stat; OSError(ENOTDIR) or
+    OSError(ESTALE) when the directory is not there as such, else the name's.
+    The fast lane takes the same steps (_fsstat.lookup_dir, lookup_name)."""
+    if dpath == b".":
+        return _call(root_fd, name, _AT_SYMLINK_NOFOLLOW, name)
+    try:
+        fd = os.open(dpath, _O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
+                     dir_fd=root_fd)
+    except OSError as e:
+        e = errno.ENOTDIR if e.errno == errno.ENOTDIR else errno.ESTALE
+        raise OSError(e, os.strerror(e), dpath) from None
+    try:
+        try:
+            dst = _call(fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, dpath)
+        except OSError:
+            dst = None
+        if dst is None or dst.st_ino != dino:
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), dpath)
+        return _call(fd, name, _AT_SYMLINK_NOFOLLOW, name)
+    finally:
+        os.close(fd)
+
+
 def cache_pages(fd: int, offset: int, count: int) -> int:
     """cachestat(2): how many pages of fd's [offset, offset + count) the page
     cache holds; -1 when the kernel cannot say (before Linux 6.5)."""
@@ -126,8 +163,9 @@ def cache_pages(fd: int, offset: int, count: int) -> int:
     return st[0]
 
 
-names_object = py_names_object
+names_object, names_fileid, lookup_at = py_names_object, py_names_fileid, py_lookup_at
 _cx = load("_fsstat")
 if _cx is not None:  # the Cython twin
     Stat, fstat, generation, lstatat = _cx.Stat, _cx.fstat, _cx.generation, _cx.lstatat
-    names_object, cache_pages = _cx.names_object, _cx.cache_pages
+    names_object, names_fileid, lookup_at = _cx.names_object, _cx.names_fileid, _cx.lookup_at
+    cache_pages = _cx.cache_pages

@@ -33,10 +33,6 @@ FH_VERSION = 1
 FH_HEAD = struct.Struct(">BBHIQII")
 _ANC = [struct.Struct(">%dQ" % n) for n in range(MAX_ANCESTORS + 1)]
 
-# the names the fuzz harness and older code used
-_FH_VERSION = FH_VERSION
-_MAX_ANCESTORS = MAX_ANCESTORS
-
 
 def export_id_of(path: bytes) -> int:
     """The export id that every handle of the export at path carries."""

@@ -13,6 +13,7 @@ costs nothing (RFC 4506 section 4.10 gives no upper bound; we always pass one).
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -23,6 +24,8 @@ from ._accel import load
 from .errors import XdrError
 
 
+_MAX_OFFSET = (1 << 63) - 1  # off_t
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _u32 = struct.Struct(">I")
 _i32 = struct.Struct(">i")
 _u64 = struct.Struct(">Q")
@@ -172,17 +175,32 @@ class PyPacker:
         """Append bytes that are already XDR-encoded."""
         self._buf += data
 
-    def pread_opaque(self, fd: int, count: int, offset: int, flags: int = 0) -> int:
-        """Variable-length opaque read from fd straight into the buffer (preadv2)."""
+    def read_data(self, fd: int, count: int, offset: int, size: int, nowait: bool = False):
+        """READ3resok's data (RFC 1813 section 3.3.6) as an opaque read from fd (a
+        file of size bytes) straight into the buffer; with nowait only from the
+        page cache.  The bytes read; None when nowait and not all of it is in
+        memory (nothing is appended then); OSError when the read fails."""
         buf = self._buf
         start = len(buf)
+        if count <= 0 or offset > _MAX_OFFSET:
+            buf += bytes(4)  # nothing asked, or past any off_t: no data (and eof)
+            return 0
         buf += bytes(4 + count)
         try:
             with memoryview(buf) as mv:
-                n = os.preadv(fd, [mv[start + 4:start + 4 + count]], offset, flags)
+                n = os.preadv(fd, [mv[start + 4:start + 4 + count]], offset,
+                              _RWF_NOWAIT if nowait else 0)
+        except OSError as e:
+            del buf[start:]
+            if nowait and e.errno in (errno.EAGAIN, errno.EOPNOTSUPP):
+                return None  # EOPNOTSUPP: a filesystem without RWF_NOWAIT
+            raise
         except BaseException:
             del buf[start:]
             raise
+        if nowait and n < count and offset + n < size:
+            del buf[start:]  # a part: a short READ is legal, but costs a round trip
+            return None
         del buf[start + 4 + n:]
         _u32.pack_into(buf, start, n)
         buf += _PAD[n & 3]

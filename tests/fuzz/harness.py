@@ -658,7 +658,7 @@ class DispatchTarget:
     def __init__(self, base: str | None = None):
         from fastnfs.exports import single_export
         from fastnfs.server import Config, Server
-        from fastnfs.handles import _FH_VERSION, _MAX_ANCESTORS
+        from fastnfs.handles import FH_VERSION, MAX_ANCESTORS
         base = base or os.environ.get("FASTNFS_FUZZ_SCRATCH") or (
             "/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.tmp = Path(tempfile.mkdtemp(prefix="fastnfs-fuzz-", dir=base))
@@ -671,8 +671,8 @@ class DispatchTarget:
         from concurrent.futures import ThreadPoolExecutor
         self.disp.executor = ThreadPoolExecutor(max_workers=2)
         self.loop = asyncio.new_event_loop()
-        self.fh_version = _FH_VERSION
-        self.max_anc = _MAX_ANCESTORS
+        self.fh_version = FH_VERSION
+        self.max_anc = MAX_ANCESTORS
         self.export_name = os.fsencode(self.export.name)
         self.runs = 0
         self.outcomes: dict = {}   # (prog, proc, first result word) -> count

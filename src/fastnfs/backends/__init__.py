@@ -54,8 +54,8 @@ in-memory example that the protocol tests run against.  The fast lane
 filesystem ones, whose layout it knows) and boards (``backends.boards``:
 the objects that are the base's own, learnt through ``lane_layer`` and
 ``lane_base``); every other backend is served by the general path alone.  The lane applies a backend's rules through the same
-Cython blocks the backend uses (``_handles``, ``_fsstat``, ``_perm``,
-``virtfs._meta``): a rule added to a backend belongs in such a block, with
+Cython blocks the backend uses (``_handles``, ``_fsstat``, ``_xdr``'s
+``read_data``, ``_perm``, ``virtfs._meta``): a rule added to a backend belongs in such a block, with
 its pure-Python twin, or the backend sets ``lane = False``.
 """
 

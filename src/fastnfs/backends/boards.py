@@ -47,7 +47,7 @@ from .._accel import load
 from ..beneath import DIRP, open_dir as _open_dir, openat2 as _openat2, openat2_ok as _openat2_ok
 from ..boards import Layer
 from ..fs import NFSError, Obj, check_name, join, name_cookie
-from ..fsstat import fstat, lstatat
+from ..fsstat import fstat, lstatat, names_fileid
 from ..nfs3 import const as C
 from ..nfs3.types import Sattr3, put_fattr3
 from ..virtfs.ops import changed_meta, disk_mode, new_meta
@@ -481,7 +481,7 @@ class BoardBackend(ServerChecks, Backend):
             loc = self.locate(path)
         except (NFSError, OSError):
             return None
-        if loc.fileid != ino or (gen and loc.gen and gen != loc.gen):
+        if not names_fileid(loc.fileid, loc.gen, ino, gen):
             return None
         return Obj(ino, path, loc.st, anc)
 
@@ -500,7 +500,7 @@ class BoardBackend(ServerChecks, Backend):
                 except (NFSError, OSError):
                     continue
                 self.paths[loc.fileid] = p
-                if loc.fileid == ino and (not gen or not loc.gen or gen == loc.gen):
+                if names_fileid(loc.fileid, loc.gen, ino, gen):
                     return Obj(ino, p, loc.st, anc)
                 if S.S_ISDIR(loc.st.st_mode) and lvl + 1 < depth:
                     todo.append((p, lvl + 1))

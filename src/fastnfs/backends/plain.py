@@ -30,7 +30,6 @@ from .hostpaths import DIR_FLAGS, HostPaths, open_granting
 from .listing import ListingCache, listing_start
 
 MAX_OFFSET = (1 << 63) - 1  # off_t; FSINFO's maxfilesize
-_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
 class HostDirOp(DirOp):
@@ -145,21 +144,8 @@ def read_reply(fd: int, st, offset: int, count: int, p, head, nowait: bool):
     """Backend.read's work on an open file with attributes st: head(st), then the
     data as an XDR opaque; None when nowait and the data is not all in memory."""
     head(st)
-    if not count or offset > MAX_OFFSET:
-        p.u32(0)  # section 3.3.6: past the end (even past off_t): no data, eof
-        return st, 0
-    try:
-        n = p.pread_opaque(fd, count, offset, _RWF_NOWAIT if nowait else 0)
-    except OSError as err:
-        # EOPNOTSUPP: a filesystem without RWF_NOWAIT; a thread reads
-        if not nowait or err.errno not in (errno.EAGAIN, errno.EOPNOTSUPP):
-            raise
-        return None
-    if nowait and n < count and offset + n < st.st_size:
-        # only part of it is cached: a short READ is legal (section
-        # 3.3.6) but costs the client a round trip; a thread waits
-        return None
-    return st, n
+    n = p.read_data(fd, count, offset, st.st_size, nowait)   # (the fast lane's read_data)
+    return None if n is None else (st, n)
 
 
 class PlainBackend(HostPaths, ServerChecks, Backend):
