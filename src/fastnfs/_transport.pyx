@@ -25,8 +25,8 @@ cdef uint32_t LAST_FRAGMENT = 0x80000000U
 # replies gathered for one write at most (past this they go out at once)
 cdef Py_ssize_t GATHER_MAX = 65536
 
-# what this module shares with its twin (fastnfs.transport imports this module,
-# so it is looked up when the first connection is made, not at import)
+# what this module shares with its twin: fastnfs.transport hands it over
+# (bind) when it loads this module, so imports point one way only
 cdef object _t = None
 cdef object _PY = None           # transport.PyRpcStreamProtocol
 cdef Py_ssize_t RECV_SIZE = 0
@@ -37,9 +37,10 @@ cdef list _small = None
 cdef bytearray _EMPTY = bytearray()
 
 
-cdef int _share() except -1:
+def bind(transport):
+    """Share the pools, sizes and the not-per-call code of the pure twin's
+    module (fastnfs.transport calls this when it selects this class)."""
     global _t, _PY, RECV_SIZE, MAX_SPARES, MAX_SMALL, _spares, _small
-    from fastnfs import transport
     _t = transport
     _PY = transport.PyRpcStreamProtocol
     RECV_SIZE = transport.RECV_SIZE
@@ -47,7 +48,6 @@ cdef int _share() except -1:
     _spares = transport._spares
     _small = transport._small
     MAX_SMALL = transport.MAX_SMALL
-    return 0
 
 
 cdef inline uint32_t _be32(const unsigned char* p) noexcept nogil:
@@ -84,7 +84,7 @@ cdef class RpcStreamProtocol:
     def __init__(self, dispatcher, Py_ssize_t max_record, Py_ssize_t max_inflight=32,
                  connections=None):
         if _t is None:
-            _share()
+            raise RuntimeError("fastnfs._transport is used through fastnfs.transport")
         self.dispatcher = dispatcher
         self.fast = getattr(dispatcher, "fast", None)
         self.cfast = self.fast if isinstance(self.fast, FastPath) else None

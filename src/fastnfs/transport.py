@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import struct
+import sys
 import time
 from types import CoroutineType
 
@@ -467,6 +468,7 @@ class PyRpcStreamProtocol(asyncio.BufferedProtocol):
 RpcStreamProtocol = PyRpcStreamProtocol
 _cx = load("_transport")
 if _cx is not None:
+    _cx.bind(sys.modules[__name__])
     # the same in C; it also gathers the lane's replies to the calls of one read in one write
     RpcStreamProtocol = _cx.RpcStreamProtocol  # noqa: F811  (Cython twin)
 
