@@ -8,7 +8,8 @@ one path and not the other shows.  The shadow answer comes from a second
 dispatcher over the same programs, with its own statistics and duplicate
 request cache, so counts are not doubled.  A difference is checked once more
 before it is reported: another worker or an I/O thread may have changed the
-object between the two answers.
+object between the two answers (and if the lane then declines, it saw that
+change, and nothing is reported).
 """
 
 from __future__ import annotations
@@ -63,9 +64,13 @@ class ShadowLane:
             return
         if retry:   # changed in between?  ask both again
             again = self.lane.answer(call, peer, 0, mark)
-            if again is not None:
-                self._compare(call, peer, mark, again[4:] if mark else again, retry=False)
+            if again is None:
+                # the lane now declines: it saw the change (a board layer's
+                # generation moved), so the first answer raced with it
+                log.debug("shadow: call %s from %s declined on retry", call[:64].hex(), peer[0])
                 return
+            self._compare(call, peer, mark, again[4:] if mark else again, retry=False)
+            return
         self.mismatches += 1
         log.error("%s: call %s from %s: fast lane %s, general path %s", MARK, call[:64].hex(),
                   peer[0], fast.hex(), general.hex() if general is not None else None)
