@@ -28,6 +28,23 @@ def _tree(root):
     os.symlink("passwd", root / "etc" / "pw")
 
 
+def _shadow_and_root_getattr(root):
+    """An in-process shadow-mode server of root, and a GETATTR call of root's
+    handle (from MNT)."""
+    srv = Server(Config(exports=[single_export(str(root))]))
+    shadow = srv.dispatcher.fast
+    assert isinstance(shadow, ShadowLane)
+    p = xdrlib3.Packer()
+    p.pack_string(str(root).encode())
+    rec = call_header(7, 100005, 3, 1, ROOT) + p.get_buffer()
+    reply = bytes(srv.dispatcher.dispatch(rec, ("127.0.0.1", 800), "tcp").getbuffer()[4:])
+    u = xdrlib3.Unpacker(reply[24:])
+    assert u.unpack_uint() == 0
+    p = xdrlib3.Packer()
+    p.pack_opaque(u.unpack_opaque())
+    return shadow, call_header(9, NFS_PROGRAM, NFS_V3, GETATTR, ROOT) + p.get_buffer()
+
+
 def test_live_calls_agree_in_shadow_mode(tmp_path):
     export = tmp_path / "export"
     export.mkdir()
@@ -56,19 +73,7 @@ def test_live_calls_agree_in_shadow_mode(tmp_path):
 def test_a_drifting_lane_is_reported(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("FASTNFS_SHADOW", "1")
     _tree(tmp_path)
-    srv = Server(Config(exports=[single_export(str(tmp_path))]))
-    shadow = srv.dispatcher.fast
-    assert isinstance(shadow, ShadowLane)
-    p = xdrlib3.Packer()                       # the root handle, from MNT
-    p.pack_string(str(tmp_path).encode())
-    rec = call_header(7, 100005, 3, 1, ROOT) + p.get_buffer()
-    reply = bytes(srv.dispatcher.dispatch(rec, ("127.0.0.1", 800), "tcp").getbuffer()[4:])
-    u = xdrlib3.Unpacker(reply[24:])
-    assert u.unpack_uint() == 0
-    root_fh = u.unpack_opaque()
-    p = xdrlib3.Packer()
-    p.pack_opaque(root_fh)
-    rec = call_header(9, NFS_PROGRAM, NFS_V3, GETATTR, ROOT) + p.get_buffer()
+    shadow, rec = _shadow_and_root_getattr(tmp_path)
     peer = ("127.0.0.1", 800)
     with caplog.at_level(logging.ERROR, logger="fastnfs.shadow"):
         assert shadow.answer(rec, peer) is not None
@@ -92,17 +97,7 @@ def test_a_lane_that_declines_the_retry_is_not_reported(tmp_path, monkeypatch, c
     raced with the change and there is nothing left to compare, not a drift."""
     monkeypatch.setenv("FASTNFS_SHADOW", "1")
     _tree(tmp_path)
-    srv = Server(Config(exports=[single_export(str(tmp_path))]))
-    shadow = srv.dispatcher.fast
-    p = xdrlib3.Packer()
-    p.pack_string(str(tmp_path).encode())
-    rec = call_header(7, 100005, 3, 1, ROOT) + p.get_buffer()
-    reply = bytes(srv.dispatcher.dispatch(rec, ("127.0.0.1", 800), "tcp").getbuffer()[4:])
-    u = xdrlib3.Unpacker(reply[24:])
-    assert u.unpack_uint() == 0
-    p = xdrlib3.Packer()
-    p.pack_opaque(u.unpack_opaque())
-    rec = call_header(9, NFS_PROGRAM, NFS_V3, GETATTR, ROOT) + p.get_buffer()
+    shadow, rec = _shadow_and_root_getattr(tmp_path)
     _real = shadow.lane
 
     class Raced:          # answers from before the change, then sees it and declines
