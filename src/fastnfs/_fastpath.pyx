@@ -238,10 +238,7 @@ cdef _Export _make_export(e):
     if overlay is not None:
         if not isinstance(overlay.cache, MetaCache):
             return None
-        from fastnfs.virtfs.store import NO_META
-        x.meta = overlay.cache
-        x.no_meta = NO_META
-        x.read_meta = overlay.meta
+        _use_meta(x, overlay)
     x.checks = x.meta is not None
     return x
 
@@ -268,11 +265,18 @@ cdef _Export _make_board(e, b):
     x.known = {}
     x.meta = None
     if bv is not None:
-        from fastnfs.virtfs.store import NO_META
-        x.meta = bv.cache
-        x.no_meta = NO_META
-        x.read_meta = bv.meta
+        _use_meta(x, bv)
     return x
+
+
+cdef int _use_meta(_Export x, v) except -1:
+    """x reads its objects' metadata through the virtfs overlay v's cache
+    (imported here: a server without virtfs never loads it)."""
+    from fastnfs.virtfs.store import NO_META
+    x.meta = v.cache
+    x.no_meta = NO_META
+    x.read_meta = v.meta
+    return 0
 
 
 cdef int _board_sync(_Export x) except -1:
@@ -313,12 +317,9 @@ cdef int _board_sync(_Export x) except -1:
         x.gen_map = m
         x.upper_fd = fd
         x.layer = L
-        from fastnfs.virtfs.store import NO_META
         u = _Export.__new__(_Export)
         u.root_fd = fd
-        u.meta = uv.cache
-        u.no_meta = NO_META
-        u.read_meta = uv.meta
+        _use_meta(u, uv)
         x.upper = u
     x.whiteouts = L.whiteouts
     x.attrs = L.attrs
