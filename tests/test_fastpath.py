@@ -230,6 +230,87 @@ def test_read_and_readlink_same_bytes(tree, cred):
     assert srv.stats.bytes_read > 0
 
 
+def _whole(r) -> bytes:
+    """A reply as it goes on the wire after its record mark: a lent READ's
+    head, then the data of the file it names and the XDR padding."""
+    if type(r) is not tuple:
+        return bytes(r.getbuffer()[4:]) if hasattr(r, "getbuffer") else bytes(r[4:])
+    head, tail = r
+    head = bytes(head.getbuffer()[4:]) if hasattr(head, "getbuffer") else bytes(head[4:])
+    fd, offset, count = tail
+    try:
+        data = os.pread(fd, count, offset)
+    finally:
+        os.close(fd)
+    return head + data + bytes(-count & 3)
+
+
+@pytest.mark.parametrize("cred", [ROOT, USER, OTHER], ids=["root", "user", "other"])
+def test_large_reads_lent_same_bytes(tree, cred):
+    """A cached READ over the inline limit is answered by the lane with its
+    data left in the file (answer_lend, what the compiled transport sends by
+    sendfile): with the file's bytes after it, the general path's reply."""
+    big = tree / "usr/lib/deep/er/still/deeper/and/more/big"
+    data = os.urandom(3 * 2**20 + 5)
+    big.write_bytes(data)
+    os.chmod(big, 0o640)
+    if os.geteuid() == 0:
+        # USER owns it, OTHER may not read it (cachestat(2), which says the
+        # data is cached, answers only the owner or a writer of the file)
+        os.chown(big, 1000, 1000)
+    srv = _server(tree)
+    fast = srv.dispatcher.fast
+    assert srv.dispatcher.lend_files        # (cachestat: Linux 6.5)
+    fh = _walk(srv, b"usr/lib/deep/er/still/deeper/and/more/big")
+    big.read_bytes()
+    _both(srv, _call(READ, _read(fh, 0, 10), cred))    # the thread acts as the caller
+    lent = 0
+    for off, count in ((0, 2**20), (1, 2**20), (2**20, 65537), (3 * 2**20 - 70001, 2**20),
+                       (3 * 2**20 - 65536, 2**20), (3 * 2**20 + 1, 200000), (0, 2**21),
+                       (1 << 63, 2**20), (0, 65536)):
+        rec = _call(READ, _read(fh, off, count), cred)
+        g = _whole(srv.dispatcher.dispatch(rec, LOCAL, "tcp"))
+        r = fast.answer_lend(rec, LOCAL)
+        if r is None:
+            continue
+        if type(r) is tuple:
+            lent += 1
+            head, fd, offset, n = r
+            assert n > 65536 and int.from_bytes(head[:4], "big") == 0x80000000 | (
+                len(head) - 4 + n + (-n & 3))
+            r = (head, (fd, offset, n))
+        assert _whole(r) == g, (off, count)
+    # root and the owner read it; the general path refuses the others
+    assert lent == (0 if cred is OTHER or os.geteuid() != 0 and cred is not USER else 6)
+
+
+def test_large_reads_not_cached_are_not_lent(tree):
+    """Data the page cache does not hold all of goes to the general path (its
+    pool may wait for the disk), and so does a large READ from a caller
+    that cannot send from a file."""
+    big = tree / "big"
+    big.write_bytes(os.urandom(2**20))
+    srv = _server(tree)
+    fast = srv.dispatcher.fast
+    fh = _walk(srv, b"big")
+    rec = _call(READ, _read(fh, 0, 2**20), ROOT)
+    from fastnfs import fsstat
+    with open(big, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)     # clean pages: dropped
+        if fsstat.cache_pages(f.fileno(), 0, 2**20) != 0:
+            pytest.skip("the page cache kept the pages")
+        os.pread(f.fileno(), 4096, 0)      # that page (and some read ahead), not all
+    assert fast.answer_lend(rec, LOCAL) is None
+    big.read_bytes()
+    r = fast.answer_lend(rec, LOCAL)
+    assert type(r) is tuple
+    os.close(r[1])
+    assert fast.answer(rec, LOCAL, 0, True) is None      # no lending asked
+    udp = fast.answer(rec, LOCAL)                        # UDP: a datagram's worth, inline
+    assert udp is not None and 32768 < len(udp) < 33000
+
+
 def test_other_procedures_and_programs_decline(tree):
     srv = _server(tree)
     fh = _walk(srv, b"etc/lib")

@@ -184,6 +184,58 @@ def test_stats_show_what_was_sent(export_dir, tmp_path):
     assert r.returncode == 1 and "no running fastnfs" in r.stderr
 
 
+def test_large_cached_reads_answered_by_the_lane(export_dir, tmp_path):
+    """READs over 64 KiB of data the page cache holds are answered by the fast
+    lane, the data sent from the file (sendfile): pipelined with other calls
+    in one send, every reply comes whole, in order, with the file's bytes."""
+    from rpcclient import GETATTR, NFS_PROGRAM, NFS_V3, READ, RpcClient
+    from xdrlib3 import Packer
+    data = os.urandom(3 * 2**20 + 5)
+    (export_dir / "big").write_bytes(data)
+    (export_dir / "big").read_bytes()
+    srv = start(export_dir, tmp_path)
+    try:
+        n = Nfs3.connect(srv.port, cred=ROOT)
+        fh = n.lookup(n.mount(str(srv.export)), "big")[1]["fh"]
+        c = RpcClient(srv.port, cred=ROOT)
+        reads = [(0, 2**20), (1, 2**20), (2 * 2**20, 65537), (3 * 2**20 - 70001, 2**20)]
+        stream, want = [], []
+        for i, (off, count) in enumerate(reads * 2):
+            a = Packer()
+            a.pack_opaque(fh)
+            xid, msg = c.build(NFS_PROGRAM, NFS_V3, GETATTR, a.get_buffer(), xid=1000 + 2 * i)
+            stream.append(c.frame(msg))
+            a.pack_uhyper(off)
+            a.pack_uint(count)
+            xid, msg = c.build(NFS_PROGRAM, NFS_V3, READ, a.get_buffer(), xid=1001 + 2 * i)
+            stream.append(c.frame(msg))
+            want += [(1000 + 2 * i, None), (1001 + 2 * i, data[off:off + count])]
+        c.send_raw(b"".join(stream))
+        for xid, chunk in want:
+            r = c.recv_reply()
+            assert r.xid == xid and r.ok
+            u = r.body
+            assert u.unpack_uint() == NFS3_OK
+            if chunk is None:
+                continue
+            assert u.unpack_bool()
+            u.set_position(u.get_position() + 84)          # fattr3
+            assert u.unpack_uint() == len(chunk)
+            assert u.unpack_bool() == (chunk == data[-len(chunk):])
+            assert u.unpack_bytes() == chunk
+            u.done()
+        c.close()
+        n.close()
+        total = sum(len(data[o:o + k]) for o, k in reads) * 2
+        s = wait_stats(srv, tmp_path, lambda s: s["bytes_read"] == total)
+        assert calls(s, "nfs.READ") == 8 and errors(s, "nfs.READ") == 0
+        if not os.environ.get("FASTNFS_PURE"):
+            assert s["fast_lane"]["answered"] >= 16
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log()
+
+
 def test_stats_add_up_across_two_workers(export_dir, tmp_path):
     srv = start(export_dir, tmp_path, "--workers", "2")
     try:

@@ -77,15 +77,23 @@ cdef class FastPath:
     cdef Py_ssize_t tcp_maxdata, udp_maxdata, read_inline_max
     cdef public Py_ssize_t answered
     cdef public Py_ssize_t declined
+    # a READ answered with lend: its data is count bytes of the open file fd
+    # from offset, for the transport to send after the reply (then close fd)
+    cdef readonly int lent_fd
+    cdef readonly uint64_t lent_offset
+    cdef readonly Py_ssize_t lent_count
 
     cdef _Export _export(self, uint32_t eid)
     cdef _Caller _caller(self, _Export x, peer, const unsigned char* body, Py_ssize_t n)
-    cdef object answer_at(self, const unsigned char* d, Py_ssize_t n, peer, bint mark)
-    cdef object _answer(self, const unsigned char* d, Py_ssize_t n, peer, Py_ssize_t maxdata)
+    cdef object answer_at(self, const unsigned char* d, Py_ssize_t n, peer, bint mark,
+                          bint lend=*)
+    cdef int take_lent(self) noexcept
+    cdef object _answer(self, const unsigned char* d, Py_ssize_t n, peer, Py_ssize_t maxdata,
+                        bint lend)
     cdef int _count(self, uint32_t proc, bint ok, int64_t ns, host, Py_ssize_t nin,
                     Py_ssize_t nout) except -1
     cdef int _readlink(self, Packer p, _Export x, bytes path, statx* sx) except -2
     cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, object applied,
-                      uint64_t offset, Py_ssize_t count)
+                      uint64_t offset, Py_ssize_t count, bint lend)
     cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
                            const fh_t* dir_fh) except -1

@@ -54,6 +54,7 @@ from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_ST
                               STATX_BTIME, c_statx, generation, lookup_dir, lookup_done,
                               lookup_name, makedev, names_fileid, statx, statx_btime_ns,
                               statx_names)
+from fastnfs._fsstat cimport all_cached
 from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32, read_data
 from fastnfs.virtfs._meta cimport (MetaCache, child_meta_path_into, hidden_name, meta_at,
                                    meta_path_into, overlay_statx)
@@ -496,6 +497,7 @@ cdef class FastPath:
         self.current_creds = creds_mod.current if state.switch_creds else None
         self.answered = 0
         self.declined = 0
+        self.lent_fd = -1
         self.out = Packer()
         self.procs = [_ProcRow() for _ in range(NPROCS)]
         self.clients = {}
@@ -579,11 +581,37 @@ cdef class FastPath:
             return None
         return self.answer_at(&view[offset], view.shape[0] - offset, peer, mark)
 
-    cdef object answer_at(self, const unsigned char* d, Py_ssize_t n, peer, bint mark):
+    def answer_lend(self, record, peer):
+        """answer() of a TCP call that may lend a large cached READ's data:
+        (reply, fd, offset, count), the record mark counting the count bytes
+        of fd from offset and their padding, which follow the reply (the
+        caller closes fd); a reply alone otherwise; None to decline."""
+        cdef const unsigned char[::1] view
+        try:
+            view = record
+        except (TypeError, ValueError, BufferError):
+            return None
+        if view.shape[0] == 0:
+            return None
+        r = self.answer_at(&view[0], view.shape[0], peer, True, True)
+        if r is None or self.lent_fd < 0:
+            return r
+        cdef int fd = self.take_lent()
+        return r, fd, self.lent_offset, self.lent_count
+
+    cdef object answer_at(self, const unsigned char* d, Py_ssize_t n, peer, bint mark,
+                          bint lend=False):
         """answer() of the n bytes of a call at d: the compiled transport's entry
-        point (_transport.pyx), which holds the record's bytes, not an object."""
-        r = self._answer(d, n, peer, self.tcp_maxdata if mark else self.udp_maxdata)
+        point (_transport.pyx), which holds the record's bytes, not an object.
+        With lend (TCP, and a transport that can send from a file), a cached
+        READ larger than read_inline_max is answered too, its data left in
+        the file: lent_fd says so (take_lent)."""
+        self.lent_fd = -1
+        r = self._answer(d, n, peer, self.tcp_maxdata if mark else self.udp_maxdata,
+                         lend and mark)
         if r is None:
+            if self.lent_fd >= 0:
+                close(self.take_lent())
             self.declined += 1
             return None
         self.answered += 1
@@ -591,11 +619,21 @@ cdef class FastPath:
         cdef char* w = PyBytes_AS_STRING(r)
         cdef Py_ssize_t size = len(r)
         if mark:
+            if self.lent_fd >= 0:     # the data and its XDR padding follow (RFC 4506 section 4.10)
+                size += self.lent_count + ((-self.lent_count) & 3)
+                self.bytes_read += self.lent_count
             put_be32(<unsigned char*>w, 0x80000000 | <uint32_t>(size - 4))
             return r
         return PyBytes_FromStringAndSize(w + 4, size - 4)
 
-    cdef object _answer(self, const unsigned char* d, Py_ssize_t n, peer, Py_ssize_t maxdata):
+    cdef int take_lent(self) noexcept:
+        """The fd of the READ just lent (the caller closes it); none lent after."""
+        cdef int fd = self.lent_fd
+        self.lent_fd = -1
+        return fd
+
+    cdef object _answer(self, const unsigned char* d, Py_ssize_t n, peer, Py_ssize_t maxdata,
+                        bint lend):
         """The reply (4 bytes left for the record mark first) as a new bytes, or None."""
         cdef timespec t0, t1
         clock_gettime(CLOCK_MONOTONIC, &t0)
@@ -649,7 +687,7 @@ cdef class FastPath:
             count = get_be32(d + pos + 8)
             if count > maxdata:
                 count = maxdata
-            if count > self.read_inline_max:
+            if count > self.read_inline_max and not lend:
                 return None   # big reads go to the general path and its thread pool
         elif proc == ACCESS:
             if pos + 4 > n:
@@ -749,7 +787,7 @@ cdef class FastPath:
             if x.checks and not io_allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid,
                                                          sx.stx_gid, sx.stx_mode, R_OK):
                 return None   # (VirtfsBackend.check_io) the general path refuses it
-            out = self._read(p, x, bpath, &sx, applied, roff, count)
+            out = self._read(p, x, bpath, &sx, applied, roff, count, lend)
             if out is None:
                 return None
         else:
@@ -812,7 +850,7 @@ cdef class FastPath:
         clock_gettime(CLOCK_MONOTONIC, &t1)
         self._count(proc, status == NFS3_OK,
                     (t1.tv_sec - t0.tv_sec) * 1000000000 + (t1.tv_nsec - t0.tv_nsec),
-                    peer[0], n, len(out) - 4)
+                    peer[0], n, len(out) - 4 + (self.lent_count if self.lent_fd >= 0 else 0))
         return out
 
     cdef int _count(self, uint32_t proc, bint ok, int64_t ns, host, Py_ssize_t nin,
@@ -879,11 +917,14 @@ cdef class FastPath:
         return 0
 
     cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, object applied,
-                      uint64_t offset, Py_ssize_t count):
+                      uint64_t offset, Py_ssize_t count, bint lend):
         """The whole READ reply from the page cache only (RFC 1813 section 3.3.6):
         the header from p, the data read by the kernel straight into the bytes
-        that leave.  None to decline: a read that would wait for the disk goes
-        to the general path and its pool."""
+        that leave, or with lend, when there is more than read_inline_max of
+        it and all of it is cached (_fsstat.all_cached, as the general path
+        decides), left in the file for the transport to send (lent_fd).  None
+        to decline: a read that would wait for the disk goes to the general
+        path and its pool."""
         cdef statx fsx
         cdef int fd = -1
         if x.board:      # a board never moves the base's atimes (where O_NOATIME is allowed)
@@ -901,19 +942,37 @@ cdef class FastPath:
             return None
         if applied is not None:          # seen as clients see it, as sx is
             overlay_statx(&fsx, applied)
+        # what the file holds from offset (a size is an off_t: nothing past that)
+        cdef Py_ssize_t want = 0
+        if offset < fsx.stx_size:
+            want = <Py_ssize_t>min(<uint64_t>count, fsx.stx_size - offset)
+        if want > self.read_inline_max and not (lend and all_cached(fd, offset, want)):
+            close(fd)
+            return None
         p.write_u32(NFS3_OK)
         p.write_u32(1)
         _fattr3(p, &fsx, x.fsid)
         p.write_u64(0)                       # count and eof, known after the read
         p.write_u32(0)                       # the data's length
         cdef Py_ssize_t head = p.size()
-        out = PyBytes_FromStringAndSize(NULL, head + ((count + 3) & ~3))
-        cdef unsigned char* w = <unsigned char*>PyBytes_AS_STRING(out)
-        cdef Py_ssize_t got = read_data(fd, w + head, count, offset, fsx.stx_size, True)
+        cdef unsigned char* w
+        if want > self.read_inline_max:      # lent: the file's pages go to the socket
+            out = PyBytes_FromStringAndSize(<const char*>p.bytes_at(), head)
+            w = <unsigned char*>PyBytes_AS_STRING(out)
+            put_be32(w + head - 12, <uint32_t>want)
+            put_be32(w + head - 8, 1 if offset + want >= fsx.stx_size else 0)
+            put_be32(w + head - 4, <uint32_t>want)
+            self.lent_fd = fd
+            self.lent_offset = offset
+            self.lent_count = want
+            return out
+        out = PyBytes_FromStringAndSize(NULL, head + ((want + 3) & ~3))
+        w = <unsigned char*>PyBytes_AS_STRING(out)
+        cdef Py_ssize_t got = read_data(fd, w + head, want, offset, fsx.stx_size, True)
         close(fd)
         if got < 0:
             return None                      # not (all) in the page cache: the general path
-        if got < count:                      # the end of the file: a shorter reply
+        if got < want:                       # the file shrank meanwhile: a shorter reply
             out = PyBytes_FromStringAndSize(<const char*>w, head + ((got + 3) & ~3))
             w = <unsigned char*>PyBytes_AS_STRING(out)
         memcpy(w, p.bytes_at(), head)

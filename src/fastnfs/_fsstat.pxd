@@ -52,6 +52,8 @@ cdef bint statx_names(const statx* sx, unsigned long long ino, unsigned int dev,
 # whether an object (fileid, its generation) is the one a board's handle names
 cpdef bint names_fileid(unsigned long long fileid, unsigned int fgen, unsigned long long ino,
                         unsigned int gen) noexcept nogil
+# whether the page cache holds all of a file's range (cachestat(2)): READ data may leave by sendfile
+cpdef bint all_cached(int fd, unsigned long long offset, unsigned long long count) noexcept nogil
 
 
 cdef class Stat:

@@ -52,6 +52,21 @@ cdef class Stat:
         return "Stat(ino=%d, mode=%o, size=%d)" % (self.st_ino, self.st_mode, self.st_size)
 
 
+cdef extern from "<unistd.h>" nogil:
+    int getpagesize()
+
+
+cpdef bint all_cached(int fd, unsigned long long offset, unsigned long long count) noexcept nogil:
+    """Does the page cache hold every page of fd's [offset, offset + count)?
+    The rule for sending READ data from the file (offload.cached; the fast
+    lane's large READs): then sendfile will not wait for the disk."""
+    if count == 0:
+        return False
+    cdef unsigned long long page = <unsigned long long>getpagesize()
+    return fastnfs_cachestat(fd, offset, count) >= <long long>(
+        (offset + count - 1) // page - offset // page + 1)
+
+
 def cache_pages(int fd, unsigned long long offset, unsigned long long count):
     """cachestat(2): how many pages of fd's [offset, offset + count) the page
     cache holds; -1 when the kernel cannot say (before Linux 6.5)."""

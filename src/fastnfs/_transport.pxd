@@ -38,6 +38,7 @@ cdef class RpcStreamProtocol:
     cdef public bint _write_blocked
     cdef _Window _win
     cdef object _out                # replies waiting to be written: None, bytes or a list
+    cdef bint _lend                 # large cached READs answered by the lane go by sendfile
     cdef Py_ssize_t _outn           # their size
 
 
@@ -52,3 +53,4 @@ cdef class RpcStreamProtocol:
     cdef int _handle_bytes(self, bytes record) except -1
     cdef int _gather(self, bytes r) except -1
     cdef int _flush(self) except -1
+    cdef int _send_lent(self, bytes head, int fd) except -1

@@ -15,11 +15,17 @@ cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint32_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memmove, memset
+from posix.types cimport off_t
+from posix.unistd cimport close, pread, write
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from fastnfs._fastpath cimport FastPath
+
+cdef extern from "<sys/sendfile.h>" nogil:
+    ssize_t sendfile(int out_fd, int in_fd, off_t* offset, size_t count)
 
 cdef uint32_t LAST_FRAGMENT = 0x80000000U
 # replies gathered for one write at most (past this they go out at once)
@@ -127,6 +133,9 @@ cdef class RpcStreamProtocol:
     # -- asyncio callbacks (what is not per call is the twin's own code) --
     def connection_made(self, transport):
         _PY.connection_made(self, transport)
+        # the lane may leave large cached READ data in the file (send_file's way)
+        self._lend = self._sock >= 0 and self.cfast is not None \
+            and bool(getattr(self.dispatcher, "lend_files", False))
 
     def connection_lost(self, exc):
         self._drop_buffer()
@@ -295,7 +304,11 @@ cdef class RpcStreamProtocol:
         """Answer the call in the buffer at [start, end): the fast lane (0), else
         the general path (1)."""
         if self.cfast is not None:
-            r = self.cfast.answer_at(<unsigned char*>self._p + start, end - start, self.peer, True)
+            r = self.cfast.answer_at(<unsigned char*>self._p + start, end - start, self.peer, True,
+                                     self._lend)
+            if r is not None and self.cfast.lent_fd >= 0:
+                self._send_lent(r, self.cfast.take_lent())
+                return 0
         elif self.fast is not None:
             r = self.fast.answer(self._rv[:end], self.peer, start, True)
         else:
@@ -348,6 +361,55 @@ cdef class RpcStreamProtocol:
         if type(out) is list:
             out = b"".join(out)
         self.transport.write(out)
+        return 0
+
+    cdef int _send_lent(self, bytes head, int fd) except -1:
+        """The lane's reply head, then the READ data it left in the file fd
+        (lent_offset, lent_count) and its padding; fd closed after.  As
+        send_file: the head straight to the socket and the data by sendfile
+        when nothing waits before them, what the socket does not take read
+        from the file and queued behind; a file that shrank meanwhile gives
+        zeros (the record mark promised the length)."""
+        cdef off_t offset = <off_t>self.cfast.lent_offset
+        cdef Py_ssize_t count = self.cfast.lent_count, sent = 0, k = 0, hn = len(head)
+        cdef Py_ssize_t pad = (-count) & 3
+        cdef ssize_t n
+        cdef const char* h = PyBytes_AS_STRING(head)
+        try:
+            self._flush()                  # the replies before it go first
+            t = self.transport
+            if t.is_closing():
+                return 0
+            if not t.get_write_buffer_size():
+                k = write(self._sock, h, hn)
+                if k < 0:
+                    if errno != EAGAIN and errno != EINTR:
+                        t.abort()          # the connection is gone
+                        return 0
+                    k = 0
+                while k == hn and sent < count:
+                    n = sendfile(self._sock, fd, &offset, count - sent)
+                    if n > 0:
+                        sent += n
+                        continue
+                    if n < 0 and errno != EAGAIN and errno != EINTR:
+                        t.abort()
+                        return 0
+                    break                  # full, or the file ended early
+            if k < hn:
+                t.write(head[k:])
+            if sent < count:
+                rest = PyBytes_FromStringAndSize(NULL, count - sent)
+                n = pread(fd, PyBytes_AS_STRING(rest), count - sent, offset)
+                if n < 0:
+                    n = 0
+                if n < count - sent:       # (zeros)
+                    memset(PyBytes_AS_STRING(rest) + n, 0, count - sent - n)
+                t.write(rest)
+            if pad:
+                t.write(b"\0\0\0"[:pad])
+        finally:
+            close(fd)
         return 0
 
     def _general(self, record):

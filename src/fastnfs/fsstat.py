@@ -16,13 +16,14 @@ from ._accel import load
 from .proc import libc
 
 __all__ = ["Stat", "lstatat", "fstat", "generation", "names_object", "names_fileid",
-           "lookup_at", "cache_pages"]
+           "lookup_at", "cache_pages", "all_cached"]
 
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_EMPTY_PATH = 0x1000
 _MASK = 0x7FF | 0x800  # STATX_BASIC_STATS | STATX_BTIME
 _STATX_BTIME = 0x800
 _O_PATH = getattr(os, "O_PATH", 0o10000000)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 _SYS_CACHESTAT = 451        # cachestat(2), Linux 6.5; the same number on every arch
 _statx = None
 # struct statx (linux/stat.h): offsets of the fields used here
@@ -163,9 +164,19 @@ def cache_pages(fd: int, offset: int, count: int) -> int:
     return st[0]
 
 
+def py_all_cached(fd: int, offset: int, count: int) -> bool:
+    """Does the page cache hold every page of fd's [offset, offset + count)?
+    (The rule for sending READ data from the file; twin of _fsstat.all_cached.)"""
+    if count <= 0:
+        return False
+    page = _PAGE
+    return cache_pages(fd, offset, count) >= (offset + count - 1) // page - offset // page + 1
+
+
 names_object, names_fileid, lookup_at = py_names_object, py_names_fileid, py_lookup_at
+all_cached = py_all_cached
 _cx = load("_fsstat")
 if _cx is not None:  # the Cython twin
     Stat, fstat, generation, lstatat = _cx.Stat, _cx.fstat, _cx.generation, _cx.lstatat
     names_object, names_fileid, lookup_at = _cx.names_object, _cx.names_fileid, _cx.lookup_at
-    cache_pages = _cx.cache_pages
+    cache_pages, all_cached = _cx.cache_pages, _cx.all_cached

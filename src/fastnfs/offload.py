@@ -6,7 +6,7 @@ large transfers are not, and must never stall other clients' requests.
 
 import os
 
-from .fsstat import cache_pages
+from .fsstat import all_cached, cache_pages
 from .nfs3.const import UNSTABLE
 
 HAVE_NOWAIT = hasattr(os, "RWF_NOWAIT")  # preadv2 can answer "not in the page cache"
@@ -30,11 +30,9 @@ LEND_MIN = INLINE_IO_MAX + 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def cached(fd: int, offset: int, count: int) -> bool:
-    """Are all pages of fd's [offset, offset + count) in the page cache? (cachestat)"""
-    if count <= 0:
-        return False
-    return cache_pages(fd, offset, count) >= (offset + count - 1) // _PAGE - offset // _PAGE + 1
+# Are all pages of fd's [offset, offset + count) in the page cache? (cachestat;
+# the fast lane asks the same compiled rule for its large READs)
+cached = all_cached
 
 
 def can_lend() -> bool:
