@@ -98,6 +98,23 @@ def tree_cpu_seconds(root: int) -> float:
     return total / TICK
 
 
+def tree_pids(root: int) -> list:
+    """root and all its descendants (a server and its workers)."""
+    kids: dict = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                kids.setdefault(int(_stat(d)[1]), []).append(int(d))
+            except OSError:
+                pass
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += kids.get(p, [])
+    return out
+
+
 def tree_rss_mb(root: int, field: str = "VmRSS:", source: str = "status") -> float:
     """Resident memory (VmRSS, or another /proc status field such as VmHWM:, the peak;
     with source "smaps_rollup", Pss:) of root and all its descendants, in MB."""
@@ -608,7 +625,7 @@ def wl_bootstorm(a) -> list:
 
 def one_bootstorm(a, kind, tree, nclients, per_client) -> dict:
     s = start(a, kind, tree, a.server_cpu)
-    spy = None
+    spies = []      # py-spy, perf: recording the server during the storm
     result = {"rss_start_mb": tree_rss_mb(s.pid)}   # ready, idle
     try:
         procs = min(a.procs, nclients)
@@ -634,10 +651,17 @@ def one_bootstorm(a, kind, tree, nclients, per_client) -> dict:
         if a.py_spy and kind.startswith("fastnfs"):
             out = os.path.join(a.workdir, "py-spy-%s-%d.%s" % (
                 kind, nclients, "txt" if a.py_spy_format == "raw" else "svg"))
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(s.pid), "-o", out,
+            spies.append(subprocess.Popen(["py-spy", "record", "--pid", str(s.pid), "-o", out,
                                     "--format", a.py_spy_format, "--rate", "250", "--nonblocking", "--subprocesses"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             log(a, "py-spy recording %s to %s" % (kind, out))
+        if a.perf and kind.startswith("fastnfs"):
+            out = os.path.join(a.workdir, "perf-%s-%d.data" % (kind, nclients))
+            spies.append(subprocess.Popen(
+                ["perf", "record", "-q", "-g", "-F", "2000", "-o", out, "-p",
+                 ",".join(map(str, tree_pids(s.pid)))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            log(a, "perf recording %s to %s (perf report -i %s)" % (kind, out, out))
         cpu = {}
 
         def sample_cpu():  # server CPU over exactly the measured interval
@@ -653,7 +677,7 @@ def one_bootstorm(a, kind, tree, nclients, per_client) -> dict:
         # pages shared by the processes (forked workers, libraries) counted once
         result["pss_mb"] = tree_rss_mb(s.pid, "Pss:", "smaps_rollup")
     finally:
-        if spy is not None:
+        for spy in spies:
             spy.send_signal(signal.SIGINT)
             try:
                 spy.wait(30)
@@ -1019,6 +1043,9 @@ def main(argv=None) -> int:
                     help="extra argument for fastnfs serve (repeatable)")
     ap.add_argument("--py-spy", action="store_true",
                     help="bootstorm: record fastnfs with py-spy into WORKDIR")
+    ap.add_argument("--perf", action="store_true",
+                    help="bootstorm, virtfs, boards: record fastnfs (all its processes) with "
+                         "perf record -g into WORKDIR/perf-KIND-CLIENTS.data")
     ap.add_argument("--py-spy-format", default="flamegraph", choices=["flamegraph", "raw",
                                                                       "speedscope"])
     ap.add_argument("--generator", choices=["c", "python"], default="c",
