@@ -311,6 +311,136 @@ def test_large_reads_not_cached_are_not_lent(tree):
     assert udp is not None and 32768 < len(udp) < 33000
 
 
+def _write(fh: bytes, offset: int, data: bytes, stable: int = 0, count=None) -> bytes:
+    p = Packer()
+    p.pack_opaque(fh)
+    p.pack_uhyper(offset)
+    p.pack_uint(len(data) if count is None else count)
+    p.pack_uint(stable)
+    p.pack_opaque(data)
+    return p.get_buffer()
+
+
+def _write_reply(r: bytes):
+    """A WRITE reply's parts, the times apart (each write moves them):
+    (status, before's size, after's fattr3 without times, count, committed, verf,
+    before's and after's times)."""
+    status = int.from_bytes(r[24:28], "big")
+    if status != 0:
+        return status, r[28:]
+    assert r[28:32] == b"\0\0\0\1" and r[56:60] == b"\0\0\0\1"
+    before_size, before_times = r[32:40], r[40:56]
+    post = r[60:144]
+    assert len(r) == 160
+    return (status, before_size, post[:60], r[144:], before_times, post[60:])
+
+
+@pytest.mark.parametrize("cred", [ROOT, USER, OTHER], ids=["root", "user", "other"])
+def test_unstable_write_same_bytes(tree, cred):
+    """An UNSTABLE WRITE answered by the lane: the file holds what the general
+    path would have written, and the reply is the general path's but for the
+    times the write itself moved (the general path writes the same bytes
+    again, after, and its before is the lane's after)."""
+    f = tree / "usr/lib/deep/er/still/deeper/and/more/w"
+    f.write_bytes(b"")
+    os.chmod(f, 0o664)
+    if os.geteuid() == 0:
+        os.chown(f, 0, 24)                 # USER may write it by its group, OTHER may not
+    srv = _server(tree)
+    fast = srv.dispatcher.fast
+    fh = _walk(srv, b"usr/lib/deep/er/still/deeper/and/more/w")
+    want = bytearray()
+    answered = 0
+    for off, data in ((0, b"abc"), (3, b"x" * 5000), (100000, b"tail!"), (1, b""),
+                      (4096, os.urandom(65536 + 3)), (7, b"q")):
+        rec = _call(7, _write(fh, off, data), cred)
+        _as_server()
+        before = os.stat(f)
+        _general(srv, _call(GETATTR, _fh(fh), cred), LOCAL)   # the thread acts as the caller
+        r = fast.answer(rec, LOCAL, 0, True)
+        g = _general(srv, rec, LOCAL)
+        _as_server()
+        if r is None:
+            assert _write_reply(g)[0] != 0 or os.geteuid() != 0 or cred is OTHER
+            continue
+        answered += 1
+        r = r[4:]
+        end = max(len(want), off + len(data))
+        want.extend(bytes(end - len(want)))
+        want[off:off + len(data)] = data
+        assert f.read_bytes() == bytes(want)
+        lane, gen = _write_reply(r), _write_reply(g)
+        # the same status, attributes after, count, committed and verifier
+        assert (lane[0], lane[2], lane[3]) == (gen[0], gen[2], gen[3])
+        # before: the file as it was, and for the general path as the lane left it
+        assert lane[1] == before.st_size.to_bytes(8, "big")
+        assert gen[1] == lane[2][20:28] == len(want).to_bytes(8, "big")
+        assert lane[4] == b"".join(
+            int(t).to_bytes(4, "big") for t in (before.st_mtime_ns // 10**9,
+                                                 before.st_mtime_ns % 10**9,
+                                                 before.st_ctime_ns // 10**9,
+                                                 before.st_ctime_ns % 10**9))
+    if cred is OTHER and os.geteuid() == 0:
+        assert answered == 0 and f.read_bytes() == b""
+    else:
+        assert answered == 6
+    srv.stats.flush()
+    assert srv.stats.bytes_written >= 2 * (3 + 5000 + 5 + 65539 + 1) * (answered > 0)
+
+
+def test_writes_the_lane_leaves(tree):
+    """Stable writes (they sync: the pool), a count other than the data's, a
+    read-only export, more than a datagram holds over UDP, a FIFO and past
+    off_t all go to the general path."""
+    f = tree / "f"
+    f.write_bytes(b"")
+    os.chmod(f, 0o666)
+    srv = _server(tree)
+    fast = srv.dispatcher.fast
+    fh = _walk(srv, b"f")
+    assert fast.answer(_call(7, _write(fh, 0, b""), ROOT), LOCAL, 0, True) is not None
+    for stable in (1, 2):
+        assert fast.answer(_call(7, _write(fh, 0, b"x", stable), ROOT), LOCAL, 0, True) is None
+    assert fast.answer(_call(7, _write(fh, 0, b"xy", count=1), ROOT), LOCAL, 0, True) is None
+    assert fast.answer(_call(7, _write(fh, 0, b"y" * 40000), ROOT), LOCAL) is None     # UDP
+    assert fast.answer(_call(7, _write(fh, (1 << 63) - 2, b"zz"), ROOT), LOCAL, 0, True) is None
+    fifo = _walk(srv, b"etc/initctl")
+    assert fast.answer(_call(7, _write(fifo, 0, b"x"), ROOT), LOCAL, 0, True) is None
+    _as_server()
+    assert f.read_bytes() == b""
+    entries, _ = parse_exports("%s 127.0.0.1(ro)\n" % tree)
+    ro = _server(tree, entries[0])
+    fh = _walk(ro, b"f")
+    assert ro.dispatcher.fast.answer(_call(7, _write(fh, 0, b"x"), ROOT), LOCAL, 0, True) is None
+    _as_server()
+    assert f.read_bytes() == b""
+
+
+def test_virtfs_write_by_metadata_permissions(tmp_path):
+    """virtfs: the metadata's owner and mode say who may write (the general
+    path's check_io); the reply shows the file as clients see it."""
+    root = tmp_path / "root"
+    _virtfs_tree(root)
+    (root / "etc/motd").write_bytes(b"")
+    _meta(root / "etc", "motd", uid=1000, gid=1000, mode=0o100600)
+    srv = _server(root, virtfs=True)
+    fast = srv.dispatcher.fast
+    fh = _walk(srv, b"etc/motd")
+    for cred, ok in ((USER, True), (OTHER, False)):
+        _both(srv, _call(GETATTR, _fh(fh), cred))
+        r = fast.answer(_call(7, _write(fh, 0, b"hello"), cred), LOCAL, 0, True)
+        _as_server()
+        if not ok:
+            assert r is None
+            continue
+        assert r is not None
+        lane = _write_reply(r[4:])
+        assert lane[0] == 0
+        mode, uid = (int.from_bytes(lane[2][i:i + 4], "big") for i in (4, 12))
+        assert (mode, uid) == (0o600, 1000)
+    assert (root / "etc/motd").read_bytes() == b"hello"
+
+
 def test_other_procedures_and_programs_decline(tree):
     srv = _server(tree)
     fh = _walk(srv, b"etc/lib")

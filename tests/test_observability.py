@@ -236,6 +236,36 @@ def test_large_cached_reads_answered_by_the_lane(export_dir, tmp_path):
     assert "Traceback" not in srv.log()
 
 
+def test_unstable_writes_answered_by_the_lane(export_dir, tmp_path):
+    """UNSTABLE WRITEs (what the kernel client sends) are answered by the fast
+    lane, the data written from the receive buffer; COMMIT makes them stable;
+    the statistics count the bytes."""
+    from rpcclient import UNSTABLE
+    srv = start(export_dir, tmp_path)
+    try:
+        n = Nfs3.connect(srv.port, cred=ROOT)
+        root = n.mount(str(srv.export))
+        st, r = n.create(root, "w", how=GUARDED, mode=0o644)
+        assert st == NFS3_OK
+        fh = r["fh"]
+        chunks = [os.urandom(100_000 + i) for i in range(3)]
+        off = 0
+        for c in chunks:
+            st, r = n.write(fh, off, c, stable=UNSTABLE)
+            assert st == NFS3_OK and r["count"] == len(c) and r["committed"] == UNSTABLE
+            off += len(c)
+        assert n.commit(fh)[0] == NFS3_OK
+        n.close()
+        assert (export_dir / "w").read_bytes() == b"".join(chunks)
+        s = wait_stats(srv, tmp_path, lambda s: s["bytes_written"] == off)
+        assert calls(s, "nfs.WRITE") == 3 and errors(s, "nfs.WRITE") == 0
+        if not os.environ.get("FASTNFS_PURE"):
+            assert s["fast_lane"]["answered"] >= 3
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log()
+
+
 def test_stats_add_up_across_two_workers(export_dir, tmp_path):
     srv = start(export_dir, tmp_path, "--workers", "2")
     try:

@@ -63,11 +63,29 @@ def test_live_calls_agree_in_shadow_mode(tmp_path):
             assert n.readlink(link)[0] == 0
             assert n.read(pw, 0, 4096)[0] == 0
             assert n.lookup(etc, "missing")[0] != 0
+            # UNSTABLE WRITEs the lane answers, done again by the shadow
+            assert n.write(pw, 100, b"w" * 3000, stable=0)[0] == 0
         n.close()
     finally:
         srv.stop()      # raises if the log holds a mismatch
     log = srv.log()
     assert "FASTNFS_SHADOW=1" in log and MARK not in log
+    assert (export / "etc/passwd").read_bytes()[100:3100] == b"w" * 3000
+
+
+def test_a_write_compared_without_what_it_moved():
+    """comparable: a WRITE3resok without its before and its after's times;
+    every other reply whole."""
+    from fastnfs.shadow import comparable
+    call = call_header(1, NFS_PROGRAM, NFS_V3, 7, ROOT)
+    reply = bytes(range(24)) + b"\0" * 4 + b"\0\0\0\1" + b"B" * 24 + b"\0\0\0\1" \
+        + b"A" * 60 + b"T" * 24 + b"c" * 16
+    assert len(reply) == 160
+    other = reply[:32] + b"b" * 24 + reply[56:120] + b"t" * 24 + reply[144:]
+    assert comparable(call, reply) == comparable(call, other)
+    assert comparable(call, reply) != comparable(call, reply[:60] + b"a" + reply[61:])
+    getattr_call = call_header(1, NFS_PROGRAM, NFS_V3, GETATTR, ROOT)
+    assert comparable(getattr_call, reply) == reply
 
 
 def test_a_drifting_lane_is_reported(tmp_path, monkeypatch, caplog):

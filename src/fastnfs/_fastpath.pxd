@@ -71,6 +71,8 @@ cdef class FastPath:
     cdef list procs                 # _ProcRow per procedure number
     cdef dict clients               # host -> _ClientRow
     cdef uint64_t bytes_read
+    cdef uint64_t bytes_written
+    cdef unsigned char verifier[8]  # WRITE's writeverf3 (the server's, NFS3State.write_verifier)
     cdef Packer out                 # the reply is built here, then copied out
     cdef int64_t bounds[16]         # stats.BUCKETS in ns
     cdef object current_creds       # creds.current, when the server switches credentials
@@ -95,5 +97,7 @@ cdef class FastPath:
     cdef int _readlink(self, Packer p, _Export x, bytes path, statx* sx) except -2
     cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, object applied,
                       uint64_t offset, Py_ssize_t count, bint lend)
+    cdef int _write(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
+                    const unsigned char* data, Py_ssize_t count) except -2
     cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
                            const fh_t* dir_fh) except -1

@@ -7,10 +7,12 @@ nfs3/*.py) spends most of its time building Python objects.
 ``FastPath.answer`` takes the record, and when everything about the call is
 ordinary (NFSv3 with AUTH_SYS, a well-formed handle the filehandle cache
 places, a caller admitted before, the thread already holding the caller's
-credentials, a READ of at most 64 KiB the page cache holds) it builds the
-reply itself: statx(2) straight into the reply buffer, READ data from the
-page cache only (_xdr.read_data, as the general path reads) into the bytes
-that are sent.  Anything else (an error
+credentials, a READ of data the page cache holds, an UNSTABLE WRITE) it
+builds the reply itself: statx(2) straight into the reply buffer, READ data
+from the page cache only (_xdr.read_data, as the general path reads) into
+the bytes that are sent, or over 64 KiB left in the file for the compiled
+transport to send (sendfile), WRITE data written from the record's own
+bytes in the receive buffer.  Anything else (an error
 other than a missing name, a filehandle cache miss, an unknown caller, a
 symlink kept as a file, unfsd's -s view) returns None, and the
 general path answers; it is the reference, and tests/test_fastpath.py and the
@@ -40,8 +42,9 @@ cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcpy, memset
 from posix.fcntl cimport openat
-from posix.unistd cimport close
+from posix.unistd cimport close, pwrite
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
+from posix.types cimport off_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
@@ -55,7 +58,7 @@ from fastnfs._fsstat cimport (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, STATX_BASIC_ST
                               lookup_name, makedev, names_fileid, statx, statx_btime_ns,
                               statx_names)
 from fastnfs._fsstat cimport all_cached
-from fastnfs._xdr cimport Packer, ftype3, get_be32, get_be64, put_be32, read_data
+from fastnfs._xdr cimport MAX_OFFSET, Packer, ftype3, get_be32, get_be64, put_be32, read_data
 from fastnfs.virtfs._meta cimport (MetaCache, child_meta_path_into, hidden_name, meta_at,
                                    meta_path_into, overlay_statx)
 
@@ -72,6 +75,7 @@ cdef extern from "<fcntl.h>" nogil:
     int F_DUPFD_CLOEXEC
     int fcntl(int fd, int cmd, ...)
     int O_RDONLY
+    int O_WRONLY
     int O_NONBLOCK
     int O_NOFOLLOW
     int O_CLOEXEC
@@ -83,6 +87,7 @@ cdef extern from "<errno.h>" nogil:
     int errno
     int ENOENT
     int EPERM
+    int EINTR
 
 cdef extern from *:
     """
@@ -99,6 +104,8 @@ cdef enum:
     ACCESS = 4
     READLINK = 5
     READ = 6
+    WRITE = 7
+    UNSTABLE = 0
     NFS3_OK = 0
     NFS3ERR_NOENT = 2
     MAX_MACHINE = 255
@@ -107,7 +114,7 @@ cdef enum:
     MAX_ADMITTED = 4096    # (export, host, port class, credential) pairs remembered
     MAXNAMLEN = 255
     MAXLINK = 4096
-    NPROCS = 7             # counters for procedures 0..6
+    NPROCS = 8             # counters for procedures 0..7
     MAX_PATH = 4200        # room for a metadata path; a longer one goes to the reader
     NBUCKETS = 16          # stats.BUCKETS
     S_IFMT = 0o170000
@@ -481,7 +488,8 @@ cdef int _put_fh(Packer p, _Export x, statx* sx, const unsigned char* anc_be,
 
 
 cdef class FastPath:
-    """Answers ordinary GETATTR/ACCESS/LOOKUP calls for an NFS3State, or declines."""
+    """Answers ordinary GETATTR/ACCESS/LOOKUP/READLINK/READ and UNSTABLE WRITE
+    calls for an NFS3State, or declines."""
 
 
     def __init__(self, state, stats, tcp_maxdata=1048576, udp_maxdata=32768,
@@ -498,10 +506,15 @@ cdef class FastPath:
         self.answered = 0
         self.declined = 0
         self.lent_fd = -1
+        verf = bytes(state.write_verifier)
+        if len(verf) != 8:
+            raise ValueError("a write verifier is 8 bytes (RFC 1813 section 3.3.7)")
+        memcpy(self.verifier, PyBytes_AS_STRING(verf), 8)
         self.out = Packer()
         self.procs = [_ProcRow() for _ in range(NPROCS)]
         self.clients = {}
         self.bytes_read = 0
+        self.bytes_written = 0
         if len(BUCKETS_NS) != NBUCKETS:
             raise ValueError("stats buckets changed: %d, not %d" % (len(BUCKETS_NS), NBUCKETS))
         for i in range(NBUCKETS):
@@ -643,7 +656,7 @@ cdef class FastPath:
         if get_be32(d + 12) != NFS_PROGRAM or get_be32(d + 16) != 3:
             return None
         cdef uint32_t proc = get_be32(d + 20)
-        if proc < GETATTR or proc > READ or proc == 2:
+        if proc < GETATTR or proc > WRITE or proc == 2:
             return None
         if get_be32(d + 24) != AUTH_SYS:
             return None
@@ -673,6 +686,8 @@ cdef class FastPath:
         cdef _Caller c = self._caller(x, peer, cred, cred_n)
         if c is None:
             return None
+        if proc == WRITE and (c.read_only or x.board):
+            return None       # NFS3ERR_ROFS, or a board's copy-up: the general path
         if not x.board and self.current_creds is not None and self.current_creds() != c.want:
             return None      # the general path switches this thread to the caller
         cdef uint32_t requested = 0
@@ -680,7 +695,21 @@ cdef class FastPath:
         cdef uint32_t namelen = 0
         cdef uint64_t roff = 0
         cdef Py_ssize_t count = 0
-        if proc == READ:
+        cdef const unsigned char* data = NULL
+        if proc == WRITE:
+            # WRITE3args (RFC 1813 section 3.3.7): only UNSTABLE (a stable one
+            # syncs, in the pool), data as long as count, all of it here
+            if pos + 20 > n or get_be32(d + pos + 12) != UNSTABLE:
+                return None
+            roff = get_be64(d + pos)
+            count = get_be32(d + pos + 8)
+            if get_be32(d + pos + 16) != <uint32_t>count or count > maxdata \
+                    or pos + 20 + ((count + 3) & ~3) > n:
+                return None
+            if roff > MAX_OFFSET - <uint64_t>count:
+                return None   # past off_t: NFS3ERR_FBIG from the general path
+            data = d + pos + 20
+        elif proc == READ:
             if pos + 12 > n:
                 return None
             roff = get_be64(d + pos)
@@ -789,6 +818,14 @@ cdef class FastPath:
                 return None   # (VirtfsBackend.check_io) the general path refuses it
             out = self._read(p, x, bpath, &sx, applied, roff, count, lend)
             if out is None:
+                return None
+        elif proc == WRITE:
+            if (sx.stx_mode & S_IFMT) != S_IFREG or (real_mode & S_IFMT) != S_IFREG:
+                return None
+            if x.checks and not io_allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid,
+                                                         sx.stx_gid, sx.stx_mode, W_OK):
+                return None   # (VirtfsBackend.check_io) the general path refuses it
+            if self._write(p, x, bpath, &sx, roff, data, count) < 0:
                 return None
         else:
             # LOOKUP: the directory as the handle names it, then the name in
@@ -901,6 +938,8 @@ cdef class FastPath:
         self.clients = {}
         stats.bytes_read += self.bytes_read
         self.bytes_read = 0
+        stats.bytes_written += self.bytes_written
+        self.bytes_written = 0
         stats.fast_answered = self.answered    # one lane per Stats: its totals
         stats.fast_declined = self.declined
 
@@ -982,6 +1021,48 @@ cdef class FastPath:
         memset(w + head + got, 0, <size_t>((-got) & 3))
         self.bytes_read += got
         return out
+
+    cdef int _write(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
+                    const unsigned char* data, Py_ssize_t count) except -2:
+        """WRITE3resok (RFC 1813 section 3.3.7) of an UNSTABLE write: the data
+        goes from the record into the page cache (no disk wait: COMMIT syncs,
+        in the pool), the file opened as HostPaths.open_obj opens it.  -1 to
+        decline (the general path writes it again, and reports the error)."""
+        cdef statx fsx
+        cdef int fd = openat(x.root_fd, PyBytes_AS_STRING(path),
+                             O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
+        if fd < 0:
+            return -1
+        if _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &fsx) != 0 \
+                or fsx.stx_ino != sx.stx_ino or statx_btime_ns(&fsx) != statx_btime_ns(sx):
+            close(fd)
+            return -1
+        cdef Py_ssize_t done = 0
+        cdef ssize_t k
+        with nogil:
+            while done < count:
+                k = pwrite(fd, data + done, count - done, <off_t>(offset + done))
+                if k <= 0:
+                    if k < 0 and errno == EINTR:
+                        continue
+                    break
+                done += k
+        if done < count or _stat(fd, b"", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, &fsx) != 0:
+            close(fd)
+            return -1
+        close(fd)
+        _overlay(x, path, &fsx)              # seen as clients see it (Virtfs.view)
+        p.write_u32(NFS3_OK)
+        p.write_u32(1)                       # wcc_data: the attributes before, as resolved
+        p.write_wcc_attr(sx.stx_size, sx.stx_mtime.tv_sec * 1000000000 + sx.stx_mtime.tv_nsec,
+                         sx.stx_ctime.tv_sec * 1000000000 + sx.stx_ctime.tv_nsec)
+        p.write_u32(1)
+        _fattr3(p, &fsx, x.fsid)
+        p.write_u32(<uint32_t>count)
+        p.write_u32(UNSTABLE)                # committed
+        p.write_fixed(self.verifier, 8)
+        self.bytes_written += count
+        return 0
 
     cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
                            const fh_t* dir_fh) except -1:

@@ -5,6 +5,15 @@
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 
+# the largest offset a file may have (off_t; FSINFO's maxfilesize, nfs3/io.py
+# MAX_OFFSET): READ returns nothing past it, WRITE past it is NFS3ERR_FBIG
+cdef extern from *:
+    """
+    #define FASTNFS_MAX_OFFSET 0x7FFFFFFFFFFFFFFFULL
+    """
+    const unsigned long long MAX_OFFSET "FASTNFS_MAX_OFFSET"
+
+
 # big-endian loads and stores (XDR's byte order, RFC 4506 section 4.1), for
 # every Cython module that reads or writes wire bytes itself
 cdef inline uint32_t get_be32(const unsigned char* d) noexcept nogil:
@@ -92,6 +101,8 @@ cdef class Packer:
     # READ's data as an opaque (read_data); -1 with errno set, -2: not all in memory
     cdef Py_ssize_t write_read(self, int fd, Py_ssize_t count, unsigned long long offset,
                                unsigned long long size, bint nowait) except -3
+    # wcc_attr (RFC 1813 section 2.6): size, mtime, ctime
+    cdef int write_wcc_attr(self, uint64_t size, int64_t mtime_ns, int64_t ctime_ns) except -1
     cdef int write_fattr3(self, uint32_t ftype, uint32_t mode, uint32_t nlink,
                           uint32_t uid, uint32_t gid, uint64_t size, uint64_t used,
                           uint32_t specmajor, uint32_t specminor, uint64_t fsid,

@@ -200,7 +200,7 @@ cdef Py_ssize_t read_data(int fd, unsigned char* w, Py_ssize_t count, unsigned l
     file open at fd, whose size is size, into w; with nowait only from the page
     cache.  The bytes read; -1 with errno when the read fails; -2 with nowait
     when not all of it is in memory (a thread that may wait reads it then)."""
-    if count <= 0 or offset > 0x7FFFFFFFFFFFFFFFULL:
+    if count <= 0 or offset > MAX_OFFSET:
         return 0            # nothing asked, or past any off_t: no data (and eof)
     cdef iovec iov
     iov.iov_base = <void*>w
@@ -686,6 +686,19 @@ cdef class Packer:
         memset(d + 4 + n, 0, <size_t>((-n) & 3))
         self._len = start + 4 + n + ((-n) & 3)
         return n
+
+    cdef int write_wcc_attr(self, uint64_t size, int64_t mtime_ns, int64_t ctime_ns) except -1:
+        """wcc_attr (RFC 1813 section 2.6), times split as write_fattr3 splits them."""
+        cdef uint32_t msec, mnsec, csec, cnsec
+        _split_c(mtime_ns, &msec, &mnsec)
+        _split_c(ctime_ns, &csec, &cnsec)
+        cdef unsigned char* w = _extend(self, 24)
+        put_be64(w, size)
+        put_be32(w + 8, msec)
+        put_be32(w + 12, mnsec)
+        put_be32(w + 16, csec)
+        put_be32(w + 20, cnsec)
+        return 0
 
     cdef int write_fattr3(self, uint32_t ftype, uint32_t mode, uint32_t nlink,
                           uint32_t uid, uint32_t gid, uint64_t size, uint64_t used,

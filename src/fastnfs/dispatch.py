@@ -224,7 +224,7 @@ class Dispatcher:
 
 
 def use_fast_path(dispatcher: Dispatcher, nfs_state) -> bool:
-    """Answer ordinary GETATTR/LOOKUP/ACCESS/READLINK/READ calls through fastnfs._fastpath
+    """Answer ordinary GETATTR/LOOKUP/ACCESS/READLINK/READ and UNSTABLE WRITE calls through fastnfs._fastpath
     (not with FASTNFS_PURE=1, where the general path is the only one)."""
     cx = load("_fastpath")
     if cx is None:
