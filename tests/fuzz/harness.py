@@ -758,6 +758,7 @@ class DispatchTarget:
             raise FuzzFailure("system-err", "SYSTEM_ERR for prog %d proc %d" % (prog, proc))
         fast = self.disp.fast
         if fast is not None:
+            from fastnfs.shadow import comparable
             # the Cython fast lane must decline or give the general path's bytes
             if prog == 100003 and proc in (5, 6):
                 # a first READ/READLINK may move atime (relatime): compare with a second
@@ -769,7 +770,8 @@ class DispatchTarget:
             f = fast.answer(data, peer, 0, tcp)
             if f is not None and tcp:
                 f = f[4:]
-            if f is not None and f != reply:
+            # (a WRITE done twice: what it moves is left out, as shadow mode does)
+            if f is not None and comparable(data, f) != comparable(data, reply):
                 raise FuzzFailure("fast-lane-differs", "prog %d proc %d: fast lane %r, general %r"
                                   % (prog, proc, f[:64], reply[:64]))
         if st == 0 and len(reply) >= 28:
