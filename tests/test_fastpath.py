@@ -388,6 +388,32 @@ def test_unstable_write_same_bytes(tree, cred):
     assert srv.stats.bytes_written >= 2 * (3 + 5000 + 5 + 65539 + 1) * (answered > 0)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 70000), st.binary(max_size=9000)), min_size=1,
+                max_size=8))
+def test_unstable_writes_leave_what_the_general_path_leaves(tree, writes):
+    """Any sequence of UNSTABLE WRITEs: one file written by the lane, its twin
+    by the general path, end with the same bytes, and every reply but the
+    file's identity and times is the same."""
+    for name in ("lane", "general"):
+        (tree / name).write_bytes(b"")
+        os.chmod(tree / name, 0o666)
+    srv = _server(tree)
+    fast = srv.dispatcher.fast
+    fl, fg = _walk(srv, b"lane"), _walk(srv, b"general")
+    for off, data in writes:
+        r = fast.answer(_call(7, _write(fl, off, data), ROOT), LOCAL, 0, True)
+        g = _general(srv, _call(7, _write(fg, off, data), ROOT), LOCAL)
+        assert r is not None
+        lane, gen = _write_reply(r[4:]), _write_reply(g)
+        assert lane[0] == gen[0] == 0 and lane[1] == gen[1] and lane[3] == gen[3]
+        # the after's type, mode, nlink, uid, gid, size and rdev (not the blocks
+        # used, which the file system decides, nor fsid and fileid)
+        assert lane[2][:28] + lane[2][36:44] == gen[2][:28] + gen[2][36:44]
+    _as_server()
+    assert (tree / "lane").read_bytes() == (tree / "general").read_bytes()
+
+
 def test_writes_the_lane_leaves(tree):
     """Stable writes (they sync: the pool), a count other than the data's, a
     read-only export, more than a datagram holds over UDP, a FIFO and past
