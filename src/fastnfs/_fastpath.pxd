@@ -97,7 +97,7 @@ cdef class FastPath:
     cdef int _readlink(self, Packer p, _Export x, bytes path, statx* sx) except -2
     cdef object _read(self, Packer p, _Export x, bytes path, statx* sx, object applied,
                       uint64_t offset, Py_ssize_t count, bint lend)
-    cdef int _write(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
-                    const unsigned char* data, Py_ssize_t count) except -2
+    cdef int _write(self, Packer p, _Export x, bytes path, statx* sx, object applied,
+                    uint64_t offset, const unsigned char* data, Py_ssize_t count) except -2
     cdef int _put_child_fh(self, Packer p, _Export x, statx* sx, uint64_t dir_ino,
                            const fh_t* dir_fh) except -1

@@ -825,7 +825,7 @@ cdef class FastPath:
             if x.checks and not io_allowed_ids(c.uid, c.gid, c.gids, sx.stx_uid,
                                                          sx.stx_gid, sx.stx_mode, W_OK):
                 return None   # (VirtfsBackend.check_io) the general path refuses it
-            if self._write(p, x, bpath, &sx, roff, data, count) < 0:
+            if self._write(p, x, bpath, &sx, applied, roff, data, count) < 0:
                 return None
         else:
             # LOOKUP: the directory as the handle names it, then the name in
@@ -1022,8 +1022,8 @@ cdef class FastPath:
         self.bytes_read += got
         return out
 
-    cdef int _write(self, Packer p, _Export x, bytes path, statx* sx, uint64_t offset,
-                    const unsigned char* data, Py_ssize_t count) except -2:
+    cdef int _write(self, Packer p, _Export x, bytes path, statx* sx, object applied,
+                    uint64_t offset, const unsigned char* data, Py_ssize_t count) except -2:
         """WRITE3resok (RFC 1813 section 3.3.7) of an UNSTABLE write: the data
         goes from the record into the page cache (no disk wait: COMMIT syncs,
         in the pool), the file opened as HostPaths.open_obj opens it.  -1 to
@@ -1051,7 +1051,8 @@ cdef class FastPath:
             close(fd)
             return -1
         close(fd)
-        _overlay(x, path, &fsx)              # seen as clients see it (Virtfs.view)
+        if applied is not None:          # seen as clients see it, as sx is (Virtfs.view)
+            overlay_statx(&fsx, applied)
         p.write_u32(NFS3_OK)
         p.write_u32(1)                       # wcc_data: the attributes before, as resolved
         p.write_wcc_attr(sx.stx_size, sx.stx_mtime.tv_sec * 1000000000 + sx.stx_mtime.tv_nsec,
