@@ -1,6 +1,7 @@
 # C-level interface of fastnfs._transport (see the .pyx).
 
 cimport cython
+from posix.types cimport off_t
 
 from fastnfs._fastpath cimport FastPath
 
@@ -53,4 +54,4 @@ cdef class RpcStreamProtocol:
     cdef int _handle_bytes(self, bytes record) except -1
     cdef int _gather(self, bytes r) except -1
     cdef int _flush(self) except -1
-    cdef int _send_lent(self, bytes head, int fd) except -1
+    cdef int _send_file(self, bytes head, int fd, off_t offset, Py_ssize_t count) except -1

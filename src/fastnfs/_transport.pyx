@@ -307,7 +307,8 @@ cdef class RpcStreamProtocol:
             r = self.cfast.answer_at(<unsigned char*>self._p + start, end - start, self.peer, True,
                                      self._lend)
             if r is not None and self.cfast.lent_fd >= 0:
-                self._send_lent(r, self.cfast.take_lent())
+                self._send_file(r, self.cfast.take_lent(), <off_t>self.cfast.lent_offset,
+                                self.cfast.lent_count)
                 return 0
         elif self.fast is not None:
             r = self.fast.answer(self._rv[:end], self.peer, start, True)
@@ -363,24 +364,25 @@ cdef class RpcStreamProtocol:
         self.transport.write(out)
         return 0
 
-    cdef int _send_lent(self, bytes head, int fd) except -1:
-        """The lane's reply head, then the READ data it left in the file fd
-        (lent_offset, lent_count) and its padding; fd closed after.  As
-        send_file: the head straight to the socket and the data by sendfile
-        when nothing waits before them, what the socket does not take read
-        from the file and queued behind; a file that shrank meanwhile gives
-        zeros (the record mark promised the length)."""
-        cdef off_t offset = <off_t>self.cfast.lent_offset
-        cdef Py_ssize_t count = self.cfast.lent_count, sent = 0, k = 0, hn = len(head)
+    cdef int _send_file(self, bytes head, int fd, off_t offset, Py_ssize_t count) except -1:
+        """The record head (its mark counting what follows), then count bytes
+        of the file fd from offset and their XDR padding; fd closed after.
+        The replies gathered before it go first; when nothing waits in the
+        transport, the head goes straight to the socket and the data by
+        sendfile, from the page cache without a copy; what the socket does
+        not take is read from the file and queued behind.  A file that
+        shrank meanwhile gives zeros (the mark promised the length).  The
+        lane's large READs and the general path's (send_file) leave this way."""
+        cdef Py_ssize_t sent = 0, k = 0, hn = len(head)
         cdef Py_ssize_t pad = (-count) & 3
         cdef ssize_t n
         cdef const char* h = PyBytes_AS_STRING(head)
         try:
-            self._flush()                  # the replies before it go first
+            self._flush()
             t = self.transport
-            if t.is_closing():
+            if t is None or t.is_closing():
                 return 0
-            if not t.get_write_buffer_size():
+            if self._sock >= 0 and not t.get_write_buffer_size():
                 k = write(self._sock, h, hn)
                 if k < 0:
                     if errno != EAGAIN and errno != EINTR:
@@ -422,8 +424,16 @@ cdef class RpcStreamProtocol:
         _PY._send(self, p)
 
     def send_file(self, p, tail):
-        """The reply p with count bytes of a file (tail is (fd, offset, count))."""
-        _PY.send_file(self, p, tail)
+        """The reply p with count bytes of a file (tail is (fd, offset, count)),
+        as transport.PyRpcStreamProtocol.send_file sends it."""
+        fd, offset, count = tail
+        try:
+            p.put_u32_at(0, LAST_FRAGMENT | (_t._send_size(p) + count + (-count & 3)))
+            head = bytes(p.getbuffer())
+        except BaseException:
+            close(fd)
+            raise
+        self._send_file(head, fd, offset, count)
 
     def _update_reading(self):
         _PY._update_reading(self)
