@@ -17,10 +17,15 @@ from __future__ import annotations
 import logging
 from types import CoroutineType
 
+from .nfs3.const import NFS_PROGRAM, NFSPROC3_WRITE
+
 log = logging.getLogger("fastnfs.shadow")
 
 MARK = "shadow mismatch"   # tests look for this in the log
-_WRITE = 7
+# a WRITE3resok with both attributes after the reply header (24 bytes) and the
+# status: before (4 + wcc_attr 24) ends at 56, after's fields up to atime at
+# 120, its times up to 144; then count, committed and the verifier
+_WRITE_OK_LEN = 160
 
 
 def comparable(call: bytes, reply: bytes | None):
@@ -28,8 +33,8 @@ def comparable(call: bytes, reply: bytes | None):
     (the shadow writes the same bytes again, after the lane): its times move
     and its before is the lane's after, so those are left out of a WRITE3resok
     (RFC 1813 section 3.3.7: wcc_data's before, the after's atime, mtime and ctime)."""
-    if reply is None or int.from_bytes(call[20:24], "big") != _WRITE \
-            or int.from_bytes(call[12:16], "big") != 100003 or len(reply) != 160 \
+    if reply is None or int.from_bytes(call[20:24], "big") != NFSPROC3_WRITE \
+            or int.from_bytes(call[12:16], "big") != NFS_PROGRAM or len(reply) != _WRITE_OK_LEN \
             or reply[24:28] != b"\0\0\0\0":
         return reply
     return reply[:28] + reply[56:120] + reply[144:]
