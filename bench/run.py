@@ -71,33 +71,6 @@ def _stat(pid) -> list:
         return f.read().rsplit(")", 1)[1].split()
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time of root and its descendants (all threads), plus the children it reaped."""
-    kids: dict = {}
-    ticks: dict = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            f = _stat(d)
-        except OSError:
-            continue
-        kids.setdefault(int(f[1]), []).append(int(d))
-        ticks[int(d)] = int(f[11]) + int(f[12])
-    total = 0
-    try:
-        f = _stat(root)
-        total += int(f[13]) + int(f[14])  # cutime + cstime: workers that already exited
-    except OSError:
-        pass
-    todo = [root]
-    while todo:
-        p = todo.pop()
-        total += ticks.get(p, 0)
-        todo += kids.get(p, [])
-    return total / TICK
-
-
 def tree_pids(root: int) -> list:
     """root and all its descendants (a server and its workers)."""
     kids: dict = {}
@@ -115,20 +88,28 @@ def tree_pids(root: int) -> list:
     return out
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of root and its descendants (all threads), plus the children it reaped."""
+    total = 0
+    try:
+        f = _stat(root)
+        total += int(f[13]) + int(f[14])  # cutime + cstime: workers that already exited
+    except OSError:
+        pass
+    for p in tree_pids(root):
+        try:
+            f = _stat(p)
+        except OSError:
+            continue
+        total += int(f[11]) + int(f[12])
+    return total / TICK
+
+
 def tree_rss_mb(root: int, field: str = "VmRSS:", source: str = "status") -> float:
     """Resident memory (VmRSS, or another /proc status field such as VmHWM:, the peak;
     with source "smaps_rollup", Pss:) of root and all its descendants, in MB."""
-    kids: dict = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                kids.setdefault(int(_stat(d)[1]), []).append(int(d))
-            except OSError:
-                pass
     total = 0
-    todo = [root]
-    while todo:
-        p = todo.pop()
+    for p in tree_pids(root):
         try:
             with open("/proc/%d/%s" % (p, source)) as f:
                 for line in f:
@@ -136,7 +117,6 @@ def tree_rss_mb(root: int, field: str = "VmRSS:", source: str = "status") -> flo
                         total += int(line.split()[1])
         except OSError:
             pass
-        todo += kids.get(p, [])
     return total / 1024
 
 
