@@ -169,8 +169,7 @@ def py_all_cached(fd: int, offset: int, count: int) -> bool:
     (The rule for sending READ data from the file; twin of _fsstat.all_cached.)"""
     if count <= 0:
         return False
-    page = _PAGE
-    return cache_pages(fd, offset, count) >= (offset + count - 1) // page - offset // page + 1
+    return cache_pages(fd, offset, count) >= (offset + count - 1) // _PAGE - offset // _PAGE + 1
 
 
 names_object, names_fileid, lookup_at = py_names_object, py_names_fileid, py_lookup_at
