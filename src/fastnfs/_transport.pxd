@@ -39,8 +39,8 @@ cdef class RpcStreamProtocol:
     cdef public bint _write_blocked
     cdef _Window _win
     cdef object _out                # replies waiting to be written: None, bytes or a list
-    cdef bint _lend                 # large cached READs answered by the lane go by sendfile
     cdef Py_ssize_t _outn           # their size
+    cdef bint _lend                 # large cached READs answered by the lane go by sendfile
 
 
     cdef int _set_buffer(self, bytearray rb, object rv=*) except -1
